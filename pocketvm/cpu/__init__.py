@@ -1,0 +1,28 @@
+"""The software CPU: an RV64GC hart compiled to machine code by numba.
+
+numba's on-disk cache is keyed by each function's own source file only, so a
+change in a helper module would leave a stale compiled core behind. The cache
+directory is therefore named after a digest of every module in this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numba
+
+from pocketvm.paths import cache_dir
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256(numba.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = str(cache_dir() / "numba" / _source_digest())

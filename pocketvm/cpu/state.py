@@ -38,6 +38,8 @@ TLB_GEN = 77  # bumped on every flush (debugging aid)
 FATAL_INFO = 78
 INSN = 79  # last instruction bits (for diagnostics)
 TIME_LAST = 80  # last mtime value this hart observed (time never goes back)
+EXIT_PC = 81  # pc of the instruction that caused an MMIO exit
+EXIT_VADDR = 82  # its virtual address (for an access-fault tval)
 
 CSR = 4096  # csr n at st[CSR + n]
 TLB = 8192  # software TLB, see pocketvm.cpu.mmu

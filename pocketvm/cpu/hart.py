@@ -1,0 +1,64 @@
+"""A hart as the rest of pocketvm sees it: state arrays plus run()."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pocketvm.cpu import state as S
+from pocketvm.memory import GuestRAM
+
+
+class Hart:
+    def __init__(self, hart_id: int, ram: GuestRAM, sh: np.ndarray, st: np.ndarray | None = None):
+        self.id = hart_id
+        self.ram = ram
+        self.sh = sh
+        self.st = st if st is not None else S.new_hart_state(hart_id)
+        self._f64 = self.st.view(np.float64)
+        self._f32 = self.st.view(np.float32)
+        self._ram32 = ram.u32
+        self._ram64 = ram.u8.view(np.int64)
+
+    def run(self, budget: int) -> int:
+        from pocketvm.cpu.core import run
+
+        return int(
+            run(self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64, budget)
+        )
+
+    # --- register access for loaders, debuggers and tests ------------------
+    @property
+    def pc(self) -> int:
+        return int(self.st[S.PC])
+
+    @pc.setter
+    def pc(self, value: int) -> None:
+        self.st[S.PC] = np.int64(np.uint64(value & (2**64 - 1)).view(np.int64))
+
+    def x(self, i: int) -> int:
+        return int(self.st[S.X + i]) & (2**64 - 1)
+
+    def set_x(self, i: int, value: int) -> None:
+        if i:
+            self.st[S.X + i] = np.int64(np.uint64(value & (2**64 - 1)).view(np.int64))
+
+    @property
+    def priv(self) -> int:
+        return int(self.st[S.PRIV])
+
+    def complete_mmio_load(self, value: int) -> None:
+        """Write the result of an MMIO load exit into its destination register."""
+        size = int(self.st[S.EXIT_SIZE])
+        rd_flags = int(self.st[S.EXIT_RD])
+        value &= (1 << (8 * size)) - 1
+        if rd_flags & 256 and value >> (8 * size - 1):
+            value -= 1 << (8 * size)
+        self.set_x(rd_flags & 31, value)
+
+    def raise_access_fault(self, store: bool) -> None:
+        """An MMIO exit hit no device: trap as the hardware would have."""
+        from pocketvm.cpu.trap import take_trap
+
+        cause = S.CAUSE_STORE_ACCESS if store else S.CAUSE_LOAD_ACCESS
+        epc = self.st[S.EXIT_PC]
+        self.st[S.PC] = take_trap(self.st, cause, self.st[S.EXIT_VADDR], epc, False)

@@ -1,0 +1,164 @@
+"""Address translation: Sv39/Sv48 page-table walker and a software TLB.
+
+The TLB is direct mapped, one table per access type (fetch, load, store),
+living inside the hart's state array at st[TLB:]. An entry's tag folds in the
+effective privilege and mstatus.SUM/MXR, so toggling those (Linux flips SUM
+around every user copy) never needs a flush; only satp writes and sfence.vma
+do. A store entry is only filled once the PTE's D bit is set, so a store that
+hits the TLB never needs to update the page table.
+
+Like QEMU, the walker sets A and D in hardware instead of faulting.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from pocketvm.cpu.alu import srl
+from pocketvm.cpu.state import (
+    CSR,
+    CSR_MSTATUS,
+    CSR_SATP,
+    FETCH_PAGE,
+    PRIV,
+    RAM_BASE,
+    TLB,
+    TLB_ENTRIES,
+    TLB_SIZE,
+)
+
+ACC_FETCH = 0
+ACC_LOAD = 1
+ACC_STORE = 2
+
+PTE_V = 1
+PTE_R = 2
+PTE_W = 4
+PTE_X = 8
+PTE_U = 16
+PTE_A = 64
+PTE_D = 128
+
+PPN_MASK = (1 << 44) - 1
+# Fault results are negative: -(cause + 1).
+FAULT_BASE = -1
+
+
+@njit(cache=True)
+def flush_tlb(st):
+    for i in range(TLB, TLB + TLB_SIZE):
+        st[i] = -1
+    st[FETCH_PAGE] = -1
+
+
+@njit(cache=True, inline="always")
+def _page_fault(acc):
+    if acc == ACC_FETCH:
+        return -(12 + 1)
+    if acc == ACC_LOAD:
+        return -(13 + 1)
+    return -(15 + 1)
+
+
+@njit(cache=True, inline="always")
+def _access_fault(acc):
+    if acc == ACC_FETCH:
+        return -(1 + 1)
+    if acc == ACC_LOAD:
+        return -(5 + 1)
+    return -(7 + 1)
+
+
+@njit(cache=True, inline="always")
+def effective_priv(st, acc):
+    priv = st[PRIV]
+    if acc != ACC_FETCH and priv == 3:
+        mstatus = st[CSR + CSR_MSTATUS]
+        if mstatus & (1 << 17):  # MPRV
+            priv = (mstatus >> 11) & 3
+    return priv
+
+
+@njit(cache=True)
+def translate(st, ram64, ram_size, vaddr, acc):
+    """Virtual -> physical address, or a negative fault code -(cause + 1)."""
+    priv = effective_priv(st, acc)
+    if priv == 3:
+        return vaddr
+    satp = st[CSR + CSR_SATP]
+    mode = srl(satp, 60)
+    if mode == 0:
+        return vaddr
+    mstatus = st[CSR + CSR_MSTATUS]
+    sum_ = (mstatus >> 18) & 1
+    mxr = (mstatus >> 19) & 1
+    vpn = srl(vaddr, 12)
+    tag = (vpn << 4) | (priv << 2) | (sum_ << 1) | mxr
+    slot = TLB + (acc * TLB_ENTRIES + (vpn & (TLB_ENTRIES - 1))) * 2
+    if st[slot] == tag:
+        return st[slot + 1] | (vaddr & 0xFFF)
+    page = walk(st, ram64, ram_size, vaddr, acc, priv, sum_, mxr, mode)
+    if page < 0:
+        return page
+    st[slot] = tag
+    st[slot + 1] = page
+    return page | (vaddr & 0xFFF)
+
+
+@njit(cache=True)
+def walk(st, ram64, ram_size, vaddr, acc, priv, sum_, mxr, mode):
+    """Walk the page table; returns the physical page address or a fault code.
+
+    `ram64` is an int64 view of guest RAM.
+    """
+    if mode != 8 and mode != 9:
+        return _page_fault(acc)
+    levels = 3 if mode == 8 else 4
+    va_bits = 12 + 9 * levels
+    # The upper bits must all equal the top bit of the virtual address.
+    top = vaddr >> (va_bits - 1)
+    if top != 0 and top != -1:
+        return _page_fault(acc)
+    a = (st[CSR + CSR_SATP] & PPN_MASK) << 12
+    i = levels - 1
+    while True:
+        vpn_i = (vaddr >> (12 + 9 * i)) & 0x1FF
+        off = a + vpn_i * 8 - RAM_BASE
+        if off < 0 or off >= ram_size:
+            return _access_fault(acc)
+        pte = ram64[off >> 3]
+        if (pte & PTE_V) == 0 or (pte & (PTE_R | PTE_W)) == PTE_W:
+            return _page_fault(acc)
+        if pte & (PTE_R | PTE_X):
+            break
+        if i == 0:
+            return _page_fault(acc)
+        # Reserved, PBMT and N bits: none of those extensions is offered.
+        if srl(pte, 54) != 0:
+            return _page_fault(acc)
+        a = (srl(pte, 10) & PPN_MASK) << 12
+        i -= 1
+    if srl(pte, 54) != 0:
+        return _page_fault(acc)
+    if pte & PTE_U:
+        if priv == 1 and (acc == ACC_FETCH or sum_ == 0):
+            return _page_fault(acc)
+    elif priv == 0:
+        return _page_fault(acc)
+    if acc == ACC_FETCH:
+        if (pte & PTE_X) == 0:
+            return _page_fault(acc)
+    elif acc == ACC_LOAD:
+        if (pte & PTE_R) == 0 and not (mxr and (pte & PTE_X)):
+            return _page_fault(acc)
+    elif (pte & PTE_W) == 0:
+        return _page_fault(acc)
+    ppn = srl(pte, 10) & PPN_MASK
+    low_mask = (1 << (9 * i)) - 1
+    if ppn & low_mask:  # misaligned superpage
+        return _page_fault(acc)
+    want = PTE_A | (PTE_D if acc == ACC_STORE else 0)
+    if (pte & want) != want:
+        ram64[off >> 3] = pte | want
+    vpn = srl(vaddr, 12)
+    return ((ppn & ~low_mask) | (vpn & low_mask)) << 12

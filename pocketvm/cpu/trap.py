@@ -1,0 +1,139 @@
+"""Traps and interrupts: delegation, entry, return, and pending-interrupt choice."""
+
+from __future__ import annotations
+
+from numba import njit
+
+from pocketvm.cpu.alu import INT64_MIN, ltu
+from pocketvm.cpu.state import (
+    CSR,
+    CSR_MCAUSE,
+    CSR_MEDELEG,
+    CSR_MEPC,
+    CSR_MIDELEG,
+    CSR_MIE,
+    CSR_MIP,
+    CSR_MSTATUS,
+    CSR_MTVAL,
+    CSR_MTVEC,
+    CSR_SCAUSE,
+    CSR_SEPC,
+    CSR_STVAL,
+    CSR_STVEC,
+    EXT_IRQ,
+    FETCH_PAGE,
+    HART_ID,
+    PRIV,
+    SH_INSN_PER_TICK,
+    SH_MSIP,
+    SH_MTIME,
+    SH_MTIMECMP,
+    SH_SLICE_INSNS,
+    SH_TIME_BASE,
+)
+
+# Interrupt priority, highest first (privileged spec 3.1.9).
+_PRIORITY = (11, 3, 7, 9, 1, 5)
+
+
+@njit(cache=True)
+def update_mtime(sh, n):
+    """Advance mtime from the host-set base plus instructions run since (never backwards)."""
+    t = sh[SH_TIME_BASE] + (sh[SH_SLICE_INSNS] + n) // sh[SH_INSN_PER_TICK]
+    if t > sh[SH_MTIME]:
+        sh[SH_MTIME] = t
+    return sh[SH_MTIME]
+
+
+@njit(cache=True)
+def current_mip(st, sh):
+    """mip as software sees it: stored bits, device lines, CLINT timer and software interrupt."""
+    hart = st[HART_ID]
+    mip = st[CSR + CSR_MIP] | st[EXT_IRQ]
+    if not ltu(sh[SH_MTIME], sh[SH_MTIMECMP + hart]):
+        mip |= 1 << 7
+    if sh[SH_MSIP + hart] & 1:
+        mip |= 1 << 3
+    return mip
+
+
+@njit(cache=True)
+def pending_interrupt(st, sh):
+    """The interrupt to take now, or -1."""
+    pending = current_mip(st, sh) & st[CSR + CSR_MIE]
+    if pending == 0:
+        return -1
+    priv = st[PRIV]
+    mstatus = st[CSR + CSR_MSTATUS]
+    mideleg = st[CSR + CSR_MIDELEG]
+    m_pending = pending & ~mideleg
+    if not (priv < 3 or (mstatus & (1 << 3))):
+        m_pending = 0
+    s_pending = pending & mideleg
+    if not (priv < 1 or (priv == 1 and (mstatus & (1 << 1)))):
+        s_pending = 0
+    sel = m_pending if m_pending else s_pending
+    if sel == 0:
+        return -1
+    for cause in _PRIORITY:
+        if sel & (1 << cause):
+            return cause
+    return -1
+
+
+@njit(cache=True)
+def take_trap(st, cause, tval, epc, interrupt):
+    """Enter the trap handler; returns the new pc."""
+    priv = st[PRIV]
+    deleg = st[CSR + CSR_MIDELEG] if interrupt else st[CSR + CSR_MEDELEG]
+    mcause = cause | INT64_MIN if interrupt else cause
+    mstatus = st[CSR + CSR_MSTATUS]
+    st[FETCH_PAGE] = -1
+    if priv <= 1 and (deleg >> cause) & 1:
+        st[CSR + CSR_SCAUSE] = mcause
+        st[CSR + CSR_SEPC] = epc
+        st[CSR + CSR_STVAL] = tval
+        sie = (mstatus >> 1) & 1
+        mstatus = (mstatus & ~((1 << 5) | (1 << 8) | (1 << 1))) | (sie << 5) | (priv << 8)
+        st[CSR + CSR_MSTATUS] = mstatus
+        st[PRIV] = 1
+        tvec = st[CSR + CSR_STVEC]
+    else:
+        st[CSR + CSR_MCAUSE] = mcause
+        st[CSR + CSR_MEPC] = epc
+        st[CSR + CSR_MTVAL] = tval
+        mie = (mstatus >> 3) & 1
+        mstatus = (mstatus & ~((1 << 7) | (3 << 11) | (1 << 3))) | (mie << 7) | (priv << 11)
+        st[CSR + CSR_MSTATUS] = mstatus
+        st[PRIV] = 3
+        tvec = st[CSR + CSR_MTVEC]
+    base = tvec & ~3
+    if interrupt and (tvec & 1):
+        return base + 4 * cause
+    return base
+
+
+@njit(cache=True)
+def mret(st):
+    mstatus = st[CSR + CSR_MSTATUS]
+    mpp = (mstatus >> 11) & 3
+    mpie = (mstatus >> 7) & 1
+    mstatus = (mstatus & ~((1 << 3) | (3 << 11))) | (mpie << 3) | (1 << 7)
+    if mpp != 3:
+        mstatus &= ~(1 << 17)  # MPRV
+    st[CSR + CSR_MSTATUS] = mstatus
+    st[PRIV] = mpp
+    st[FETCH_PAGE] = -1
+    return st[CSR + CSR_MEPC]
+
+
+@njit(cache=True)
+def sret(st):
+    mstatus = st[CSR + CSR_MSTATUS]
+    spp = (mstatus >> 8) & 1
+    spie = (mstatus >> 5) & 1
+    mstatus = (mstatus & ~((1 << 1) | (1 << 8) | (1 << 17))) | (spie << 1) | (1 << 5)
+    st[CSR + CSR_MSTATUS] = mstatus
+    st[PRIV] = spp
+    st[FETCH_PAGE] = -1
+    return st[CSR + CSR_SEPC]
