@@ -1,0 +1,1 @@
+"""Host-side backends for guest devices: disk images, networks."""
