@@ -1,0 +1,3 @@
+from pocketvm.cli import main
+
+main()

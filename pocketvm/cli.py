@@ -1,0 +1,186 @@
+"""`pocket`: the command-line interface."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pocketvm.machine import DEFAULT_MEMORY, MiB, DiskSpec, VMConfig, VMError, parse_memory
+
+DEFAULT_APPEND = "console=ttyS0"
+
+
+def fail(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    click.echo(f"pocket: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns user-facing exceptions from any command into a one-line error."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from pocketvm.images.errors import ImageError
+
+        try:
+            return super().invoke(ctx)
+        except (VMError, ImageError) as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log device and monitor events to stderr.")
+def main(verbose: bool) -> None:
+    """pocketvm: run RISC-V virtual machines on any host.
+
+    `pocket run` boots the default Debian guest (pulling it first if needed).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR, format="pocket: %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _parse_disk(text: str) -> DiskSpec:
+    path, _, opts = text.partition(",")
+    readonly = False
+    for opt in filter(None, opts.split(",")):
+        if opt in ("ro", "readonly"):
+            readonly = True
+        elif opt in ("rw",):
+            readonly = False
+        else:
+            raise VMError(f"unknown disk option {opt!r} in --disk {text!r} (use PATH or PATH,ro)")
+    if not path:
+        raise VMError(f"--disk {text!r}: missing path")
+    return DiskSpec(Path(path), readonly)
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise VMError(f"{what} {path}: no such file")
+    if not path.is_file():
+        raise VMError(f"{what} {path}: not a regular file")
+    return path
+
+
+def build_config(
+    memory: str,
+    cpus: int,
+    kernel: str | None,
+    initrd: str | None,
+    bios: str | None,
+    append: str | None,
+    disks: tuple[str, ...],
+    name: str = "",
+    mirror: str | None = None,
+) -> VMConfig:
+    mem = parse_memory(memory)
+    disk_specs = [_parse_disk(d) for d in disks]
+    for d in disk_specs:
+        _existing_file(d.path, "disk")
+    bare_metal = bios is not None and bios.lower() == "none"
+    if kernel is None:
+        if bare_metal:
+            raise VMError("--bios none needs --kernel PROGRAM")
+        from pocketvm.images import load_default_image, pull_default_image
+
+        image = load_default_image() or pull_default_image(mirror=mirror)
+        kernel_path = image.kernel
+        initrd_path = Path(initrd) if initrd else image.initrd
+        bios_path: Path | None = Path(bios) if bios else image.bios
+    else:
+        kernel_path = Path(kernel)
+        initrd_path = Path(initrd) if initrd else None
+        if bare_metal:
+            bios_path = None
+        elif bios:
+            bios_path = Path(bios)
+        else:
+            from pocketvm.images import load_default_image
+
+            image = load_default_image()
+            if image is None:
+                raise VMError("no firmware: pass --bios PATH (or --bios none), or run `pocket image pull` first")
+            bios_path = image.bios
+    _existing_file(kernel_path, "kernel")
+    if initrd_path is not None:
+        _existing_file(initrd_path, "initrd")
+    if bios_path is not None:
+        _existing_file(bios_path, "bios")
+    return VMConfig(
+        memory=mem,
+        cpus=cpus,
+        kernel=kernel_path,
+        initrd=initrd_path,
+        bios=bios_path,
+        append=append if append is not None else DEFAULT_APPEND,
+        disks=disk_specs,
+        name=name,
+    )
+
+
+@main.command()
+@click.option("-m", "--memory", default=f"{DEFAULT_MEMORY // MiB}M", show_default=True, help="Guest RAM, e.g. 512M or 1G.")
+@click.option("-c", "--cpus", default=1, show_default=True, type=click.IntRange(1, 8), help="Number of harts.")
+@click.option("--kernel", metavar="PATH", help="Linux Image, or with --bios none a bare-metal ELF. Default: the pulled Debian guest.")
+@click.option("--initrd", metavar="PATH", help="Initramfs (default: the pulled guest's).")
+@click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
+@click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a raw disk image as virtio-blk (repeatable; ',ro' = read-only).")
+@click.option("--name", default="", help="Name of the VM.")
+@click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
+@click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
+def run(
+    memory: str,
+    cpus: int,
+    kernel: str | None,
+    initrd: str | None,
+    bios: str | None,
+    append: str | None,
+    disks: tuple[str, ...],
+    name: str,
+    mirror: str | None,
+    deterministic: bool,
+) -> None:
+    """Boot a VM with the console attached.
+
+    In a terminal the console is raw; press Ctrl-A x to quit. Otherwise stdin
+    is fed to the guest console, e.g. `printf 'uname -m\\npoweroff\\n' | pocket run`.
+    A guest poweroff exits with status 0; a guest panic or failure exits non-zero.
+    """
+    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror)
+    config.deterministic = deterministic
+    sys.exit(run_vm(config))
+
+
+def run_vm(config: VMConfig) -> int:
+    from pocketvm.console import HostConsole
+    from pocketvm.machine import VirtualMachine
+
+    console = HostConsole()
+    vm = VirtualMachine(config, console)
+    try:
+        vm.load_boot_files()
+        with console:
+            status = vm.run()
+    finally:
+        vm.close()
+    if status.code != 0 or status.reason not in ("poweroff", "quit"):
+        click.echo(f"\npocket: {status.message or status.reason}", err=True)
+    return status.code
+
+
+def _attach_image_commands() -> None:
+    from pocketvm.images.cli import image
+
+    main.add_command(image)
+
+
+_attach_image_commands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""A virtual machine: configuration -> board -> run loop -> exits.
+
+The run loop is the monitor's half of the KVM_RUN-style contract: it runs each
+hart for a slice, services the exit (an MMIO access goes to the device that
+owns the address), keeps guest time moving, feeds console input, and sleeps
+when every hart waits for an interrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pocketvm.board import memmap as mm
+from pocketvm.cpu import state as S
+from pocketvm.cpu.hart import Hart
+from pocketvm.devices.base import IrqLine
+from pocketvm.devices.clint import Clint
+from pocketvm.devices.plic import Plic, hart_irq_setter
+from pocketvm.devices.rtc import GoldfishRtc
+from pocketvm.devices.testdev import TestDevice
+from pocketvm.devices.uart import Uart16550
+from pocketvm.memory import GuestRAM
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_MEMORY = 512 * MiB
+MIN_MEMORY = 16 * MiB
+SLICE = 200_000  # instructions per run() call
+TICKS_PER_NS = mm.TIMEBASE_FREQUENCY / 1e9
+PANIC_MARKER = b"Kernel panic - not syncing"
+
+
+class VMError(Exception):
+    """A user-facing, one-line error (bad configuration, unusable file)."""
+
+
+@dataclass
+class DiskSpec:
+    path: Path
+    readonly: bool = False
+
+
+@dataclass
+class VMConfig:
+    memory: int = DEFAULT_MEMORY
+    cpus: int = 1
+    kernel: Path | None = None
+    initrd: Path | None = None
+    bios: Path | None = None  # None: bare metal, the kernel is started in M-mode
+    append: str = ""
+    disks: list[DiskSpec] = field(default_factory=list)
+    rng: bool = True
+    deterministic: bool = False
+    name: str = ""
+
+
+@dataclass
+class ExitStatus:
+    code: int
+    reason: str  # "poweroff", "fail", "panic", "quit", "limit", "fault"
+    message: str = ""
+
+
+class Console(Protocol):
+    quit_requested: bool
+    interactive: bool
+
+    def take(self) -> bytes: ...
+
+    def has_input(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Bus:
+    """Routes physical addresses outside RAM to devices."""
+
+    def __init__(self) -> None:
+        self._ranges: list[tuple[int, int, Any]] = []
+
+    def add(self, base: int, size: int, device: Any) -> None:
+        self._ranges.append((base, base + size, device))
+
+    def find(self, addr: int) -> tuple[Any, int] | None:
+        for start, end, dev in self._ranges:
+            if start <= addr < end:
+                return dev, addr - start
+        return None
+
+
+class VirtualMachine:
+    def __init__(self, config: VMConfig, console: Console):
+        self.config = config
+        self.console = console
+        if config.memory < MIN_MEMORY or config.memory % (4096) != 0:
+            raise VMError(f"memory must be a multiple of 4 KiB and at least {MIN_MEMORY // MiB} MiB")
+        if not 1 <= config.cpus <= 8:
+            raise VMError("cpus must be between 1 and 8")
+        self.ram = GuestRAM(config.memory)
+        self.sh = S.new_shared_state(config.cpus)
+        self.sh[S.SH_DETERMINISTIC] = 1 if config.deterministic else 0
+        self.harts = [Hart(i, self.ram, self.sh) for i in range(config.cpus)]
+        self._start_ns = time.monotonic_ns()
+        self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
+        self._console_tail = b""
+        self.panicked = False
+        self._build_devices()
+
+    # --- board ---------------------------------------------------------------
+    def _build_devices(self) -> None:
+        cfg = self.config
+        self.bus = Bus()
+        self.plic = Plic(cfg.cpus, hart_irq_setter([h.st for h in self.harts]))
+        self.clint = Clint(self.sh)
+        self.uart = Uart16550(self.plic.irq_line(mm.IRQ_UART), self._console_output)
+        self.rtc = GoldfishRtc(self.plic.irq_line(mm.IRQ_RTC))
+        self.testdev = TestDevice()
+        self.bus.add(mm.TEST_BASE, mm.TEST_SIZE, self.testdev)
+        self.bus.add(mm.RTC_BASE, mm.RTC_SIZE, self.rtc)
+        self.bus.add(mm.CLINT_BASE, mm.CLINT_SIZE, self.clint)
+        self.bus.add(mm.PLIC_BASE, mm.PLIC_SIZE, self.plic)
+        self.bus.add(mm.UART_BASE, mm.UART_SIZE, self.uart)
+        self.virtio: list[Any] = []
+        self.disks: list[Any] = []
+        from pocketvm.devices.virtio_mmio import VirtioMmio
+
+        backends: list[Any] = []
+        for spec in cfg.disks:
+            backends.append(self._make_disk(spec))
+        if cfg.rng:
+            from pocketvm.devices.virtio_rng import VirtioRng
+
+            backends.append(VirtioRng())
+        if len(backends) > mm.VIRTIO_SLOTS:
+            raise VMError(f"at most {mm.VIRTIO_SLOTS} virtio devices")
+        for slot in range(mm.VIRTIO_SLOTS):
+            dev = backends[slot] if slot < len(backends) else None
+            transport = VirtioMmio(self.ram, self.plic.irq_line(mm.IRQ_VIRTIO_FIRST + slot), dev)
+            self.virtio.append(transport)
+            self.bus.add(mm.VIRTIO_BASE + slot * mm.VIRTIO_STRIDE, mm.VIRTIO_STRIDE, transport)
+        self.virtio_slots = list(range(len(backends)))
+
+    def _make_disk(self, spec: DiskSpec) -> Any:
+        from pocketvm.backends.disk import DiskError, DiskImage
+        from pocketvm.devices.virtio_blk import VirtioBlk
+
+        try:
+            image = DiskImage(spec.path, readonly=spec.readonly)
+        except DiskError as e:
+            raise VMError(str(e)) from None
+        self.disks.append(image)
+        return VirtioBlk(image)
+
+    def devices(self) -> dict[str, Any]:
+        """Every device with state, by a stable name (for snapshots)."""
+        named: dict[str, Any] = {
+            "plic": self.plic,
+            "clint": self.clint,
+            "uart": self.uart,
+            "rtc": self.rtc,
+            "test": self.testdev,
+        }
+        for i, t in enumerate(self.virtio):
+            named[f"virtio{i}"] = t
+        return named
+
+    # --- boot ----------------------------------------------------------------
+    def load_boot_files(self) -> None:
+        from pocketvm.board.boot import prepare_boot
+        from pocketvm.board.errors import BootError
+
+        cfg = self.config
+        if cfg.kernel is None:
+            raise VMError("no kernel given")
+        try:
+            plan = prepare_boot(
+                self.ram, cfg.cpus, cfg.kernel, cfg.bios, cfg.initrd, cfg.append, self.virtio_slots
+            )
+        except BootError as e:
+            raise VMError(str(e)) from None
+        for hart, start in zip(self.harts, plan.harts):
+            start.apply(hart.st)
+        self.boot_plan = plan
+
+    # --- time ----------------------------------------------------------------
+    def host_ticks(self) -> int:
+        return int((time.monotonic_ns() - self._start_ns) * TICKS_PER_NS) + self._tick_offset
+
+    def _refresh_time(self) -> None:
+        if self.sh[S.SH_DETERMINISTIC]:
+            return
+        now = self.host_ticks()
+        cur = int(self.sh[S.SH_MTIME])
+        # Interpolation inside a slice may have run ahead of the host clock;
+        # time never goes backwards, so only move the base forward.
+        if now > cur:
+            self.sh[S.SH_MTIME] = now
+        self.sh[S.SH_TIME_BASE] = int(self.sh[S.SH_MTIME])
+        self.sh[S.SH_SLICE_INSNS] = 0
+
+    def _next_timer_deadline(self) -> int:
+        cmps = [int(self.sh[S.SH_MTIMECMP + h.id]) for h in self.harts]
+        cmps = [c for c in cmps if c >= 0]
+        return min(cmps) if cmps else (1 << 62)
+
+    # --- console ------------------------------------------------------------
+    def _console_output(self, data: bytes) -> None:
+        self.console.write(data)
+        tail = self._console_tail + data
+        if PANIC_MARKER in tail:
+            self.panicked = True
+        self._console_tail = tail[-len(PANIC_MARKER) :]
+
+    def _pump_input(self) -> None:
+        if self.uart.wants_input() and self.console.has_input():
+            self.uart.feed(self.console.take())
+
+    # --- run loop -------------------------------------------------------------
+    def run(self, max_instructions: int | None = None) -> ExitStatus:
+        from pocketvm.cpu.trap import current_mip
+
+        harts = self.harts
+        sh = self.sh
+        bus = self.bus
+        testdev = self.testdev
+        executed = 0
+        panic_deadline: float | None = None
+        self._refresh_time()
+        while True:
+            all_idle = True
+            for hart in harts:
+                st = hart.st
+                if st[S.WFI_FLAG]:
+                    if (current_mip(st, sh) & st[S.CSR + S.CSR_MIE]) == 0:
+                        continue
+                    st[S.WFI_FLAG] = 0
+                all_idle = False
+                before = int(sh[S.SH_SLICE_INSNS])
+                reason = hart.run(SLICE)
+                executed += int(sh[S.SH_SLICE_INSNS]) - before
+                if reason == S.EXIT_MMIO_LOAD or reason == S.EXIT_MMIO_STORE:
+                    self._mmio(hart, reason, bus)
+                    if testdev.request is not None:
+                        status = self._finish_request()
+                        if status is not None:
+                            return status
+            if self.console.quit_requested:
+                return ExitStatus(0, "quit", "console quit (Ctrl-A x)")
+            if self.panicked:
+                if panic_deadline is None:
+                    panic_deadline = time.monotonic() + 0.5  # let the panic message finish printing
+                elif time.monotonic() > panic_deadline:
+                    return ExitStatus(1, "panic", "the guest kernel panicked")
+            if max_instructions is not None and executed >= max_instructions:
+                return ExitStatus(124, "limit", f"instruction limit of {max_instructions} reached")
+            self._pump_input()
+            self.rtc.poll()
+            if all_idle:
+                self._idle_wait()
+            self._refresh_time()
+
+    def _idle_wait(self) -> None:
+        if self.sh[S.SH_DETERMINISTIC]:
+            # Jump straight to the next timer event.
+            deadline = self._next_timer_deadline()
+            if deadline < (1 << 62):
+                self.sh[S.SH_MTIME] = max(int(self.sh[S.SH_MTIME]), deadline)
+                self.sh[S.SH_TIME_BASE] = self.sh[S.SH_MTIME]
+                self.sh[S.SH_SLICE_INSNS] = 0
+                return
+        deadline = self._next_timer_deadline()
+        now = self.host_ticks()
+        timeout = max(0.0, (deadline - now) / mm.TIMEBASE_FREQUENCY) if deadline < (1 << 62) else 0.05
+        rtc_deadline = self.rtc.next_deadline()
+        if rtc_deadline is not None:
+            timeout = min(timeout, max(0.0, (rtc_deadline - time.time_ns()) / 1e9))
+        timeout = min(timeout, 0.05)
+        if timeout > 0 and not (self.uart.wants_input() and self.console.has_input()):
+            event = getattr(self.console, "event", None)
+            if event is not None:
+                event.wait(timeout)
+            else:
+                time.sleep(timeout)
+
+    def _mmio(self, hart: Hart, reason: int, bus: Bus) -> None:
+        st = hart.st
+        addr = int(st[S.EXIT_ADDR])
+        size = int(st[S.EXIT_SIZE])
+        found = bus.find(addr)
+        store = reason == S.EXIT_MMIO_STORE
+        if found is None:
+            log.warning("hart %d: %s at %#x hits no device", hart.id, "store" if store else "load", addr)
+            hart.raise_access_fault(store)
+            return
+        dev, offset = found
+        if store:
+            dev.write(offset, size, int(st[S.EXIT_VALUE]) & ((1 << (8 * size)) - 1))
+        else:
+            hart.complete_mmio_load(dev.read(offset, size))
+
+    def _finish_request(self) -> ExitStatus | None:
+        kind, code = self.testdev.request  # type: ignore[misc]
+        self.testdev.request = None
+        if kind == "poweroff":
+            return ExitStatus(0, "poweroff")
+        if kind == "fail":
+            return ExitStatus(code if code else 1, "fail", f"guest reported failure (code {code})")
+        # reset: start over with the same boot files
+        self.reset()
+        return None
+
+    def reset(self) -> None:
+        self.ram.u8[:] = 0
+        for hart in self.harts:
+            hart.st[:] = S.new_hart_state(hart.id)
+        self.sh[:] = S.new_shared_state(self.config.cpus)
+        self.sh[S.SH_DETERMINISTIC] = 1 if self.config.deterministic else 0
+        self._tick_offset = 0
+        self._start_ns = time.monotonic_ns()
+        for dev in self.devices().values():
+            if hasattr(dev, "reset"):
+                dev.reset()
+        self.load_boot_files()
+
+    def close(self) -> None:
+        for d in self.disks:
+            d.close()
+
+
+def parse_memory(text: str) -> int:
+    """'512M', '1G', '256MiB', '1048576' (bytes) -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if t and t[-1] in units:
+            value = int(float(t[:-1]) * units[t[-1]])
+        else:
+            value = int(t)
+            if value < 1 << 20:  # a bare small number means MiB, as in QEMU
+                value <<= 20
+    except ValueError:
+        raise VMError(f"invalid memory size {text!r} (examples: 512M, 1G)") from None
+    return value
+
