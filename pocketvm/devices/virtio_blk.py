@@ -139,10 +139,11 @@ class VirtioBlk(v.VirtioDevice):
             guest_error(log, "virtio-blk: request without a status byte dropped")
             return 0
         data_in = in_len - 1  # writable bytes before the status byte
+        if chain.error:  # already logged by the queue
+            chain.write(ram, data_in, bytes((S_IOERR,)))
+            return 1
         written = 1
         try:
-            if chain.error:
-                raise _RequestError(S_IOERR, f"malformed chain: {chain.error}")
             header = chain.read(ram, 0, _HEADER.size)
             if len(header) < _HEADER.size:
                 raise _RequestError(S_IOERR, "request header too short")

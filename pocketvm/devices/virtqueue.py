@@ -224,7 +224,7 @@ class VirtQueue:
         slot = self.used_idx % self.num
         try:
             elem = self.ram.view(self.device_addr + 4 + 8 * slot, 8)
-            _USED_ELEM.pack_into(elem, head, written & 0xFFFF_FFFF)
+            _USED_ELEM.pack_into(elem, 0, head, written & 0xFFFF_FFFF)
             # The element must be in place before the index that publishes it.
             self.used_idx = (self.used_idx + 1) & 0xFFFF
             self.ram.write_int(self.device_addr + 2, 2, self.used_idx)
