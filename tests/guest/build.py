@@ -44,6 +44,7 @@ CFLAGS = [
     "-nostartfiles",
     "-ffreestanding",
     "-fno-pic",
+    "-mno-relax",  # code layout exactly as written (page-crossing tests)
     "-fno-stack-protector",
     "-fno-asynchronous-unwind-tables",
     "-fno-tree-loop-distribute-patterns",  # no memset/memcpy calls from loops

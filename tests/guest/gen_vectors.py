@@ -1,8 +1,8 @@
-"""Generate alu_vectors.h: integer ALU test vectors with expected results.
+"""Generate alu_vectors.h: integer ALU and AMO test vectors with expected results.
 
 The expected values come from the small Python model of RV64I/M arithmetic
 below (written from the ISA manual), independent of any emulator, so the
-`alu` guest program can check every result itself.  build.py regenerates
+`alu` and `amo` guest programs can check every result themselves.  build.py regenerates
 the header (into build/gen/) whenever this file changes.
 """
 
@@ -124,6 +124,59 @@ RI_OPS = {
 }
 
 
+AMO_VALUES = [0x0, 0x1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x7FFFFFFFFFFFFFFF,
+              0x8000000000000000, 0xFFFFFFFFFFFFFFFF, 0x123456789ABCDEF0, 0xFFFFFFFF7FFFFFFE]
+# AMO op -> new memory value from (old, rs2), on operands of the access width.
+AMO_OPS = {
+    "swap": lambda old, src, bits: src,
+    "add": lambda old, src, bits: old + src,
+    "xor": lambda old, src, bits: old ^ src,
+    "and": lambda old, src, bits: old & src,
+    "or": lambda old, src, bits: old | src,
+    "min": lambda old, src, bits: min(old, src, key=lambda v: _signed(v, bits)),
+    "max": lambda old, src, bits: max(old, src, key=lambda v: _signed(v, bits)),
+    "minu": lambda old, src, bits: min(old, src),
+    "maxu": lambda old, src, bits: max(old, src),
+}
+ORDERINGS = ["", ".aq", ".rl", ".aqrl"]
+
+
+def _signed(v: int, bits: int) -> int:
+    return s32(v) if bits == 32 else s64(v)
+
+
+def _amo_section() -> list[str]:
+    """For each amo<op>.<w|d>: expected (rd, new memory) per operand pair, and
+    one function per ordering variant: u64 f(u64 *mem, u64 src) -> rd."""
+    out = [f"#define N_AMO_VALUES {len(AMO_VALUES)}", *_table("AMO_VALUES", AMO_VALUES)]
+    cases = []
+    for op, fn in AMO_OPS.items():
+        for width, bits in (("w", 32), ("d", 64)):
+            mask = M32 if bits == 32 else M64
+            rd, mem = [], []
+            for old in AMO_VALUES:
+                for src in AMO_VALUES:
+                    o, v = old & mask, src & mask
+                    rd.append(sx32(o) if bits == 32 else o)
+                    # A .w AMO leaves the upper half of the doubleword alone.
+                    mem.append((old & ~mask) | (fn(o, v, bits) & mask))
+            name = f"{op}_{width}"
+            out += _table(f"EXP_RD_{name}", rd) + _table(f"EXP_MEM_{name}", mem)
+            for order in ORDERINGS:
+                insn = f"amo{op}.{width}{order}"
+                fname = f"amo_{name}{order.replace('.', '_')}"
+                out.append(
+                    f"static u64 {fname}(u64 *m, u64 v) {{ u64 r; "
+                    f'asm volatile("{insn} %0, %2, (%1)" : "=r"(r) : "r"(m), "r"(v) : "memory"); return r; }}'
+                )
+                cases.append((insn, fname, name))
+    out += ["", "typedef struct { const char *name; u64 (*fn)(u64 *, u64); const u64 *rd, *mem; } amo_case_t;"]
+    out.append("static const amo_case_t AMO_CASES[] = {")
+    out += [f'    {{"{insn}", {fname}, EXP_RD_{name}, EXP_MEM_{name}}},' for insn, fname, name in cases]
+    out += ["};", ""]
+    return out
+
+
 def _table(name: str, values: list[int]) -> list[str]:
     lines = [f"static const u64 {name}[{len(values)}] = {{"]
     for k in range(0, len(values), 4):
@@ -172,7 +225,9 @@ def generate() -> str:
     out += ["", "typedef struct { const char *name; long imm; u64 (*fn)(u64); const u64 *exp; } ri_case_t;"]
     out.append("static const ri_case_t RI_CASES[] = {")
     out += [f'    {{"{op}", {imm}, op_{name}, EXP_{name}}},' for op, imm, name in cases]
-    out += ["};", "", "#endif", ""]
+    out += ["};", ""]
+    out += _amo_section()
+    out += ["#endif", ""]
     return "\n".join(out)
 
 

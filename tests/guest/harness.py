@@ -192,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     status = 0
     for prog in args.programs:
-        elf = resolve(prog)
+        try:
+            elf = resolve(prog)
+        except build.BuildError as e:
+            print(f"{prog}: build failed: {e}")
+            status = 1
+            continue
         ref = run_qemu(elf)
         if args.show:
             sys.stdout.write(ref.text())

@@ -26,6 +26,13 @@ _start:
     addi t0, t0, 8
     j 1b
 2:
+    /* No timer or software interrupt pending until a test asks for one
+     * (QEMU resets mtimecmp to 0, which would leave MTIP pending). */
+    li t0, 0x2004000
+    li t1, -1
+    sd t1, 0(t0)
+    li t0, 0x2000000
+    sw zero, 0(t0)
     /* The FPU starts off (mstatus.FS=0); compiled code may use it. */
     li t0, (1 << 13)
     csrs mstatus, t0
