@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("programs", nargs="+", help="program names from src/ or ELF paths")
     ap.add_argument("--qemu-only", action="store_true", help="only run QEMU and the self-checks")
     ap.add_argument("--show", action="store_true", help="print the QEMU output")
+    ap.add_argument("--no-cache", action="store_true", help="run QEMU even if a cached result exists")
     args = ap.parse_args(argv)
     status = 0
     for prog in args.programs:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: build failed: {e}")
             status = 1
             continue
-        ref = run_qemu(elf)
+        ref = run_qemu(elf, use_cache=not args.no_cache)
         if args.show:
             sys.stdout.write(ref.text())
         problems = self_check_problems(ref)

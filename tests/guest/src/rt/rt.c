@@ -228,6 +228,14 @@ void mtrap_c(frame_t *f)
 void strap_c(frame_t *f)
 {
     u64 cause = f->cause;
+    if (cause == CAUSE_ECALL_U && f->x[17] == RUN_MODE_MAGIC) {
+        /* run_in_mode(PRV_U) ending while ecalls from U are delegated:
+         * pass it on to the M-mode handler, which never returns here. */
+        register u64 a0 asm("a0") = f->x[10];
+        register u64 a7 asm("a7") = RUN_MODE_MAGIC;
+        asm volatile("ecall" ::"r"(a0), "r"(a7));
+        __builtin_unreachable();
+    }
     record(&g_strap, f);
     if (g_strap_hook && g_strap_hook(f))
         return;
