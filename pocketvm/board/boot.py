@@ -224,6 +224,8 @@ def prepare_boot(
             _place_raw(placed, ram.base, fw, len(fw), "firmware")
             entry = ram.base
         image = parse_kernel_image(_read(kernel, "kernel"), f"kernel {kernel}")
+        # OpenSBI's running footprint (heap, per-hart stacks) reaches past its
+        # file; the kernel's 2 MiB text_offset leaves it that room.
         kernel_addr = ram.base + image.text_offset
         if kernel_addr < placed.end:
             kernel_addr = _align_up(placed.end, KERNEL_ALIGN)
