@@ -19,6 +19,12 @@ from the operand classes.  The fused multiply-add is therefore a true single
 rounding.  Everything is int64 code with no intermediate ever reaching 2**63,
 so numba and NUMBA_DISABLE_JIT=1 agree bit for bit.
 
+The common case -- add/sub/mul/div/sqrt in round-to-nearest-even with
+ordinary operands -- first tries `fpfast`, which takes the host FPU's RNE
+result and gets NX from error-free transformations (TwoSum, Dekker's
+TwoProduct); anything near overflow/underflow or special falls through to
+the exact path above.
+
 Single-precision operands that are not NaN-boxed read as the canonical NaN;
 single results are written NaN-boxed.
 """
@@ -37,6 +43,7 @@ from pocketvm.cpu.fpconv import (
     int_to_fp,
     sext32,
 )
+from pocketvm.cpu.fpfast import fast_double, fast_single
 from pocketvm.cpu.fpround import CANON_NAN_S, INT64_MIN
 from pocketvm.cpu.state import CSR, CSR_FCSR, CSR_MSTATUS, F, MSTATUS_FS, MSTATUS_SD, X
 
@@ -124,6 +131,14 @@ def fp_execute(st, stf64, stf32, insn) -> int:
         rm = effective_rm(funct3, st[CSR + CSR_FCSR])
         if rm < 0:
             return ILLEGAL
+        if rm == 0 and (funct5 <= 3 or (funct5 == 0x0B and rs2 == 0)):
+            if dbl:
+                flags = fast_double(st, stf64, funct5, rd, rs1, rs2)
+            else:
+                flags = fast_single(st, stf32, funct5, rd, rs1, rs2)
+            if flags >= 0:
+                raise_flags(st, flags)
+                return OK
         if funct5 <= 3:
             a = read_f(st, rs1, dbl)
             b = read_f(st, rs2, dbl)

@@ -306,6 +306,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from test_fpu_oracle import Hart, encode_op, S, D
 h = Hart()
+assert type(h.fpu.fp_execute).__name__ == "function", "JIT still active"
 out = []
 for op, fd, rm, regs, kind in json.load(sys.stdin):
     f = D if fd else S
