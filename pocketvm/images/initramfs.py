@@ -1,0 +1,138 @@
+"""The pocketvm initramfs: BusyBox, a shell-script /init, kernel modules.
+
+Layout of the archive:
+
+    /init                        shell script, PID 1 (must never exit)
+    /bin/busybox, /bin/<applet>  applets as symlinks to busybox
+    /sbin, /usr/bin, /usr/sbin   symlinks to /bin, so every usual path works
+    /bin/poweroff|reboot|halt    wrappers that sync and call the kernel
+                                 directly (-f): PID 1 is not BusyBox init.
+                                 BusyBox's ash runs its own applets without
+                                 a PATH lookup, so /init also traps the
+                                 signals those applets send to PID 1
+    /lib/modules/<release>/...   uncompressed modules, insmod'ed in order
+    /dev/console                 the kernel opens it for init's stdio
+                                 before /init can mount devtmpfs
+    /etc/{passwd,group,profile,hostname}, /etc/mtab -> /proc/mounts
+
+The archive is deterministic: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .cpio import CpioWriter
+
+HOSTNAME = "pocket"
+PROMPT = r"pocket:\w# "
+POWER_WRAPPERS = {"poweroff": "poweroff -f", "reboot": "reboot -f", "halt": "halt -f"}
+# Applets not linked: `init`/`linuxrc` would mislead (PID 1 is /init).
+_SKIPPED_APPLETS = frozenset({"busybox", "init", "linuxrc"}) | frozenset(POWER_WRAPPERS)
+
+
+@dataclass(frozen=True)
+class InitramfsModule:
+    """A kernel module to ship and load: path relative to /lib/modules/<release>."""
+
+    name: str
+    path: str   # e.g. "kernel/fs/ext4/ext4.ko" (uncompressed)
+    data: bytes
+
+
+def init_script(kernel_release: str, module_paths: Sequence[str], banner: str,
+                install_applets: bool = False) -> str:
+    moddir = f"/lib/modules/{kernel_release}"
+    mods = " ".join(shlex.quote(p) for p in module_paths)
+    install = "/bin/busybox --install -s /bin\n" if install_applets else ""
+    return f"""#!/bin/sh
+# pocketvm initramfs /init. This script is PID 1: it must never exit, or
+# the kernel panics. When the shell ends, the machine powers off.
+export PATH=/bin HOME=/root
+{install}mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+hostname {HOSTNAME}
+
+failed=
+for m in {mods}; do
+    insmod {moddir}/$m >/dev/null 2>&1 || failed="$failed ${{m##*/}}"
+done
+[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
+
+# BusyBox's poweroff/reboot/halt applets (which its ash runs directly,
+# whatever PATH says) ask PID 1 by signal: USR2, TERM, USR1. Honour them.
+power() {{ sync; /bin/busybox "$1" -f; }}
+trap 'power poweroff' USR2
+trap 'power reboot' TERM
+trap 'power halt' USR1
+
+echo {shlex.quote(banner)}
+export PS1={shlex.quote(PROMPT)}
+cd /root
+# setsid + cttyhack give the shell a controlling terminal (the real console
+# device), so job control and Ctrl-C work. It runs in the background so that
+# this script's `wait` can be interrupted by the signals above.
+setsid cttyhack /bin/sh -l </dev/console >/dev/console 2>&1 &
+shell=$!
+while kill -0 $shell 2>/dev/null; do wait $shell; done
+power poweroff
+while :; do /bin/busybox sleep 3600; done
+"""
+
+
+def _profile() -> str:
+    return f"export PATH=/bin HOME=/root\nexport PS1={shlex.quote(PROMPT)}\n"
+
+
+def build_initramfs(
+    busybox: bytes,
+    kernel_release: str,
+    modules: Sequence[InitramfsModule] = (),
+    applets: Iterable[str] | None = None,
+    banner: str | None = None,
+    mtime: int = 0,
+) -> bytes:
+    """A gzip-compressed newc initramfs; `modules` must be in load order.
+
+    With `applets=None` the symlinks are made at boot by `busybox --install`.
+    """
+    w = CpioWriter(mtime=mtime)
+    for d in ("bin", "dev", "etc", "lib", "proc", "sys", "tmp", "run", "mnt", "var", "root", "usr"):
+        w.add_dir(d, 0o700 if d == "root" else 0o1777 if d == "tmp" else 0o755)
+    w.add_char_device("dev/console", 5, 1, 0o600)
+    w.add_char_device("dev/null", 1, 3, 0o666)
+    w.add_symlink("sbin", "bin")
+    w.add_symlink("usr/bin", "../bin")
+    w.add_symlink("usr/sbin", "../bin")
+    w.add_file("bin/busybox", busybox, 0o755)
+    w.add_symlink("bin/sh", "busybox")
+    for name in applets or ():
+        if name not in _SKIPPED_APPLETS and f"bin/{name}" not in w and "/" not in name:
+            w.add_symlink(f"bin/{name}", "busybox")
+    for name, command in POWER_WRAPPERS.items():
+        w.add_file(f"bin/{name}", f"#!/bin/sh\nsync\nexec /bin/busybox {command}\n".encode(), 0o755)
+
+    w.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    w.add_file("etc/group", b"root:x:0:\n")
+    w.add_file("etc/hostname", f"{HOSTNAME}\n".encode())
+    w.add_file("etc/profile", _profile().encode())
+    w.add_symlink("etc/mtab", "/proc/mounts")
+
+    moddir = f"lib/modules/{kernel_release}"
+    w.add_dir(moddir)
+    for m in modules:
+        w.add_file(f"{moddir}/{m.path}", m.data)
+    w.add_file(f"{moddir}/modules.order", "".join(f"{m.path}\n" for m in modules).encode())
+
+    if banner is None:
+        banner = f"pocketvm: Debian riscv64 initramfs, Linux {kernel_release}. 'poweroff' to stop."
+    script = init_script(kernel_release, [m.path for m in modules], banner, install_applets=applets is None)
+    w.add_file("init", script.encode(), 0o755)
+    return gzip.compress(w.finish(), compresslevel=9, mtime=mtime)
