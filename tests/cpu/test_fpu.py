@@ -331,3 +331,27 @@ def test_identical_without_jit(hart):
     for (op, f, rm, regs, kind), res in zip(cases, got):
         want = hart.run(encode_op(op, f, rm, kind), regs)
         assert tuple(res) == want, (op, f.dbl, rm, [hex(r) for r in regs], kind)
+
+
+def test_exact_ties_all_modes(hart):
+    """Results exactly halfway between two representable numbers (RNE vs RMM differ)."""
+    rng = random.Random(21)
+    seen_diff = 0
+    for f in FMTS:
+        emaxf = (1 << f.expbits) - 1
+        for _ in range(150):
+            e = rng.randint(f.p + 1, emaxf - 2)
+            a = (rng.getrandbits(1) << (f.width - 1)) | (e << (f.p - 1)) | rng.getrandbits(f.p - 1) | 1
+            half_ulp = (e - f.p) << (f.p - 1)  # 2**(exponent of a - p)
+            three_halves = (f.emax << (f.p - 1)) | (1 << (f.p - 2))  # 1.5
+            sub_tie = rng.getrandbits(f.p - 2) * 2 + 1  # odd subnormal: times 0.5 is a tie
+            half = (f.emax - 1) << (f.p - 1)
+            for rm in RMS:
+                check(hart, "add", f, rm, regs_of(f, a, half_ulp | (a & f.sign)))
+                check(hart, "sub", f, rm, regs_of(f, a, half_ulp))
+                check(hart, "mul", f, rm, regs_of(f, a, three_halves))
+                check(hart, "mul", f, rm, regs_of(f, sub_tie, half))
+                check(hart, "madd", f, rm, regs_of(f, a, three_halves, half_ulp))
+            if hart.op("mul", f, RNE, regs_of(f, a, three_halves)) != hart.op("mul", f, RMM, regs_of(f, a, three_halves)):
+                seen_diff += 1
+    assert seen_diff > 20  # many of the vectors really are ties
