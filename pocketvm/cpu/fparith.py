@@ -13,7 +13,6 @@ from __future__ import annotations
 from numba import njit
 
 from pocketvm.cpu.fpround import (
-    CLS_FINITE,
     CLS_INF,
     CLS_QNAN,
     CLS_SNAN,

@@ -23,7 +23,6 @@ from test_fpu_oracle import (  # noqa: E402
     FMA_OPC,
     FMTS,
     MASK64,
-    RD_X,
     S,
     Hart,
     box,
@@ -141,7 +140,6 @@ def compare(exe, records):
                 f"ours {out:#x}/{fcsr_now:#x} qemu {q_out:#x}/{qfcsr:#x}"
             )
     assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
-    assert RD_X == 10
 
 
 def test_qemu_edge_pairs(runner):
