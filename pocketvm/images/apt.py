@@ -154,6 +154,11 @@ Acquire::Languages "none";
 Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
 """)
 
+    def tidy(self) -> None:
+        """Drop apt's binary caches (~80 MB); apt rebuilds them when needed."""
+        for f in (self.root / "cache").glob("*.bin"):
+            f.unlink(missing_ok=True)
+
     def _run(self, args: Sequence[str], cwd: Path | None = None,
              progress: Progress | None = None) -> tuple[int, str]:
         exe = shutil.which(args[0])

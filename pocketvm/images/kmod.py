@@ -122,6 +122,18 @@ def scan_modules(root: Path, progress: Callable[[int, int], None] | None = None)
     return infos
 
 
+def check_complete(order: Sequence[str], infos: Iterable[ModuleInfo]) -> None:
+    """ModuleError unless every module in order has its declared dependencies
+    loaded before it (modules.dep cannot name a dependency that is not shipped)."""
+    declared = {i.name: i.depends for i in infos}
+    loaded: set[str] = set()
+    for name in order:
+        for dep in declared.get(name, ()):
+            if dep not in loaded:
+                raise ModuleError(f"module {name!r} needs {dep!r}, which is not shipped with the kernel")
+        loaded.add(name)
+
+
 # ----- depmod file formats -------------------------------------------------
 
 def format_modules_dep(infos: Iterable[ModuleInfo]) -> str:
@@ -132,11 +144,25 @@ def format_modules_dep(infos: Iterable[ModuleInfo]) -> str:
     """
     infos = list(infos)
     by_name = {i.name: i for i in infos}
-    deps = {i.name: i.depends for i in infos}
     lines = []
     for info in infos:
-        order = resolve_load_order([info.name], deps)[:-1]
-        paths = [by_name[n].path for n in reversed(order) if n in by_name]
+        # Like depmod, tolerate what the resolver refuses (a dependency that
+        # is not shipped, a cycle): the index covers every module, and only
+        # the modules we actually load must resolve cleanly.
+        order: list[str] = []
+        seen = {info.name}
+        stack = [(info.name, iter(info.depends))]
+        while stack:
+            name, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                stack.pop()
+                if name != info.name:
+                    order.append(name)
+            elif dep not in seen and dep in by_name:
+                seen.add(dep)
+                stack.append((dep, iter(by_name[dep].depends)))
+        paths = [by_name[n].path for n in reversed(order)]
         lines.append(f"{info.path}: {' '.join(paths)}".rstrip())
     return "\n".join(lines) + "\n"
 

@@ -198,6 +198,7 @@ def _pull(root: Path, image_dir: Path, mirror: str, steps: _Steps) -> BootFiles:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
+    apt.tidy()
     # Keep only the .debs of this image: old kernels are >100 MB each.
     keep = {p.name for p in debs.values()}
     for old in debs_dir.glob("*.deb"):
@@ -230,6 +231,7 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             (moddir / "modules.alias").write_text(kmod.format_modules_alias(infos))
             index = kmod.load_index(moddir)
             order = kmod.resolve_load_order(WANTED_MODULES, index.depends, index)
+            kmod.check_complete(order, infos)
         except kmod.ModuleError as exc:
             raise ImageError(f"kernel {release}: {exc}") from None
 
