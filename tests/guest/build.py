@@ -54,6 +54,8 @@ CFLAGS = [
     "-Werror",
     f"-I{RT_DIR}",
     f"-I{GEN_DIR}",
+    # e.g. -DVERBOSE to make programs print every case of their sweeps
+    *os.environ.get("GUEST_EXTRA_CFLAGS", "").split(),
 ]
 LDFLAGS = ["-Wl,--build-id=none", f"-T{LINKER_SCRIPT}"]
 # The programs may be built by two processes at once (two pytest runs):
