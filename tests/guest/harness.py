@@ -157,14 +157,14 @@ def difference(expected: RunResult, actual: RunResult, context: int = 3) -> str 
     the first differing line (with some context) and of the exit codes."""
     report = []
     if expected.output != actual.output:
-        exp_lines = expected.output.split(b"\n")
-        act_lines = actual.output.split(b"\n")
+        exp_lines = expected.output.splitlines(keepends=True)
+        act_lines = actual.output.splitlines(keepends=True)
         n = 0
         while n < min(len(exp_lines), len(act_lines)) and exp_lines[n] == act_lines[n]:
             n += 1
         report.append(f"output differs at line {n + 1} ({expected.runner} vs {actual.runner}):")
         for k in range(max(0, n - context), n):
-            report.append(f"    {exp_lines[k].decode('latin-1')}")
+            report.append(f"    {exp_lines[k].decode('latin-1').rstrip()}")
         for tag, lines in (("-", exp_lines), ("+", act_lines)):
             shown = lines[n : n + context]
             report += [f"  {tag} {line.decode('latin-1')!r}" for line in shown] or [f"  {tag} <end>"]

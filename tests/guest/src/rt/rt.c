@@ -259,6 +259,28 @@ void install_strap(void)
 }
 
 /* ------------------------------------------------------------------ */
+void rand_dump(const u64 *dump, const u8 *mem, u64 memlen)
+{
+    for (int i = 1; i < 32; i++)
+        pr("x%d = %016lx\n", i, dump[i]);
+    for (int i = 0; i < 32; i++)
+        pr("f%d = %016lx\n", i, dump[32 + i]);
+    pr("fflags = %lx\n", dump[64]);
+    digest_t d;
+    digest_init(&d);
+    for (u64 i = 0; i + 8 <= memlen; i += 8)
+        digest_add(&d, *(const u64 *)(mem + i));
+    digest_print("memory", &d);
+    /* The generated block never traps on a correct implementation. */
+    if (g_mtrap.count) {
+        pr("FAIL %lu unexpected traps, last: cause %lx epc %lx tval %lx\n", g_mtrap.count, g_mtrap.cause,
+           g_mtrap.epc, g_mtrap.tval);
+        g_failures++;
+    }
+    finish();
+}
+
+/* ------------------------------------------------------------------ */
 void *memset(void *d, int c, unsigned long n)
 {
     volatile u8 *p = d;

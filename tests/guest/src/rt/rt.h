@@ -128,6 +128,10 @@ u64 run_in_mode(int mode, u64 (*fn)(u64), u64 arg);
 void install_strap(void);
 
 
+/* Prints the register dump left by a randgen.py program (x1..x31, f0..f31,
+ * fflags) and a digest of its scratch memory, then finishes. */
+void rand_dump(const u64 *dump, const u8 *mem, u64 memlen) __attribute__((noreturn));
+
 /* --- misc ------------------------------------------------------------------ */
 void *memset(void *d, int c, unsigned long n);
 void *memcpy(void *d, const void *s, unsigned long n);
