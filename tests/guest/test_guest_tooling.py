@@ -59,7 +59,7 @@ def test_missing_compiler_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_every_program_source_is_listed() -> None:
     names = set(build.program_sources())
-    assert {"alu", "rv64i", "amo", "rvc", "zicsr", "traps", "priv", "vm", "fp", "cprog"} <= names
+    assert {"alu", "rv64i", "amo", "rvc", "zicsr", "traps", "priv", "vm", "fp", "cprog", "plic"} <= names
     assert "rt" not in names and "crt0" not in names
 
 
