@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def _up_to_date(target: Path, inputs: list[Path]) -> bool:
     return True
 
 
+def _tmp(path: Path) -> Path:
+    """A temporary name next to path, private to this process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+
+
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -119,7 +125,7 @@ def _stamp_inputs(out_dir: Path) -> Path:
     stamp = out_dir / ".flags"
     digest = _flags_digest()
     if not stamp.exists() or stamp.read_text() != digest:
-        tmp = stamp.with_suffix(f".{os.getpid()}")
+        tmp = _tmp(stamp)
         tmp.write_text(digest)
         tmp.replace(stamp)
     return stamp
@@ -129,13 +135,14 @@ def _compile(source: Path, obj: Path, stamp: Path, verbose: bool) -> bool:
     dep = obj.with_suffix(".d")
     if _up_to_date(obj, [source, stamp, *_deps(dep)]):
         return False
-    tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
-    tmp_dep = dep.with_name(f".{dep.name}.{os.getpid()}")
+    tmp = _tmp(obj)
+    tmp_dep = _tmp(dep)
     cmd = [compiler(), *CFLAGS, "-MMD", "-MF", str(tmp_dep), "-c", str(source), "-o", str(tmp)]
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     _run(cmd)
-    # Rewrite the target name in the dep file: it names the temporary file.
+    # (The dep file names the temporary object as its target; only its
+    # inputs are ever read.)
     tmp_dep.replace(dep)
     tmp.replace(obj)
     return True
@@ -156,7 +163,7 @@ def _generate_headers() -> None:
         text = module.generate()
         if out.exists() and out.read_text() == text:
             continue
-        tmp = out.with_name(f".{name}.{os.getpid()}")
+        tmp = _tmp(out)
         tmp.write_text(text)
         tmp.replace(out)
 
@@ -183,7 +190,7 @@ def build_source(source: Path, out_dir: Path = BUILD_DIR, verbose: bool = False)
     compiled = _compile(source, obj, stamp, verbose)
     if not compiled and _up_to_date(elf, [obj, *rt_objs, LINKER_SCRIPT, stamp]):
         return elf
-    tmp = elf.with_name(f".{elf.name}.{os.getpid()}")
+    tmp = _tmp(elf)
     cmd = [compiler(), *CFLAGS, *LDFLAGS, str(obj), *map(str, rt_objs), "-o", str(tmp)]
     if verbose:
         print(" ".join(cmd), file=sys.stderr)

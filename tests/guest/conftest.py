@@ -21,7 +21,10 @@ if "guest_harness" not in sys.modules:
 import guest_harness  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def guest_programs() -> dict[str, Path]:
-    """name -> ELF of every program in src/, built once per session."""
-    return guest_harness.build.build_all()
+@pytest.fixture
+def guest_program(request: pytest.FixtureRequest) -> Path:
+    """The ELF of the program named by the test's `name` parameter, built
+    (incrementally) on demand, so a program that fails to compile fails
+    only its own tests."""
+    name = request.node.callspec.params["name"]
+    return guest_harness.build.build_all([name])[name]

@@ -102,9 +102,9 @@ def run_qemu(elf: Path, use_cache: bool = True) -> RunResult:
             f"QEMU did not finish {elf} within {QEMU_TIMEOUT}s; output so far:\n"
             + (e.stdout or b"").decode("latin-1")[-2000:]
         ) from None
-    if proc.stderr:
-        # QEMU writes only its own complaints there (bad ELF, bad option).
-        raise HarnessError(f"QEMU reported on stderr for {elf}:\n{proc.stderr.decode('latin-1')}")
+    if proc.stderr and not proc.stdout:
+        # QEMU could not start the program (bad ELF, bad option).
+        raise HarnessError(f"QEMU failed on {elf} (exit {proc.returncode}):\n{proc.stderr.decode('latin-1')}")
     result = RunResult(proc.returncode, proc.stdout, "qemu")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}")

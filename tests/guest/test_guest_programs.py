@@ -14,15 +14,15 @@ pytestmark = pytest.mark.qemu
 
 
 @pytest.mark.parametrize("name", PROGRAMS)
-def test_self_checks_pass_under_qemu(name: str, guest_programs: dict[str, Path]) -> None:
-    result = harness.run_qemu(guest_programs[name])
+def test_self_checks_pass_under_qemu(name: str, guest_program: Path) -> None:
+    result = harness.run_qemu(guest_program)
     problems = harness.self_check_problems(result)
     assert not problems, f"{name} under QEMU:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("name", PROGRAMS)
-def test_pocketvm_matches_qemu(name: str, guest_programs: dict[str, Path]) -> None:
-    elf = guest_programs[name]
+def test_pocketvm_matches_qemu(name: str, guest_program: Path) -> None:
+    elf = guest_program
     expected = harness.run_qemu(elf)
     actual = harness.run_pocketvm(elf)
     diff = harness.difference(expected, actual)
