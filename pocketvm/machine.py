@@ -216,8 +216,14 @@ class VirtualMachine:
             self.panicked = True
         self._console_tail = tail[-len(PANIC_MARKER) :]
 
+    def _guest_reads_console(self) -> bool:
+        # Linux's 8250 driver drains the receiver at probe and the tty layer
+        # drops what arrives before the port is opened; the port is open once
+        # the driver enables the receive interrupt. Bare-metal programs poll.
+        return self.config.bios is None or bool(self.uart.ier & 1)
+
     def _pump_input(self) -> None:
-        if self.uart.wants_input() and self.console.has_input():
+        if self.uart.wants_input() and self.console.has_input() and self._guest_reads_console():
             self.uart.feed(self.console.take())
 
     # --- run loop -------------------------------------------------------------
@@ -280,7 +286,7 @@ class VirtualMachine:
         if rtc_deadline is not None:
             timeout = min(timeout, max(0.0, (rtc_deadline - time.time_ns()) / 1e9))
         timeout = min(timeout, 0.05)
-        if timeout > 0 and not (self.uart.wants_input() and self.console.has_input()):
+        if timeout > 0 and not (self.uart.wants_input() and self.console.has_input() and self._guest_reads_console()):
             event = getattr(self.console, "event", None)
             if event is not None:
                 event.wait(timeout)

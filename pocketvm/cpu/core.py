@@ -574,12 +574,18 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, budget):
                             illegal = True
                         else:
                             if writes:
+                                # A read-modify-write of mip/sip works on the
+                                # software-writable bits, not on the device lines
+                                # and timer bits ORed into what a read returns.
+                                base = old
+                                if csr == 0x344 or csr == 0x144:
+                                    base = st[CSR + 0x344]
                                 if op == 1:
                                     new = src
                                 elif op == 2:
-                                    new = old | src
+                                    new = base | src
                                 else:
-                                    new = old & ~src
+                                    new = base & ~src
                                 csr_write(st, sh, csr, new, n)
                                 check = 0
                             st[rd] = old
