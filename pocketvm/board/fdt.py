@@ -8,6 +8,8 @@ version 17 blob with an empty memory reservation map.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 
 import fdt as libfdt
@@ -33,6 +35,10 @@ class BoardConfig:
     bootargs: str = ""
     initrd_range: tuple[int, int] | None = None  # [start, end) guest physical
     virtio_slots: list[int] = field(default_factory=list)  # populated slot numbers
+    # Seeds the guest kernel's random pool at boot (/chosen/rng-seed), as QEMU
+    # does; without it Linux burns CPU gathering jitter entropy before the
+    # first getrandom() returns. None: fresh bytes from the host; b"": omit.
+    rng_seed: bytes | None = None
 
 
 def _cells64(value: int) -> tuple[int, int]:
@@ -206,6 +212,9 @@ def _chosen(cfg: BoardConfig) -> libfdt.Node:
     if cfg.bootargs:
         chosen.append(libfdt.PropStrings("bootargs", cfg.bootargs))
     chosen.append(libfdt.PropStrings("stdout-path", STDOUT_PATH))
+    seed = os.urandom(64) if cfg.rng_seed is None else cfg.rng_seed
+    if seed:
+        chosen.append(libfdt.PropBytes("rng-seed", data=seed))
     if cfg.initrd_range is not None:
         start, end = cfg.initrd_range
         chosen.append(libfdt.PropWords("linux,initrd-start", *_cells64(start)))

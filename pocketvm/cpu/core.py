@@ -30,14 +30,7 @@ from pocketvm.cpu.alu import (
     srl,
 )
 from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty
-try:
-    from pocketvm.cpu.fpu import fp_execute
-except ImportError:  # TEMPORARY until the FPU lands
-
-    @njit(cache=True)
-    def fp_execute(st, stf64, stf32, insn):
-        return 1
-
+from pocketvm.cpu.fpu import fp_execute
 from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, translate
 from pocketvm.cpu.rvc import expand
 from pocketvm.cpu.state import (

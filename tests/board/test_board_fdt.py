@@ -165,8 +165,18 @@ def test_chosen(tmp_path):
 
 
 def test_same_config_same_bytes():
-    cfg = BoardConfig(memory_size=128 * MiB, nharts=3, bootargs="quiet", virtio_slots=[1, 4])
+    cfg = BoardConfig(memory_size=128 * MiB, nharts=3, bootargs="quiet", virtio_slots=[1, 4], rng_seed=b"\x01" * 32)
     assert build_dtb(cfg) == build_dtb(cfg)
+
+
+def test_fresh_rng_seed_each_boot(tmp_path):
+    cfg = BoardConfig(memory_size=128 * MiB, nharts=1)
+    first, second = build_dtb(cfg), build_dtb(cfg)
+    assert first != second and len(first) == len(second)
+    seed = tree_of(first, tmp_path)["/chosen"]["rng-seed"]
+    assert len(seed) == 64
+    unseeded = tree_of(build_dtb(BoardConfig(memory_size=128 * MiB, nharts=1, rng_seed=b"")), tmp_path)
+    assert "rng-seed" not in unseeded["/chosen"]
 
 
 @pytest.mark.parametrize(
