@@ -1,3 +1,3 @@
-from pocketvm.cli import main
+from pocketvm.cli import entry
 
-main()
+entry()

@@ -182,5 +182,20 @@ def _attach_image_commands() -> None:
 
 _attach_image_commands()
 
+
+def entry() -> None:
+    """Console-script entry point: usage errors become one line, not a usage dump."""
+    try:
+        code = main.main(standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        fail(f"{e.format_message()}{hint}")
+    except click.ClickException as e:
+        fail(e.format_message())
+    except click.Abort:
+        fail("aborted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
