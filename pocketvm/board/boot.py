@@ -134,6 +134,34 @@ def _file_size(path: Path, what: str) -> int:
     return size
 
 
+# What Linux can unpack as an initramfs: a cpio archive, plain or compressed.
+_INITRD_MAGICS = (
+    b"070701", b"070702", b"070707",  # cpio newc / crc / odc
+    b"\x1f\x8b",  # gzip
+    b"\xfd7zXZ\x00",  # xz
+    b"\x28\xb5\x2f\xfd",  # zstd
+    b"\x02\x21\x4c\x18",  # lz4 legacy
+    b"BZh",  # bzip2
+    b"\x5d\x00\x00",  # lzma
+    b"\x89LZO",  # lzo
+)
+
+
+def check_initrd(path: Path) -> None:
+    """Refuse a file the kernel could not unpack, before booting a doomed guest."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise BootError(f"initrd {path}: no such file") from None
+    except OSError as exc:
+        raise BootError(f"initrd {path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise BootError(f"initrd {path}: file is empty")
+    if not head.startswith(_INITRD_MAGICS):
+        raise BootError(f"initrd {path}: not an initramfs (neither a cpio archive nor a known compression)")
+
+
 def _read_into(path: Path, dest: np.ndarray, what: str) -> None:
     """Stream a (possibly large) file straight into guest RAM."""
     buf = memoryview(dest)
@@ -231,6 +259,8 @@ def prepare_boot(
             kernel_addr = _align_up(placed.end, KERNEL_ALIGN)
         _place_raw(placed, kernel_addr, image.data, image.footprint, "kernel")
 
+    if initrd is not None:
+        check_initrd(initrd)
     initrd_size = _file_size(initrd, "initrd") if initrd is not None else 0
     fw_info_size = PAGE if bios is not None else 0
 

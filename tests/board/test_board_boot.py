@@ -40,7 +40,7 @@ def kernel(tmp_path) -> Path:
 @pytest.fixture
 def initrd(tmp_path) -> Path:
     path = tmp_path / "initrd"
-    path.write_bytes(np.random.default_rng(1).bytes(300_000))
+    path.write_bytes(b"\x1f\x8b" + np.random.default_rng(1).bytes(300_000))
     return path
 
 
@@ -243,3 +243,13 @@ def test_hart_start_apply(firmware, kernel):
     assert st[state.PC] == BASE
     assert st[state.PRIV] == 3
     assert list(st[state.X + 10 : state.X + 13]) == [1, plan.dtb_addr, plan.fw_info_addr]
+
+
+@pytest.mark.parametrize("content", [b"this is not an archive", b"\x7fELF" + bytes(100)])
+def test_initrd_that_is_no_initramfs_is_refused(tmp_path, firmware, kernel, content):
+    bad = tmp_path / "bad-initrd"
+    bad.write_bytes(content)
+    ram = GuestRAM(64 * MiB)
+    with pytest.raises(BootError, match="not an initramfs"):
+        prepare_boot(ram, 1, kernel, firmware, bad, "", [])
+    assert not ram.u8.any()

@@ -40,7 +40,7 @@ def test_opensbi_starts_kernel_from_our_layout(tmp_path, nharts):
     payload_elf = cross_build("sbi_payload.S", tmp_path / "payload.elf", BASE + 0x20_0000)
     image = objcopy_binary(payload_elf, tmp_path / "Image")
     initrd = tmp_path / "initrd"
-    initrd.write_bytes(b"INITRD" * 5000)
+    initrd.write_bytes(b"070701" + b"INITRD" * 5000)
 
     ram = GuestRAM(256 * MiB)
     plan = prepare_boot(ram, nharts, image, OPENSBI, initrd, "console=ttyS0", [0])
