@@ -1,0 +1,226 @@
+"""CPU benchmarks: bare-metal programs in pocketvm and in QEMU TCG, side by side.
+
+    .venv/bin/python benchmarks/cpu.py [--scale N] [--only NAME ...] [--no-compile-time]
+
+Each program in benchmarks/guest/ is built with riscv64-linux-gnu-gcc, run
+in pocketvm (in-process, warm numba cache) and in QEMU (`-M virt -bios none`),
+and must print the same `result` line in both. Printed per program: guest
+instructions (counted by pocketvm: QEMU's minstret is not an instruction
+count without -icount), pocketvm MIPS, QEMU's net wall time (minus the wall
+time of an empty program, i.e. QEMU's start-up and exit) and the ratio
+pocketvm/QEMU. QEMU is so much faster that it times a build with
+--qemu-factor times the work and the result is divided back, which keeps its
+start-up noise out of the ratio; a same-size build checks the result line. The one-off numba compile time is measured in a subprocess
+with an empty, temporary NUMBA_CACHE_DIR.
+
+Ratios, not absolute times, are what to compare between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
+CROSS = os.environ.get("GUEST_CROSS", "riscv64-linux-gnu-")
+QEMU = os.environ.get("GUEST_QEMU", "qemu-system-riscv64")
+CFLAGS = [
+    "-march=rv64gc",
+    "-mabi=lp64d",
+    "-mcmodel=medany",
+    "-static",
+    "-nostdlib",
+    "-nostartfiles",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-tree-loop-distribute-patterns",  # no memset/memcpy calls from loops
+    "-O2",
+    "-Wall",
+    "-Werror",
+    "-Wl,--build-id=none",
+]
+MEMORY = 128 << 20
+QEMU_ARGS = ["-M", "virt", "-m", "128M", "-bios", "none", "-nographic", "-serial", "stdio", "-monitor", "none"]
+PROGRAMS = {
+    "hash": "integer hash loop (loads, multiply, xor-shift)",
+    "sort": "quicksort + merge of 32-bit keys",
+    "fpu": "n-body step (double) + float dot product",
+    "vm": "hash table in S-mode, Sv39 4 KiB pages",
+}
+
+
+@dataclass
+class Result:
+    name: str
+    instructions: int
+    pocket_s: float
+    qemu_s: float
+
+    @property
+    def mips(self) -> float:
+        return self.instructions / self.pocket_s / 1e6
+
+    @property
+    def ratio(self) -> float:
+        return self.pocket_s / self.qemu_s if self.qemu_s > 0 else float("inf")
+
+
+def build(name: str, scale: int, out_dir: Path) -> Path:
+    elf = out_dir / f"{name}.elf"
+    cmd = [
+        CROSS + "gcc",
+        *CFLAGS,
+        f"-DSCALE={scale}",
+        f"-I{GUEST_DIR}",
+        f"-T{GUEST_DIR / 'link.ld'}",
+        str(GUEST_DIR / "start.S"),
+        str(GUEST_DIR / "bench.c"),
+        str(GUEST_DIR / f"{name}.c"),
+        "-o",
+        str(elf),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"build of {name} failed:\n{proc.stdout}{proc.stderr}")
+    return elf
+
+
+def result_line(output: bytes) -> str:
+    for line in output.decode(errors="replace").splitlines():
+        if line.startswith("result "):
+            return line
+    return "(no result) " + output.decode(errors="replace")[-200:]
+
+
+def run_pocketvm(elf: Path) -> tuple[int, float, str]:
+    """(instructions, seconds in the run loop, result line)."""
+    from pocketvm.console import CapturedConsole
+    from pocketvm.cpu import state as S
+    from pocketvm.machine import VirtualMachine, VMConfig
+
+    console = CapturedConsole()
+    vm = VirtualMachine(VMConfig(memory=MEMORY, kernel=elf, bios=None, rng=False, deterministic=True), console)
+    try:
+        vm.load_boot_files()
+        t0 = time.perf_counter()
+        status = vm.run(max_instructions=50_000_000_000)
+        dt = time.perf_counter() - t0
+    finally:
+        vm.close()
+    if status.code != 0:
+        raise SystemExit(f"{elf.name}: pocketvm exit {status.code} ({status.reason}): {bytes(console.output)!r}")
+    insns = int(vm.harts[0].st[S.CSR + S.CSR_MINSTRET])
+    return insns, dt, result_line(bytes(console.output))
+
+
+def run_qemu(elf: Path, repeat: int) -> tuple[float, str]:
+    """(best wall time of `repeat` runs, result line)."""
+    best = float("inf")
+    line = ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [QEMU, *QEMU_ARGS, "-kernel", str(elf)], stdin=subprocess.DEVNULL, capture_output=True, timeout=600
+        )
+        best = min(best, time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{elf.name}: QEMU exit {proc.returncode}: {proc.stdout!r} {proc.stderr!r}")
+        line = result_line(proc.stdout)
+    return best, line
+
+
+_COMPILE_PROBE = """
+import sys, time
+sys.path.insert(0, {repo!r})
+t0 = time.perf_counter()
+from pocketvm.baremetal import run_elf
+t1 = time.perf_counter()
+r = run_elf({elf!r})
+t2 = time.perf_counter()
+assert r.exit_code == 0, r
+print(t2 - t1)
+"""
+
+
+def compile_time(empty_elf: Path) -> float:
+    """Seconds the first run() call takes with an empty numba cache."""
+    with tempfile.TemporaryDirectory(prefix="pocketvm-numba-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        code = _COMPILE_PROBE.format(repo=str(REPO), elf=str(empty_elf))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise SystemExit(f"compile-time probe failed:\n{proc.stderr}")
+        return float(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=1, help="work multiplier for every program (default 1)")
+    ap.add_argument("--only", nargs="*", choices=sorted(PROGRAMS), help="run only these programs")
+    ap.add_argument("--qemu-repeat", type=int, default=3, help="QEMU runs per program; the fastest counts")
+    ap.add_argument("--qemu-factor", type=int, default=10, help="QEMU times this many times the work (default 10)")
+    ap.add_argument("--no-compile-time", action="store_true", help="skip the cold-cache compile measurement")
+    args = ap.parse_args()
+    for tool in (CROSS + "gcc", QEMU):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found")
+
+    names = args.only or list(PROGRAMS)
+    with tempfile.TemporaryDirectory(prefix="pocketvm-bench-") as tmp:
+        out = Path(tmp)
+        empty = build("empty", 1, out)
+        elves = {n: build(n, args.scale, out) for n in names}
+        big = out / "big"
+        big.mkdir()
+        big_elves = {n: build(n, args.scale * args.qemu_factor, big) for n in names}
+
+        if not args.no_compile_time:
+            print(f"numba compile (cold cache, first run() call): {compile_time(empty):.1f} s", flush=True)
+
+        run_pocketvm(empty)  # loads the compiled core from the cache
+        qemu_base, _ = run_qemu(empty, max(args.qemu_repeat, 3))
+        print(f"QEMU start-up + exit (empty program): {qemu_base * 1000:.0f} ms, subtracted below\n")
+
+        header = f"{'program':<6} {'guest insns':>12} {'pocketvm s':>10} {'MIPS':>7} {'QEMU s':>8} {'ratio':>7}  result"
+        print(header)
+        print("-" * len(header))
+        results = []
+        mismatches = 0
+        for name in names:
+            insns, pocket_s, pline = run_pocketvm(elves[name])
+            _, qline = run_qemu(elves[name], 1)
+            qemu_s, _ = run_qemu(big_elves[name], args.qemu_repeat)
+            net = max(qemu_s - qemu_base, 1e-3) / args.qemu_factor
+            r = Result(name, insns, pocket_s, net)
+            results.append(r)
+            same = "same" if pline == qline else f"DIFFERENT: pocketvm {pline!r} QEMU {qline!r}"
+            mismatches += pline != qline
+            print(
+                f"{name:<6} {insns:>12,} {pocket_s:>10.2f} {r.mips:>7.1f} {net:>8.3f} {r.ratio:>6.1f}x  {same}",
+                flush=True,
+            )
+        print()
+        for name in names:
+            print(f"  {name:<6} {PROGRAMS[name]}")
+        total_i = sum(r.instructions for r in results)
+        total_p = sum(r.pocket_s for r in results)
+        total_q = sum(r.qemu_s for r in results)
+        print(f"\nall: {total_i / total_p / 1e6:.1f} MIPS, pocketvm/QEMU wall time {total_p / total_q:.1f}x")
+        if mismatches:
+            raise SystemExit(f"{mismatches} program(s) gave a different result in pocketvm and QEMU")
+
+
+if __name__ == "__main__":
+    main()
