@@ -7,25 +7,25 @@ Every function is also plain Python/numpy for NUMBA_DISABLE_JIT=1.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 INT64_MIN = -0x8000_0000_0000_0000
 INT64_MAX = 0x7FFF_FFFF_FFFF_FFFF
 MASK32 = 0xFFFF_FFFF
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def sext32(v):
     return ((v & MASK32) ^ 0x8000_0000) - 0x8000_0000
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def sext(v, bits):
     m = 1 << (bits - 1)
     return ((v & ((m << 1) - 1)) ^ m) - m
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def srl(a, s):
     """Logical right shift, 0 <= s < 64."""
     if s == 0:
@@ -33,12 +33,12 @@ def srl(a, s):
     return (a >> s) & ((1 << (64 - s)) - 1)
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def ltu(a, b):
     return (a ^ INT64_MIN) < (b ^ INT64_MIN)
 
 
-@njit(cache=True)
+@core_jit
 def mulhu(a, b):
     a_lo = a & MASK32
     a_hi = srl(a, 32)
@@ -52,7 +52,7 @@ def mulhu(a, b):
     return p3 + srl(p1, 32) + srl(p2, 32) + srl(mid, 32)
 
 
-@njit(cache=True)
+@core_jit
 def mulh(a, b):
     hi = mulhu(a, b)
     if a < 0:
@@ -62,7 +62,7 @@ def mulh(a, b):
     return hi
 
 
-@njit(cache=True)
+@core_jit
 def mulhsu(a, b):
     hi = mulhu(a, b)
     if a < 0:
@@ -70,7 +70,7 @@ def mulhsu(a, b):
     return hi
 
 
-@njit(cache=True)
+@core_jit
 def divu(a, b):
     """Unsigned 64-bit division; b != 0."""
     if b < 0:  # divisor >= 2**63: quotient is 0 or 1
@@ -84,7 +84,7 @@ def divu(a, b):
     return q
 
 
-@njit(cache=True)
+@core_jit
 def div_signed(a, b):
     if b == 0:
         return -1
@@ -96,7 +96,7 @@ def div_signed(a, b):
     return -q if (a < 0) != (b < 0) else q
 
 
-@njit(cache=True)
+@core_jit
 def rem_signed(a, b):
     if b == 0:
         return a
@@ -105,14 +105,14 @@ def rem_signed(a, b):
     return a - div_signed(a, b) * b
 
 
-@njit(cache=True)
+@core_jit
 def div_unsigned(a, b):
     if b == 0:
         return -1
     return divu(a, b)
 
 
-@njit(cache=True)
+@core_jit
 def rem_unsigned(a, b):
     if b == 0:
         return a

@@ -13,7 +13,7 @@ instructions, then one branch per major opcode. Traps are taken in place
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 from pocketvm.cpu.alu import (
     INT64_MIN,
@@ -75,7 +75,7 @@ _CAUSE_STORE_ACCESS = 7
 _CAUSE_FETCH_ACCESS = 1
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _read_ram(ram, ram16, ram32, ram64, off, size):
     """Little-endian unsigned read of `size` bytes at a RAM offset (any alignment)."""
     if size == 8:
@@ -95,7 +95,7 @@ def _read_ram(ram, ram16, ram32, ram64, off, size):
     return v
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _write_ram(ram, ram16, ram32, ram64, off, size, value):
     if size == 8:
         if (off & 7) == 0:
@@ -116,7 +116,7 @@ def _write_ram(ram, ram16, ram32, ram64, off, size, value):
         ram[off + i] = (value >> (8 * i)) & 0xFF
 
 
-@njit(cache=True)
+@core_jit
 def _access(st, ram64, ram_size, addr, size, acc):
     """Translate an access of `size` bytes.
 
@@ -141,7 +141,7 @@ def _access(st, ram64, ram_size, addr, size, acc):
     return -1, pa, -1
 
 
-@njit(cache=True)
+@core_jit
 def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, budget):
     """Run the hart for at most `budget` instructions. Returns an exit reason."""
     ram_size = ram.shape[0]

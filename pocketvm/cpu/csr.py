@@ -7,7 +7,7 @@ counter writes subtract it, so the core only touches memory at exit.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 from pocketvm.cpu.alu import srl
 from pocketvm.cpu.mmu import flush_tlb
@@ -41,17 +41,17 @@ MEDELEG_WRITABLE = 0xFFFF & ~((1 << 10) | (1 << 11) | (1 << 14))
 FS_DIRTY = (3 << 13) | (-(1 << 63))
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def fs_off(st):
     return (st[CSR + CSR_MSTATUS] & (3 << 13)) == 0
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def mark_fs_dirty(st):
     st[CSR + CSR_MSTATUS] |= FS_DIRTY
 
 
-@njit(cache=True)
+@core_jit
 def _counter_allowed(st, csr):
     priv = st[PRIV]
     bit = 1 << (csr & 31)
@@ -62,14 +62,14 @@ def _counter_allowed(st, csr):
     return True
 
 
-@njit(cache=True)
+@core_jit
 def _with_sd(mstatus):
     if (mstatus & (3 << 13)) == (3 << 13):
         return mstatus | (-(1 << 63))
     return mstatus & ~(-(1 << 63))
 
 
-@njit(cache=True)
+@core_jit
 def csr_read(st, sh, csr, n):
     """Returns (ok, value); ok False means illegal instruction."""
     if csr == CSR_FFLAGS or csr == CSR_FRM or csr == CSR_FCSR:
@@ -119,7 +119,7 @@ def csr_read(st, sh, csr, n):
     return False, 0
 
 
-@njit(cache=True)
+@core_jit
 def csr_write(st, sh, csr, value, n):
     """Write a CSR whose existence and privilege were already checked by csr_read.
 

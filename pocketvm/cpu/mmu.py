@@ -12,7 +12,7 @@ Like QEMU, the walker sets A and D in hardware instead of faulting.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 from pocketvm.cpu.alu import srl
 from pocketvm.cpu.state import (
@@ -44,14 +44,14 @@ PPN_MASK = (1 << 44) - 1
 FAULT_BASE = -1
 
 
-@njit(cache=True)
+@core_jit
 def flush_tlb(st):
     for i in range(TLB, TLB + TLB_SIZE):
         st[i] = -1
     st[FETCH_PAGE] = -1
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _page_fault(acc):
     if acc == ACC_FETCH:
         return -(12 + 1)
@@ -60,7 +60,7 @@ def _page_fault(acc):
     return -(15 + 1)
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _access_fault(acc):
     if acc == ACC_FETCH:
         return -(1 + 1)
@@ -69,7 +69,7 @@ def _access_fault(acc):
     return -(7 + 1)
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def effective_priv(st, acc):
     priv = st[PRIV]
     if acc != ACC_FETCH and priv == 3:
@@ -79,7 +79,7 @@ def effective_priv(st, acc):
     return priv
 
 
-@njit(cache=True)
+@core_jit
 def translate(st, ram64, ram_size, vaddr, acc):
     """Virtual -> physical address, or a negative fault code -(cause + 1)."""
     priv = effective_priv(st, acc)
@@ -105,7 +105,7 @@ def translate(st, ram64, ram_size, vaddr, acc):
     return page | (vaddr & 0xFFF)
 
 
-@njit(cache=True)
+@core_jit
 def walk(st, ram64, ram_size, vaddr, acc, priv, sum_, mxr, mode):
     """Walk the page table; returns the physical page address or a fault code.
 

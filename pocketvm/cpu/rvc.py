@@ -7,30 +7,30 @@ illegal encodings expand to 0, which the core treats as illegal.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _bits(v, hi, lo):
     return (v >> lo) & ((1 << (hi - lo + 1)) - 1)
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _i_type(imm, rs1, f3, rd, op):
     return ((imm & 0xFFF) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _s_type(imm, rs2, rs1, f3, op):
     return (((imm >> 5) & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1F) << 7) | op
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _r_type(f7, rs2, rs1, f3, rd, op):
     return (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _b_type(imm, rs2, rs1, f3):
     return (
         (((imm >> 12) & 1) << 31)
@@ -44,7 +44,7 @@ def _b_type(imm, rs2, rs1, f3):
     )
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _j_type(imm, rd):
     return (
         (((imm >> 20) & 1) << 31)
@@ -56,13 +56,13 @@ def _j_type(imm, rd):
     )
 
 
-@njit(cache=True, inline="always")
+@core_jit(inline="always")
 def _sext(v, bits):
     m = 1 << (bits - 1)
     return ((v & ((m << 1) - 1)) ^ m) - m
 
 
-@njit(cache=True)
+@core_jit
 def expand(h):
     """16-bit instruction -> 32-bit instruction, or 0 if illegal/reserved."""
     quadrant = h & 3

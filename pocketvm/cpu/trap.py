@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import core_jit
 
 from pocketvm.cpu.alu import INT64_MIN, ltu
 from pocketvm.cpu.state import (
@@ -36,7 +36,7 @@ from pocketvm.cpu.state import (
 _PRIORITY = (11, 3, 7, 9, 1, 5)
 
 
-@njit(cache=True)
+@core_jit
 def update_mtime(sh, n):
     """Advance mtime from the host-set base plus instructions run since (never backwards)."""
     t = sh[SH_TIME_BASE] + (sh[SH_SLICE_INSNS] + n) // sh[SH_INSN_PER_TICK]
@@ -45,7 +45,7 @@ def update_mtime(sh, n):
     return sh[SH_MTIME]
 
 
-@njit(cache=True)
+@core_jit
 def current_mip(st, sh):
     """mip as software sees it: stored bits, device lines, CLINT timer and software interrupt."""
     hart = st[HART_ID]
@@ -57,7 +57,7 @@ def current_mip(st, sh):
     return mip
 
 
-@njit(cache=True)
+@core_jit
 def pending_interrupt(st, sh):
     """The interrupt to take now, or -1."""
     pending = current_mip(st, sh) & st[CSR + CSR_MIE]
@@ -81,7 +81,7 @@ def pending_interrupt(st, sh):
     return -1
 
 
-@njit(cache=True)
+@core_jit
 def take_trap(st, cause, tval, epc, interrupt):
     """Enter the trap handler; returns the new pc."""
     priv = st[PRIV]
@@ -113,7 +113,7 @@ def take_trap(st, cause, tval, epc, interrupt):
     return base
 
 
-@njit(cache=True)
+@core_jit
 def mret(st):
     mstatus = st[CSR + CSR_MSTATUS]
     mpp = (mstatus >> 11) & 3
@@ -127,7 +127,7 @@ def mret(st):
     return st[CSR + CSR_MEPC]
 
 
-@njit(cache=True)
+@core_jit
 def sret(st):
     mstatus = st[CSR + CSR_MSTATUS]
     spp = (mstatus >> 8) & 1
