@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up pocketvm on a fresh Debian machine, then boots the default VM.
+#
+#   ./setup.sh             install everything, pull the Debian guest, boot it
+#   ./setup.sh --no-boot   the same without booting (what CI does)
+#
+# It installs Debian packages (as root, or through sudo): the Python venv
+# module, and the tools the test suite compares against (QEMU, the riscv64
+# cross compiler, e2fsprogs, dtc). pocketvm itself goes into ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+boot=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-boot) boot=0 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+debs=(python3-venv qemu-system-misc qemu-user gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+      e2fsprogs device-tree-compiler cpio xz-utils)
+missing=()
+for p in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing Debian packages: ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The default guest: Debian trixie riscv64 kernel, BusyBox and OpenSBI.
+.venv/bin/pocket image pull
+
+if [ "$boot" -eq 1 ]; then
+    echo "setup.sh: booting the default VM (Ctrl-A x quits, 'poweroff' in the guest stops it)"
+    exec .venv/bin/pocket run
+fi
