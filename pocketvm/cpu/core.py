@@ -143,13 +143,20 @@ def _access(st, ram64, ram_size, addr, size, acc):
 
 @core_jit
 def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, budget):
-    """Run the hart for at most `budget` instructions. Returns an exit reason."""
+    """Run the hart for at most `budget` instructions. Returns an exit reason.
+
+    The budget bounds loop iterations, not only retired instructions: a guest
+    whose every instruction traps (a trap vector pointing at unmapped memory)
+    must still hand control back to the monitor.
+    """
     ram_size = ram.shape[0]
     pc = st[PC]
     n = 0
+    steps = 0
     check = 0
     reason = EXIT_SLICE
-    while n < budget:
+    while steps < budget:
+        steps += 1
         # --- interrupts and time ------------------------------------------
         if check <= 0:
             check = CHECK_INTERVAL
