@@ -6,17 +6,28 @@ a wfi with nothing pending, or the instruction budget used up. The caller
 handles the exit and calls run() again.
 
 Read it top to bottom: fetch (with a one-page fetch cache), expand compressed
-instructions, then one branch per major opcode. Traps are taken in place
-(pc moves to the handler) and never leave the loop.
+instructions (table lookup), then one branch per major opcode. Traps are
+taken in place (pc moves to the handler) and never leave the loop.
+
+What keeps it fast:
+- The common instructions (integer ALU, branches, jumps, loads and stores)
+  are executed inline; rare ones (CSR/SYSTEM, AMO, misaligned or device
+  accesses, TLB misses) are calls, so the hot loop stays small.
+- A load or store that hits the TLB (or needs no translation) indexes RAM
+  directly. What decides "translation on?" and the TLB tag bits (effective
+  privilege, SUM, MXR) is kept in locals and recomputed only after something
+  that can change it: a trap, mret/sret, a SYSTEM instruction, run() entry.
+- The fetch cache (current code page) lives in locals, invalidated at the
+  same points and on sfence.vma/satp writes (which are SYSTEM instructions).
+- Registers are st[0..31]; x0 is forced back to 0 after every instruction,
+  which is cheaper than a branch on rd in every write.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from pocketvm.cpu.jit import core_jit
 
 from pocketvm.cpu.alu import (
-    INT64_MIN,
     MASK32,
     div_signed,
     div_unsigned,
@@ -31,34 +42,34 @@ from pocketvm.cpu.alu import (
 )
 from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty
 from pocketvm.cpu.fpu import fp_execute
-from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, translate
-from pocketvm.cpu.rvc import expand
+from pocketvm.cpu.jit import core_jit
+from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, mode_bits, translate
 from pocketvm.cpu.state import (
     CSR,
     CSR_MCYCLE,
     CSR_MIE,
     CSR_MINSTRET,
     CSR_MSTATUS,
+    CSR_SATP,
     EXIT_ADDR,
     EXIT_MMIO_LOAD,
     EXIT_MMIO_STORE,
     EXIT_PC,
-    EXIT_VADDR,
     EXIT_RD,
     EXIT_REASON,
     EXIT_SIZE,
     EXIT_SLICE,
+    EXIT_VADDR,
     EXIT_VALUE,
     EXIT_WFI,
     F,
-    FETCH_BASE,
-    FETCH_PAGE,
-    INSN,
     PC,
     PRIV,
     RAM_BASE,
     RESERVATION,
     SH_SLICE_INSNS,
+    TLB,
+    TLB_ENTRIES,
     WFI_FLAG,
 )
 from pocketvm.cpu.trap import current_mip, mret, pending_interrupt, sret, take_trap, update_mtime
@@ -66,13 +77,27 @@ from pocketvm.cpu.trap import current_mip, mret, pending_interrupt, sret, take_t
 # How many instructions run between two looks at pending interrupts and time.
 CHECK_INTERVAL = 128
 
+_CAUSE_FETCH_ACCESS = 1
 _CAUSE_ILLEGAL = 2
 _CAUSE_BREAKPOINT = 3
 _CAUSE_MISALIGNED_LOAD = 4
 _CAUSE_LOAD_ACCESS = 5
 _CAUSE_MISALIGNED_STORE = 6
 _CAUSE_STORE_ACCESS = 7
-_CAUSE_FETCH_ACCESS = 1
+
+_LOAD_TLB = TLB + ACC_LOAD * 2 * TLB_ENTRIES
+_STORE_TLB = TLB + ACC_STORE * 2 * TLB_ENTRIES
+_NO_PAGE = 1  # a fetch-cache page that no pc can have (pages are 4096-aligned)
+
+# Results of the out-of-line helpers.
+MEM_OK = 0
+MEM_FAULT = 1  # value is the trap cause
+MEM_MMIO = 2  # value is the physical address
+
+SYS_NEXT = 0  # continue at the returned pc
+SYS_RECHECK = 1  # continue, and look at interrupts before the next instruction
+SYS_TRAPPED = 2  # a trap was taken; the returned pc is the handler
+SYS_WFI = 3  # wfi with nothing pending: exit to the host
 
 
 @core_jit(inline="always")
@@ -116,6 +141,39 @@ def _write_ram(ram, ram16, ram32, ram64, off, size, value):
         ram[off + i] = (value >> (8 * i)) & 0xFF
 
 
+@core_jit(inline="always")
+def _fast_off(st, ram_size, addr, size, translated, tag, table):
+    """RAM offset of an aligned access that needs no page walk, or -1.
+
+    `translated`/`tag` come from `_data_mode`, `table` is the TLB of the
+    access type. Aligned means the access cannot cross a page, and RAM pages
+    are whole, so the offset is valid for all `size` bytes.
+    """
+    if addr & (size - 1):
+        return -1
+    if translated:
+        slot = table + ((addr >> 11) & (2 * TLB_ENTRIES - 2))
+        if st[slot] == ((addr & -4096) | tag):
+            return st[slot + 1] + (addr & 0xFFF)
+        return -1
+    off = addr - RAM_BASE
+    if off >= 0 and off < ram_size:
+        return off
+    return -1
+
+
+@core_jit(inline="always")
+def _data_mode(st):
+    """(translation on for loads and stores, their TLB tag bits)."""
+    priv = st[PRIV]
+    mstatus = st[CSR + CSR_MSTATUS]
+    paging = (st[CSR + CSR_SATP] >> 60) != 0
+    eff = priv
+    if priv == 3 and (mstatus & (1 << 17)):  # MPRV
+        eff = (mstatus >> 11) & 3
+    return paging and eff != 3, mode_bits(eff, mstatus)
+
+
 @core_jit
 def _access(st, ram64, ram_size, addr, size, acc):
     """Translate an access of `size` bytes.
@@ -142,21 +200,214 @@ def _access(st, ram64, ram_size, addr, size, acc):
 
 
 @core_jit
-def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, budget):
+def _load_slow(st, ram, ram16, ram32, ram64, addr, size):
+    """A load the fast path could not do: (MEM_*, unsigned value | cause | physical address)."""
+    off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
+    if fault >= 0:
+        return MEM_FAULT, fault
+    if off < 0:
+        return MEM_MMIO, pa
+    return MEM_OK, _read_ram(ram, ram16, ram32, ram64, off, size)
+
+
+@core_jit
+def _store_slow(st, ram, ram16, ram32, ram64, addr, size, value):
+    """A store the fast path could not do: (MEM_*, 0 | cause | physical address)."""
+    off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_STORE)
+    if fault >= 0:
+        return MEM_FAULT, fault
+    if off < 0:
+        return MEM_MMIO, pa
+    _write_ram(ram, ram16, ram32, ram64, off, size, value)
+    return MEM_OK, 0
+
+
+@core_jit
+def _amo(st, ram, ram16, ram32, ram64, insn, pc):
+    """LR/SC and AMO*.W/D. Returns -1 on success, else the trap cause (tval is
+    the address, except for an illegal instruction)."""
+    f3 = (insn >> 12) & 7
+    rd = (insn >> 7) & 31
+    rs1 = (insn >> 15) & 31
+    rs2 = (insn >> 20) & 31
+    if f3 != 2 and f3 != 3:
+        return _CAUSE_ILLEGAL
+    size = 4 if f3 == 2 else 8
+    funct5 = (insn >> 27) & 31
+    addr = st[rs1]
+    if funct5 == 2 and rs2 != 0:
+        return _CAUSE_ILLEGAL
+    if funct5 != 2 and funct5 != 3 and funct5 != 0 and funct5 != 1 and funct5 != 4:
+        if funct5 != 0x0C and funct5 != 0x08 and funct5 != 0x10 and funct5 != 0x14:
+            if funct5 != 0x18 and funct5 != 0x1C:
+                return _CAUSE_ILLEGAL
+    if addr & (size - 1):
+        return _CAUSE_MISALIGNED_LOAD if funct5 == 2 else _CAUSE_MISALIGNED_STORE
+    acc = ACC_LOAD if funct5 == 2 else ACC_STORE
+    off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, acc)
+    if fault < 0 and off < 0:
+        fault = _CAUSE_LOAD_ACCESS if funct5 == 2 else _CAUSE_STORE_ACCESS
+    if fault >= 0:
+        return fault
+    if size == 4:
+        old = sext32(np.int64(ram32[off >> 2]))
+    else:
+        old = ram64[off >> 3]
+    b = st[rs2]
+    if funct5 == 2:  # lr
+        st[RESERVATION] = pa
+        st[rd] = old
+        return -1
+    if funct5 == 3:  # sc
+        if st[RESERVATION] == pa:
+            _write_ram(ram, ram16, ram32, ram64, off, size, b)
+            st[rd] = 0
+        else:
+            st[rd] = 1
+        st[RESERVATION] = -1
+        return -1
+    if size == 4:
+        b = sext32(b)
+    if funct5 == 0:
+        new = old + b
+    elif funct5 == 1:
+        new = b
+    elif funct5 == 4:
+        new = old ^ b
+    elif funct5 == 0x0C:
+        new = old & b
+    elif funct5 == 0x08:
+        new = old | b
+    elif funct5 == 0x10:
+        new = old if old < b else b
+    elif funct5 == 0x14:
+        new = old if old > b else b
+    elif funct5 == 0x18:
+        if size == 4:
+            new = old if (old & MASK32) < (b & MASK32) else b
+        else:
+            new = old if ltu(old, b) else b
+    else:  # 0x1C
+        if size == 4:
+            new = old if (old & MASK32) > (b & MASK32) else b
+        else:
+            new = b if ltu(old, b) else old
+    _write_ram(ram, ram16, ram32, ram64, off, size, new)
+    st[rd] = old
+    return -1
+
+
+@core_jit
+def _system(st, sh, insn, pc, npc, n):
+    """SYSTEM opcode: ecall/ebreak/xret/wfi/sfence.vma and the CSR instructions.
+
+    Returns (pc to continue at, SYS_*). Traps are taken here.
+    """
+    rd = (insn >> 7) & 31
+    f3 = (insn >> 12) & 7
+    rs1 = (insn >> 15) & 31
+    priv = st[PRIV]
+    illegal = False
+    code = SYS_NEXT
+    if f3 == 0:
+        if insn == 0x00000073:  # ecall
+            return take_trap(st, 8 + priv, 0, pc, False), SYS_TRAPPED
+        elif insn == 0x00100073:  # ebreak
+            return take_trap(st, _CAUSE_BREAKPOINT, pc, pc, False), SYS_TRAPPED
+        elif insn == 0x30200073:  # mret
+            if priv < 3:
+                illegal = True
+            else:
+                return mret(st), SYS_RECHECK
+        elif insn == 0x10200073:  # sret
+            if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 22))):
+                illegal = True
+            else:
+                return sret(st), SYS_RECHECK
+        elif insn == 0x10500073:  # wfi
+            if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 21))):
+                illegal = True
+            else:
+                update_mtime(sh, n)
+                if (current_mip(st, sh) & st[CSR + CSR_MIE]) == 0:
+                    st[WFI_FLAG] = 1
+                    return npc, SYS_WFI
+                code = SYS_RECHECK
+        elif ((insn >> 25) & 0x7F) == 0x09 and rd == 0:  # sfence.vma
+            if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 20))):
+                illegal = True
+            else:
+                flush_tlb(st)
+        else:
+            illegal = True
+    elif f3 == 4:
+        illegal = True
+    else:
+        csr = (insn >> 20) & 0xFFF
+        if ((csr >> 8) & 3) > priv:
+            illegal = True
+        else:
+            src = rs1 if f3 >= 5 else st[rs1]
+            op = f3 & 3
+            writes = op == 1 or rs1 != 0
+            if writes and (csr >> 10) == 3:
+                illegal = True
+            else:
+                ok, old = csr_read(st, sh, csr, n)
+                if not ok:
+                    illegal = True
+                else:
+                    if writes:
+                        # A read-modify-write of mip/sip works on the
+                        # software-writable bits, not on the device lines
+                        # and timer bits ORed into what a read returns.
+                        base = old
+                        if csr == 0x344 or csr == 0x144:
+                            base = st[CSR + 0x344]
+                        if op == 1:
+                            new = src
+                        elif op == 2:
+                            new = base | src
+                        else:
+                            new = base & ~src
+                        csr_write(st, sh, csr, new, n)
+                        code = SYS_RECHECK
+                    st[rd] = old
+    if illegal:
+        return take_trap(st, _CAUSE_ILLEGAL, insn & MASK32, pc, False), SYS_TRAPPED
+    return npc, code
+
+
+@core_jit
+def _fetch_page(st, ram64, ram_size, pc):
+    """RAM offset of pc's page for the fetch cache, or -(cause + 1)."""
+    pa = translate(st, ram64, ram_size, pc, ACC_FETCH)
+    if pa < 0:
+        return pa
+    off = pa - RAM_BASE
+    if off < 0 or off >= ram_size:
+        return -(_CAUSE_FETCH_ACCESS + 1)
+    return off - (pc & 0xFFF)
+
+
+@core_jit
+def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
     """Run the hart for at most `budget` instructions. Returns an exit reason.
 
-    The budget bounds loop iterations, not only retired instructions: a guest
-    whose every instruction traps (a trap vector pointing at unmapped memory)
-    must still hand control back to the monitor.
+    `ctab` is `pocketvm.cpu.rvc.expansion_table()`. Traps count against the
+    budget too, so a guest stuck in a trap loop still comes back to the host.
     """
     ram_size = ram.shape[0]
     pc = st[PC]
     n = 0
-    steps = 0
     check = 0
     reason = EXIT_SLICE
-    while steps < budget:
-        steps += 1
+    dx, dtag = _data_mode(st)
+    fpage = _NO_PAGE  # virtual page (address) of the fetch cache
+    fdelta = 0  # RAM offset minus virtual address within that page
+    trap_cause = -1
+    trap_tval = 0
+    while n < budget:
         # --- interrupts and time ------------------------------------------
         if check <= 0:
             check = CHECK_INTERVAL
@@ -165,471 +416,379 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, budget):
             if cause >= 0:
                 pc = take_trap(st, cause, 0, pc, True)
                 st[WFI_FLAG] = 0
+                dx, dtag = _data_mode(st)
+                fpage = _NO_PAGE
         check -= 1
 
         # --- fetch ----------------------------------------------------------
-        vpage = srl(pc, 12)
-        if vpage == st[FETCH_PAGE]:
-            off = st[FETCH_BASE] + (pc & 0xFFF)
-        else:
-            pa = translate(st, ram64, ram_size, pc, ACC_FETCH)
-            if pa < 0:
-                pc = take_trap(st, -pa - 1, pc, pc, False)
-                continue
-            off = pa - RAM_BASE
-            if off < 0 or off >= ram_size:
-                pc = take_trap(st, _CAUSE_FETCH_ACCESS, pc, pc, False)
-                continue
-            st[FETCH_PAGE] = vpage
-            st[FETCH_BASE] = off - (pc & 0xFFF)
-        insn = np.int64(ram16[off >> 1])
-        raw = insn
-        if (insn & 3) == 3:
-            if (pc & 0xFFF) == 0xFFE:
-                pa = translate(st, ram64, ram_size, pc + 2, ACC_FETCH)
-                if pa < 0:
-                    pc = take_trap(st, -pa - 1, pc + 2, pc, False)
-                    continue
-                off2 = pa - RAM_BASE
-                if off2 < 0 or off2 >= ram_size:
-                    pc = take_trap(st, _CAUSE_FETCH_ACCESS, pc + 2, pc, False)
-                    continue
-                insn |= np.int64(ram16[off2 >> 1]) << 16
+        if (pc & -4096) != fpage:
+            base = _fetch_page(st, ram64, ram_size, pc)
+            if base < 0:
+                trap_cause = -base - 1
+                trap_tval = pc
             else:
-                insn |= np.int64(ram16[(off >> 1) + 1]) << 16
-            raw = insn
-            npc = pc + 4
-        else:
-            insn = expand(raw)
-            if insn == 0:
-                pc = take_trap(st, _CAUSE_ILLEGAL, raw, pc, False)
-                continue
-            npc = pc + 2
+                fpage = pc & -4096
+                fdelta = base - fpage
+        if trap_cause < 0:
+            off = pc + fdelta
+            insn = np.int64(ram16[off >> 1])
+            if (insn & 3) == 3:
+                if (pc & 0xFFF) == 0xFFE:
+                    base = _fetch_page(st, ram64, ram_size, pc + 2)
+                    if base < 0:
+                        trap_cause = -base - 1
+                        trap_tval = pc + 2
+                    else:
+                        hi = np.int64(ram16[(base + ((pc + 2) & 0xFFF)) >> 1])
+                        insn |= ((hi << 48) >> 32)
+                else:
+                    insn |= (np.int64(ram16[(off >> 1) + 1]) << 48) >> 32
+                npc = pc + 4
+            else:
+                raw = insn
+                insn = np.int64(ctab[insn])
+                if insn == 0:
+                    trap_cause = _CAUSE_ILLEGAL
+                    trap_tval = raw
+                npc = pc + 2
 
-        opcode = insn & 0x7F
-        rd = (insn >> 7) & 31
-        f3 = (insn >> 12) & 7
-        rs1 = (insn >> 15) & 31
-        rs2 = (insn >> 20) & 31
-        illegal = False
+        if trap_cause < 0:
+            # insn holds the 32-bit instruction sign-extended, so the I/S/B/J/U
+            # immediates come out signed from arithmetic shifts.
+            opcode = insn & 0x7F
+            rd = (insn >> 7) & 31
+            f3 = (insn >> 12) & 7
+            rs1 = (insn >> 15) & 31
+            rs2 = (insn >> 20) & 31
+            illegal = False
 
-        if opcode == 0x13:  # OP-IMM
-            a = st[rs1]
-            imm = insn >> 20
-            imm = imm - ((imm & 0x800) << 1)
-            if f3 == 0:
-                st[rd] = a + imm
-            elif f3 == 1:
-                if (insn >> 26) != 0:
-                    illegal = True
-                else:
-                    st[rd] = a << (imm & 63)
-            elif f3 == 2:
-                st[rd] = 1 if a < imm else 0
-            elif f3 == 3:
-                st[rd] = 1 if ltu(a, imm) else 0
-            elif f3 == 4:
-                st[rd] = a ^ imm
-            elif f3 == 5:
-                top = (insn >> 26) & 0x3F
-                if top == 0:
-                    st[rd] = srl(a, imm & 63)
-                elif top == 0x10:
-                    st[rd] = a >> (imm & 63)
-                else:
-                    illegal = True
-            elif f3 == 6:
-                st[rd] = a | imm
-            else:
-                st[rd] = a & imm
-        elif opcode == 0x33:  # OP
-            a = st[rs1]
-            b = st[rs2]
-            f7 = insn >> 25
-            if f7 == 0:
-                if f3 == 0:
-                    st[rd] = a + b
-                elif f3 == 1:
-                    st[rd] = a << (b & 63)
-                elif f3 == 2:
-                    st[rd] = 1 if a < b else 0
-                elif f3 == 3:
-                    st[rd] = 1 if ltu(a, b) else 0
-                elif f3 == 4:
-                    st[rd] = a ^ b
-                elif f3 == 5:
-                    st[rd] = srl(a, b & 63)
-                elif f3 == 6:
-                    st[rd] = a | b
-                else:
-                    st[rd] = a & b
-            elif f7 == 0x20:
-                if f3 == 0:
-                    st[rd] = a - b
-                elif f3 == 5:
-                    st[rd] = a >> (b & 63)
-                else:
-                    illegal = True
-            elif f7 == 1:
-                if f3 == 0:
-                    st[rd] = a * b
-                elif f3 == 1:
-                    st[rd] = mulh(a, b)
-                elif f3 == 2:
-                    st[rd] = mulhsu(a, b)
-                elif f3 == 3:
-                    st[rd] = mulhu(a, b)
-                elif f3 == 4:
-                    st[rd] = div_signed(a, b)
-                elif f3 == 5:
-                    st[rd] = div_unsigned(a, b)
-                elif f3 == 6:
-                    st[rd] = rem_signed(a, b)
-                else:
-                    st[rd] = rem_unsigned(a, b)
-            else:
-                illegal = True
-        elif opcode == 0x03:  # LOAD
-            imm = insn >> 20
-            addr = st[rs1] + imm - ((imm & 0x800) << 1)
-            if f3 == 7:
-                illegal = True
-            else:
-                size = 1 << (f3 & 3)
-                off, pa, fault = _access(st, ram64, ram_size, addr, size, ACC_LOAD)
-                if fault >= 0:
-                    pc = take_trap(st, fault, addr, pc, False)
-                    continue
-                if off < 0:
-                    st[PC] = npc
-                    st[EXIT_PC] = pc
-                    st[EXIT_VADDR] = addr
-                    st[EXIT_ADDR] = pa
-                    st[EXIT_SIZE] = size
-                    st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
-                    reason = EXIT_MMIO_LOAD
-                    n += 1
-                    break
-                v = _read_ram(ram, ram16, ram32, ram64, off, size)
-                if f3 == 0:
-                    v = ((v & 0xFF) ^ 0x80) - 0x80
-                elif f3 == 1:
-                    v = ((v & 0xFFFF) ^ 0x8000) - 0x8000
-                elif f3 == 2:
-                    v = sext32(v)
-                st[rd] = v
-        elif opcode == 0x23:  # STORE
-            imm = ((insn >> 25) << 5) | ((insn >> 7) & 31)
-            addr = st[rs1] + imm - ((imm & 0x800) << 1)
-            if f3 > 3:
-                illegal = True
-            else:
-                size = 1 << f3
-                off, pa, fault = _access(st, ram64, ram_size, addr, size, ACC_STORE)
-                if fault >= 0:
-                    pc = take_trap(st, fault, addr, pc, False)
-                    continue
-                if off < 0:
-                    st[PC] = npc
-                    st[EXIT_PC] = pc
-                    st[EXIT_VADDR] = addr
-                    st[EXIT_ADDR] = pa
-                    st[EXIT_SIZE] = size
-                    st[EXIT_VALUE] = st[rs2]
-                    reason = EXIT_MMIO_STORE
-                    n += 1
-                    break
-                _write_ram(ram, ram16, ram32, ram64, off, size, st[rs2])
-        elif opcode == 0x63:  # BRANCH
-            a = st[rs1]
-            b = st[rs2]
-            if f3 == 0:
-                taken = a == b
-            elif f3 == 1:
-                taken = a != b
-            elif f3 == 4:
-                taken = a < b
-            elif f3 == 5:
-                taken = a >= b
-            elif f3 == 6:
-                taken = ltu(a, b)
-            elif f3 == 7:
-                taken = not ltu(a, b)
-            else:
-                illegal = True
-                taken = False
-            if taken:
-                imm = (
-                    (((insn >> 31) & 1) << 12)
-                    | (((insn >> 7) & 1) << 11)
-                    | (((insn >> 25) & 0x3F) << 5)
-                    | (((insn >> 8) & 0xF) << 1)
-                )
-                npc = pc + imm - ((imm & 0x1000) << 1)
-        elif opcode == 0x1B:  # OP-IMM-32
-            a = st[rs1]
-            imm = insn >> 20
-            imm = imm - ((imm & 0x800) << 1)
-            if f3 == 0:
-                st[rd] = sext32(a + imm)
-            elif f3 == 1:
-                if (insn >> 25) != 0:
-                    illegal = True
-                else:
-                    st[rd] = sext32(a << (imm & 31))
-            elif f3 == 5:
-                f7 = insn >> 25
-                if f7 == 0:
-                    st[rd] = sext32(srl(a & MASK32, imm & 31))
-                elif f7 == 0x20:
-                    st[rd] = sext32(a) >> (imm & 31)
-                else:
-                    illegal = True
-            else:
-                illegal = True
-        elif opcode == 0x3B:  # OP-32
-            a = st[rs1]
-            b = st[rs2]
-            f7 = insn >> 25
-            if f7 == 0:
-                if f3 == 0:
-                    st[rd] = sext32(a + b)
-                elif f3 == 1:
-                    st[rd] = sext32(a << (b & 31))
-                elif f3 == 5:
-                    st[rd] = sext32(srl(a & MASK32, b & 31))
-                else:
-                    illegal = True
-            elif f7 == 0x20:
-                if f3 == 0:
-                    st[rd] = sext32(a - b)
-                elif f3 == 5:
-                    st[rd] = sext32(a) >> (b & 31)
-                else:
-                    illegal = True
-            elif f7 == 1:
-                if f3 == 0:
-                    st[rd] = sext32(a * b)
-                elif f3 == 4:
-                    # 64-bit division of the sign-extended halves gives the
-                    # 32-bit results, overflow and division by zero included.
-                    st[rd] = sext32(div_signed(sext32(a), sext32(b)))
-                elif f3 == 5:
-                    st[rd] = sext32(div_unsigned(a & MASK32, b & MASK32))
-                elif f3 == 6:
-                    st[rd] = sext32(rem_signed(sext32(a), sext32(b)))
-                elif f3 == 7:
-                    st[rd] = sext32(rem_unsigned(a & MASK32, b & MASK32))
-                else:
-                    illegal = True
-            else:
-                illegal = True
-        elif opcode == 0x37:  # LUI
-            st[rd] = sext32(insn & 0xFFFFF000)
-        elif opcode == 0x17:  # AUIPC
-            st[rd] = pc + sext32(insn & 0xFFFFF000)
-        elif opcode == 0x6F:  # JAL
-            imm = (
-                (((insn >> 31) & 1) << 20)
-                | (((insn >> 12) & 0xFF) << 12)
-                | (((insn >> 20) & 1) << 11)
-                | (((insn >> 21) & 0x3FF) << 1)
-            )
-            st[rd] = npc
-            npc = pc + imm - ((imm & 0x100000) << 1)
-        elif opcode == 0x67:  # JALR
-            if f3 != 0:
-                illegal = True
-            else:
+            if opcode == 0x13:  # OP-IMM
+                a = st[rs1]
                 imm = insn >> 20
-                target = (st[rs1] + imm - ((imm & 0x800) << 1)) & ~1
-                st[rd] = npc
-                npc = target
-        elif opcode == 0x2F:  # AMO
-            if f3 != 2 and f3 != 3:
-                illegal = True
-            else:
-                size = 4 if f3 == 2 else 8
-                funct5 = insn >> 27
-                addr = st[rs1]
-                acc = ACC_LOAD if funct5 == 2 else ACC_STORE
-                if funct5 == 2 and rs2 != 0:
-                    illegal = True
-                elif addr & (size - 1):
-                    pc = take_trap(st, _CAUSE_MISALIGNED_LOAD if funct5 == 2 else _CAUSE_MISALIGNED_STORE, addr, pc, False)
-                    continue
+                if f3 == 0:
+                    st[rd] = a + imm
+                elif f3 == 1:
+                    if ((insn >> 26) & 0x3F) != 0:
+                        illegal = True
+                    else:
+                        st[rd] = a << (imm & 63)
+                elif f3 == 2:
+                    st[rd] = 1 if a < imm else 0
+                elif f3 == 3:
+                    st[rd] = 1 if ltu(a, imm) else 0
+                elif f3 == 4:
+                    st[rd] = a ^ imm
+                elif f3 == 5:
+                    top = (insn >> 26) & 0x3F
+                    if top == 0:
+                        st[rd] = srl(a, imm & 63)
+                    elif top == 0x10:
+                        st[rd] = a >> (imm & 63)
+                    else:
+                        illegal = True
+                elif f3 == 6:
+                    st[rd] = a | imm
                 else:
-                    off, pa, fault = _access(st, ram64, ram_size, addr, size, acc)
-                    if fault < 0 and off < 0:
-                        fault = _CAUSE_LOAD_ACCESS if funct5 == 2 else _CAUSE_STORE_ACCESS
-                    if fault >= 0:
-                        pc = take_trap(st, fault, addr, pc, False)
-                        continue
-                    if size == 4:
-                        old = sext32(np.int64(ram32[off >> 2]))
-                    else:
-                        old = ram64[off >> 3]
-                    b = st[rs2]
-                    if funct5 == 2:  # lr
-                        st[RESERVATION] = pa
-                        st[rd] = old
-                    elif funct5 == 3:  # sc
-                        if st[RESERVATION] == pa:
-                            _write_ram(ram, ram16, ram32, ram64, off, size, b)
-                            st[rd] = 0
+                    st[rd] = a & imm
+            elif opcode == 0x03:  # LOAD
+                addr = st[rs1] + (insn >> 20)
+                if f3 == 7:
+                    illegal = True
+                else:
+                    size = 1 << (f3 & 3)
+                    off = _fast_off(st, ram_size, addr, size, dx, dtag, _LOAD_TLB)
+                    if off >= 0:
+                        if size == 8:
+                            v = ram64[off >> 3]
+                        elif size == 4:
+                            v = np.int64(ram32[off >> 2])
+                        elif size == 2:
+                            v = np.int64(ram16[off >> 1])
                         else:
-                            st[rd] = 1
-                        st[RESERVATION] = -1
+                            v = np.int64(ram[off])
                     else:
-                        if size == 4:
-                            b = sext32(b)
-                        if funct5 == 0:
-                            new = old + b
-                        elif funct5 == 1:
-                            new = b
-                        elif funct5 == 4:
-                            new = old ^ b
-                        elif funct5 == 0x0C:
-                            new = old & b
-                        elif funct5 == 0x08:
-                            new = old | b
-                        elif funct5 == 0x10:
-                            new = old if old < b else b
-                        elif funct5 == 0x14:
-                            new = old if old > b else b
-                        elif funct5 == 0x18:
-                            if size == 4:
-                                new = old if (old & MASK32) < (b & MASK32) else b
-                            else:
-                                new = old if ltu(old, b) else b
-                        elif funct5 == 0x1C:
-                            if size == 4:
-                                new = old if (old & MASK32) > (b & MASK32) else b
-                            else:
-                                new = b if ltu(old, b) else old
-                        else:
-                            illegal = True
-                            new = 0
-                        if not illegal:
-                            _write_ram(ram, ram16, ram32, ram64, off, size, new)
-                            st[rd] = old
-        elif opcode == 0x0F:  # MISC-MEM: fence / fence.i (no caches to sync)
-            if f3 > 1:
-                illegal = True
-        elif opcode == 0x73:  # SYSTEM
-            priv = st[PRIV]
-            if f3 == 0:
-                if insn == 0x00000073:  # ecall
-                    pc = take_trap(st, 8 + priv, 0, pc, False)
-                    continue
-                elif insn == 0x00100073:  # ebreak
-                    pc = take_trap(st, _CAUSE_BREAKPOINT, pc, pc, False)
-                    continue
-                elif insn == 0x30200073:  # mret
-                    if priv < 3:
-                        illegal = True
-                    else:
-                        npc = mret(st)
-                        check = 0
-                elif insn == 0x10200073:  # sret
-                    if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 22))):
-                        illegal = True
-                    else:
-                        npc = sret(st)
-                        check = 0
-                elif insn == 0x10500073:  # wfi
-                    if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 21))):
-                        illegal = True
-                    else:
-                        update_mtime(sh, n)
-                        if (current_mip(st, sh) & st[CSR + CSR_MIE]) == 0:
-                            st[WFI_FLAG] = 1
+                        kind, v = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
+                        if kind == MEM_FAULT:
+                            trap_cause = v
+                            trap_tval = addr
+                        elif kind == MEM_MMIO:
                             st[PC] = npc
-                            reason = EXIT_WFI
+                            st[EXIT_PC] = pc
+                            st[EXIT_VADDR] = addr
+                            st[EXIT_ADDR] = v
+                            st[EXIT_SIZE] = size
+                            st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
+                            reason = EXIT_MMIO_LOAD
                             n += 1
                             break
-                        check = 0
-                elif (insn >> 25) == 0x09 and rd == 0:  # sfence.vma
-                    if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 20))):
-                        illegal = True
-                    else:
-                        flush_tlb(st)
-                else:
-                    illegal = True
-            elif f3 == 4:
-                illegal = True
-            else:
-                csr = (insn >> 20) & 0xFFF
-                if ((csr >> 8) & 3) > priv:
+                    if f3 == 0:
+                        v = ((v & 0xFF) ^ 0x80) - 0x80
+                    elif f3 == 1:
+                        v = ((v & 0xFFFF) ^ 0x8000) - 0x8000
+                    elif f3 == 2:
+                        v = sext32(v)
+                    if trap_cause < 0:
+                        st[rd] = v
+            elif opcode == 0x23:  # STORE
+                addr = st[rs1] + (((insn >> 25) << 5) | ((insn >> 7) & 31))
+                if f3 > 3:
                     illegal = True
                 else:
-                    src = rs1 if f3 >= 5 else st[rs1]
-                    op = f3 & 3
-                    writes = op == 1 or rs1 != 0
-                    if writes and (csr >> 10) == 3:
-                        illegal = True
-                    else:
-                        ok, old = csr_read(st, sh, csr, n)
-                        if not ok:
-                            illegal = True
+                    size = 1 << f3
+                    v = st[rs2]
+                    off = _fast_off(st, ram_size, addr, size, dx, dtag, _STORE_TLB)
+                    if off >= 0:
+                        if size == 8:
+                            ram64[off >> 3] = v
+                        elif size == 4:
+                            ram32[off >> 2] = v & MASK32
+                        elif size == 2:
+                            ram16[off >> 1] = v & 0xFFFF
                         else:
-                            if writes:
-                                # A read-modify-write of mip/sip works on the
-                                # software-writable bits, not on the device lines
-                                # and timer bits ORed into what a read returns.
-                                base = old
-                                if csr == 0x344 or csr == 0x144:
-                                    base = st[CSR + 0x344]
-                                if op == 1:
-                                    new = src
-                                elif op == 2:
-                                    new = base | src
-                                else:
-                                    new = base & ~src
-                                csr_write(st, sh, csr, new, n)
-                                check = 0
-                            st[rd] = old
-        elif opcode == 0x07:  # LOAD-FP
-            if (f3 != 2 and f3 != 3) or fs_off(st):
-                illegal = True
-            else:
+                            ram[off] = v & 0xFF
+                    else:
+                        kind, pa = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
+                        if kind == MEM_FAULT:
+                            trap_cause = pa
+                            trap_tval = addr
+                        elif kind == MEM_MMIO:
+                            st[PC] = npc
+                            st[EXIT_PC] = pc
+                            st[EXIT_VADDR] = addr
+                            st[EXIT_ADDR] = pa
+                            st[EXIT_SIZE] = size
+                            st[EXIT_VALUE] = v
+                            reason = EXIT_MMIO_STORE
+                            n += 1
+                            break
+            elif opcode == 0x33:  # OP
+                a = st[rs1]
+                b = st[rs2]
+                f7 = (insn >> 25) & 0x7F
+                if f7 == 0:
+                    if f3 == 0:
+                        st[rd] = a + b
+                    elif f3 == 1:
+                        st[rd] = a << (b & 63)
+                    elif f3 == 2:
+                        st[rd] = 1 if a < b else 0
+                    elif f3 == 3:
+                        st[rd] = 1 if ltu(a, b) else 0
+                    elif f3 == 4:
+                        st[rd] = a ^ b
+                    elif f3 == 5:
+                        st[rd] = srl(a, b & 63)
+                    elif f3 == 6:
+                        st[rd] = a | b
+                    else:
+                        st[rd] = a & b
+                elif f7 == 0x20:
+                    if f3 == 0:
+                        st[rd] = a - b
+                    elif f3 == 5:
+                        st[rd] = a >> (b & 63)
+                    else:
+                        illegal = True
+                elif f7 == 1:
+                    if f3 == 0:
+                        st[rd] = a * b
+                    elif f3 == 1:
+                        st[rd] = mulh(a, b)
+                    elif f3 == 2:
+                        st[rd] = mulhsu(a, b)
+                    elif f3 == 3:
+                        st[rd] = mulhu(a, b)
+                    elif f3 == 4:
+                        st[rd] = div_signed(a, b)
+                    elif f3 == 5:
+                        st[rd] = div_unsigned(a, b)
+                    elif f3 == 6:
+                        st[rd] = rem_signed(a, b)
+                    else:
+                        st[rd] = rem_unsigned(a, b)
+                else:
+                    illegal = True
+            elif opcode == 0x63:  # BRANCH
+                a = st[rs1]
+                b = st[rs2]
+                if f3 == 0:
+                    taken = a == b
+                elif f3 == 1:
+                    taken = a != b
+                elif f3 == 4:
+                    taken = a < b
+                elif f3 == 5:
+                    taken = a >= b
+                elif f3 == 6:
+                    taken = ltu(a, b)
+                elif f3 == 7:
+                    taken = not ltu(a, b)
+                else:
+                    illegal = True
+                    taken = False
+                if taken:
+                    npc = pc + (
+                        ((insn >> 31) << 12)
+                        | (((insn >> 7) & 1) << 11)
+                        | (((insn >> 25) & 0x3F) << 5)
+                        | (((insn >> 8) & 0xF) << 1)
+                    )
+            elif opcode == 0x1B:  # OP-IMM-32
+                a = st[rs1]
                 imm = insn >> 20
-                addr = st[rs1] + imm - ((imm & 0x800) << 1)
-                size = 4 if f3 == 2 else 8
-                off, pa, fault = _access(st, ram64, ram_size, addr, size, ACC_LOAD)
-                if fault < 0 and off < 0:
-                    fault = _CAUSE_LOAD_ACCESS
-                if fault >= 0:
-                    pc = take_trap(st, fault, addr, pc, False)
+                if f3 == 0:
+                    st[rd] = sext32(a + imm)
+                elif f3 == 1:
+                    if ((insn >> 25) & 0x7F) != 0:
+                        illegal = True
+                    else:
+                        st[rd] = sext32(a << (imm & 31))
+                elif f3 == 5:
+                    f7 = (insn >> 25) & 0x7F
+                    if f7 == 0:
+                        st[rd] = sext32(srl(a & MASK32, imm & 31))
+                    elif f7 == 0x20:
+                        st[rd] = sext32(a) >> (imm & 31)
+                    else:
+                        illegal = True
+                else:
+                    illegal = True
+            elif opcode == 0x3B:  # OP-32
+                a = st[rs1]
+                b = st[rs2]
+                f7 = (insn >> 25) & 0x7F
+                if f7 == 0:
+                    if f3 == 0:
+                        st[rd] = sext32(a + b)
+                    elif f3 == 1:
+                        st[rd] = sext32(a << (b & 31))
+                    elif f3 == 5:
+                        st[rd] = sext32(srl(a & MASK32, b & 31))
+                    else:
+                        illegal = True
+                elif f7 == 0x20:
+                    if f3 == 0:
+                        st[rd] = sext32(a - b)
+                    elif f3 == 5:
+                        st[rd] = sext32(a) >> (b & 31)
+                    else:
+                        illegal = True
+                elif f7 == 1:
+                    if f3 == 0:
+                        st[rd] = sext32(a * b)
+                    elif f3 == 4:
+                        # 64-bit division of the sign-extended halves gives the
+                        # 32-bit results, overflow and division by zero included.
+                        st[rd] = sext32(div_signed(sext32(a), sext32(b)))
+                    elif f3 == 5:
+                        st[rd] = sext32(div_unsigned(a & MASK32, b & MASK32))
+                    elif f3 == 6:
+                        st[rd] = sext32(rem_signed(sext32(a), sext32(b)))
+                    elif f3 == 7:
+                        st[rd] = sext32(rem_unsigned(a & MASK32, b & MASK32))
+                    else:
+                        illegal = True
+                else:
+                    illegal = True
+            elif opcode == 0x37:  # LUI
+                st[rd] = insn & -4096
+            elif opcode == 0x17:  # AUIPC
+                st[rd] = pc + (insn & -4096)
+            elif opcode == 0x6F:  # JAL
+                st[rd] = npc
+                npc = pc + (
+                    ((insn >> 31) << 20)
+                    | (insn & 0xFF000)
+                    | (((insn >> 20) & 1) << 11)
+                    | (((insn >> 21) & 0x3FF) << 1)
+                )
+            elif opcode == 0x67:  # JALR
+                if f3 != 0:
+                    illegal = True
+                else:
+                    target = (st[rs1] + (insn >> 20)) & -2
+                    st[rd] = npc
+                    npc = target
+            elif opcode == 0x2F:  # AMO
+                cause = _amo(st, ram, ram16, ram32, ram64, insn, pc)
+                if cause == _CAUSE_ILLEGAL:
+                    illegal = True
+                elif cause >= 0:
+                    trap_cause = cause
+                    trap_tval = st[rs1]
+            elif opcode == 0x0F:  # MISC-MEM: fence / fence.i (no caches to sync)
+                if f3 > 1:
+                    illegal = True
+            elif opcode == 0x73:  # SYSTEM
+                npc, code = _system(st, sh, insn, pc, npc, n)
+                dx, dtag = _data_mode(st)
+                fpage = _NO_PAGE
+                if code == SYS_TRAPPED:
+                    st[0] = 0
+                    pc = npc
+                    budget -= 1
                     continue
-                v = _read_ram(ram, ram16, ram32, ram64, off, size)
-                if size == 4:
-                    v = (v & MASK32) | (-1 << 32)
-                st[F + rd] = v
-                mark_fs_dirty(st)
-        elif opcode == 0x27:  # STORE-FP
-            if (f3 != 2 and f3 != 3) or fs_off(st):
-                illegal = True
+                if code == SYS_WFI:
+                    st[PC] = npc
+                    reason = EXIT_WFI
+                    n += 1
+                    break
+                if code == SYS_RECHECK:
+                    check = 0
+            elif opcode == 0x07:  # LOAD-FP
+                if (f3 != 2 and f3 != 3) or fs_off(st):
+                    illegal = True
+                else:
+                    addr = st[rs1] + (insn >> 20)
+                    size = 4 if f3 == 2 else 8
+                    off = _fast_off(st, ram_size, addr, size, dx, dtag, _LOAD_TLB)
+                    if off >= 0:
+                        v = ram64[off >> 3] if size == 8 else np.int64(ram32[off >> 2])
+                    else:
+                        kind, v = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
+                        if kind != MEM_OK:
+                            trap_cause = v if kind == MEM_FAULT else _CAUSE_LOAD_ACCESS
+                            trap_tval = addr
+                    if trap_cause < 0:
+                        if size == 4:
+                            v = (v & MASK32) | (-1 << 32)
+                        st[F + rd] = v
+                        mark_fs_dirty(st)
+            elif opcode == 0x27:  # STORE-FP
+                if (f3 != 2 and f3 != 3) or fs_off(st):
+                    illegal = True
+                else:
+                    addr = st[rs1] + (((insn >> 25) << 5) | ((insn >> 7) & 31))
+                    size = 4 if f3 == 2 else 8
+                    v = st[F + rs2]
+                    off = _fast_off(st, ram_size, addr, size, dx, dtag, _STORE_TLB)
+                    if off >= 0:
+                        if size == 8:
+                            ram64[off >> 3] = v
+                        else:
+                            ram32[off >> 2] = v & MASK32
+                    else:
+                        kind, pa = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
+                        if kind != MEM_OK:
+                            trap_cause = pa if kind == MEM_FAULT else _CAUSE_STORE_ACCESS
+                            trap_tval = addr
+            elif opcode == 0x53 or opcode == 0x43 or opcode == 0x47 or opcode == 0x4B or opcode == 0x4F:
+                if fs_off(st) or fp_execute(st, stf64, stf32, insn & MASK32) != 0:
+                    illegal = True
             else:
-                imm = ((insn >> 25) << 5) | ((insn >> 7) & 31)
-                addr = st[rs1] + imm - ((imm & 0x800) << 1)
-                size = 4 if f3 == 2 else 8
-                off, pa, fault = _access(st, ram64, ram_size, addr, size, ACC_STORE)
-                if fault < 0 and off < 0:
-                    fault = _CAUSE_STORE_ACCESS
-                if fault >= 0:
-                    pc = take_trap(st, fault, addr, pc, False)
-                    continue
-                _write_ram(ram, ram16, ram32, ram64, off, size, st[F + rs2])
-        elif opcode == 0x53 or opcode == 0x43 or opcode == 0x47 or opcode == 0x4B or opcode == 0x4F:
-            if fs_off(st) or fp_execute(st, stf64, stf32, insn) != 0:
                 illegal = True
-        else:
-            illegal = True
 
-        if illegal:
+            if illegal:
+                trap_cause = _CAUSE_ILLEGAL
+                trap_tval = insn & MASK32 if npc == pc + 4 else np.int64(ram16[(pc + fdelta) >> 1])
+
+        if trap_cause >= 0:
             st[0] = 0
-            pc = take_trap(st, _CAUSE_ILLEGAL, raw, pc, False)
+            pc = take_trap(st, trap_cause, trap_tval, pc, False)
+            trap_cause = -1
+            dx, dtag = _data_mode(st)
+            fpage = _NO_PAGE
+            budget -= 1
             continue
         st[0] = 0
         pc = npc

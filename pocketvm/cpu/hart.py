@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pocketvm.cpu import state as S
+from pocketvm.cpu.rvc import expansion_table
 from pocketvm.memory import GuestRAM
 
 
@@ -18,12 +19,16 @@ class Hart:
         self._f32 = self.st.view(np.float32)
         self._ram32 = ram.u32
         self._ram64 = ram.u8.view(np.int64)
+        self._ctab = expansion_table()
 
     def run(self, budget: int) -> int:
         from pocketvm.cpu.core import run
 
         return int(
-            run(self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64, budget)
+            run(
+                self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
+                self._ctab, budget,
+            )
         )
 
     # --- register access for loaders, debuggers and tests ------------------

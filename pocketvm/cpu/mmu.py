@@ -1,11 +1,17 @@
 """Address translation: Sv39/Sv48 page-table walker and a software TLB.
 
 The TLB is direct mapped, one table per access type (fetch, load, store),
-living inside the hart's state array at st[TLB:]. An entry's tag folds in the
-effective privilege and mstatus.SUM/MXR, so toggling those (Linux flips SUM
-around every user copy) never needs a flush; only satp writes and sfence.vma
-do. A store entry is only filled once the PTE's D bit is set, so a store that
-hits the TLB never needs to update the page table.
+living inside the hart's state array at st[TLB:]. An entry is two int64s:
+the tag, which is the virtual page address ORed with `mode_bits` (the
+effective privilege and mstatus.SUM/MXR), and the RAM offset of the physical
+page. Folding the mode into the tag means toggling SUM (Linux does around
+every user copy) never needs a flush; only satp writes and sfence.vma do.
+
+Only pages in RAM are entered, so the core's inlined fast path (see
+`pocketvm.cpu.core`) can index RAM with a hit directly; device pages are
+walked on every access, which is rare. A store entry is only filled once the
+PTE's D bit is set, so a store that hits the TLB never needs to update the
+page table.
 
 Like QEMU, the walker sets A and D in hardware instead of faulting.
 """
@@ -79,6 +85,18 @@ def effective_priv(st, acc):
     return priv
 
 
+@core_jit(inline="always")
+def mode_bits(priv, mstatus):
+    """The low bits of a TLB tag: privilege and mstatus.SUM/MXR."""
+    return (priv << 2) | (((mstatus >> 18) & 1) << 1) | ((mstatus >> 19) & 1)
+
+
+@core_jit(inline="always")
+def tlb_slot(vaddr, acc):
+    """Index in st of the TLB entry for a virtual address."""
+    return TLB + acc * (2 * TLB_ENTRIES) + ((vaddr >> 11) & (2 * TLB_ENTRIES - 2))
+
+
 @core_jit
 def translate(st, ram64, ram_size, vaddr, acc):
     """Virtual -> physical address, or a negative fault code -(cause + 1)."""
@@ -90,18 +108,17 @@ def translate(st, ram64, ram_size, vaddr, acc):
     if mode == 0:
         return vaddr
     mstatus = st[CSR + CSR_MSTATUS]
-    sum_ = (mstatus >> 18) & 1
-    mxr = (mstatus >> 19) & 1
-    vpn = srl(vaddr, 12)
-    tag = (vpn << 4) | (priv << 2) | (sum_ << 1) | mxr
-    slot = TLB + (acc * TLB_ENTRIES + (vpn & (TLB_ENTRIES - 1))) * 2
+    tag = (vaddr & -4096) | mode_bits(priv, mstatus)
+    slot = tlb_slot(vaddr, acc)
     if st[slot] == tag:
-        return st[slot + 1] | (vaddr & 0xFFF)
-    page = walk(st, ram64, ram_size, vaddr, acc, priv, sum_, mxr, mode)
+        return RAM_BASE + st[slot + 1] + (vaddr & 0xFFF)
+    page = walk(st, ram64, ram_size, vaddr, acc, priv, (mstatus >> 18) & 1, (mstatus >> 19) & 1, mode)
     if page < 0:
         return page
-    st[slot] = tag
-    st[slot + 1] = page
+    off = page - RAM_BASE
+    if off >= 0 and off < ram_size:
+        st[slot] = tag
+        st[slot + 1] = off
     return page | (vaddr & 0xFFF)
 
 

@@ -3,9 +3,16 @@
 Executing the expansion keeps one implementation of every operation; the
 core then only needs to know the instruction was 2 bytes long. Reserved and
 illegal encodings expand to 0, which the core treats as illegal.
+
+The core does not call `expand` per instruction: it looks the halfword up in
+`expansion_table()`, all 65536 expansions computed once per process.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
 
 from pocketvm.cpu.jit import core_jit
 
@@ -190,3 +197,22 @@ def expand(h):
         imm = (_bits(h, 12, 9) << 2) | (_bits(h, 8, 7) << 6)
         return _s_type(imm, rs2_full, 2, 2, 0x23)
     return 0
+
+
+@core_jit
+def _fill_table(out):
+    for h in range(65536):
+        v = 0 if (h & 3) == 3 else expand(h)
+        out[h] = v - ((v & 0x8000_0000) << 1)  # as int32, also without the JIT
+
+
+@lru_cache(maxsize=1)
+def expansion_table() -> np.ndarray:
+    """int32 table: halfword -> expanded instruction (sign-extended 32-bit), 0 = illegal.
+
+    Entries for halfwords whose low bits are 11 (32-bit instructions) are 0.
+    """
+    out = np.zeros(65536, dtype=np.int32)
+    _fill_table(out)
+    out.flags.writeable = False
+    return out

@@ -24,6 +24,7 @@ from pocketvm.cpu.state import (
     FETCH_PAGE,
     HART_ID,
     PRIV,
+    SH_DETERMINISTIC,
     SH_INSN_PER_TICK,
     SH_MSIP,
     SH_MTIME,
@@ -36,10 +37,20 @@ from pocketvm.cpu.state import (
 _PRIORITY = (11, 3, 7, 9, 1, 5)
 
 
+# Instructions per mtime tick between two host clock readings when guest time
+# follows the host (not deterministic). It must make the interpolated clock
+# slower than real time: were it faster, the guest clock would run ahead, and
+# since time never goes back, a guest that then sleeps (poweroff waits 1 s)
+# would wait for the host clock to catch up. 100 per tick = 1000 MIPS, more
+# than the core does; the next host reading then moves the clock forward.
+HOST_INSN_PER_TICK = 100
+
+
 @core_jit
 def update_mtime(sh, n):
     """Advance mtime from the host-set base plus instructions run since (never backwards)."""
-    t = sh[SH_TIME_BASE] + (sh[SH_SLICE_INSNS] + n) // sh[SH_INSN_PER_TICK]
+    per_tick = sh[SH_INSN_PER_TICK] if sh[SH_DETERMINISTIC] else HOST_INSN_PER_TICK
+    t = sh[SH_TIME_BASE] + (sh[SH_SLICE_INSNS] + n) // per_tick
     if t > sh[SH_MTIME]:
         sh[SH_MTIME] = t
     return sh[SH_MTIME]
