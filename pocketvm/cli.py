@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -159,19 +160,134 @@ def run(
 
 def run_vm(config: VMConfig) -> int:
     from pocketvm.console import HostConsole
+    from pocketvm.control import ControlServer, check_name, generate_name
     from pocketvm.machine import VirtualMachine
 
-    console = HostConsole()
-    vm = VirtualMachine(config, console)
-    try:
-        vm.load_boot_files()
-        with console:
-            status = vm.run()
-    finally:
-        vm.close()
+    config.name = check_name(config.name) if config.name else generate_name()
+    with ControlServer(config.name) as server:  # claims the name
+        console = HostConsole()
+        vm = VirtualMachine(config, console)
+        try:
+            vm.load_boot_files()
+            return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting")
+        finally:
+            vm.close()
+
+
+def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str) -> int:
+    """Serve the control socket, run the VM with the console attached, report how it ended."""
+    server.start(vm, info)
+    click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
+    with console:
+        status = vm.run()
     if status.code != 0 or status.reason not in ("poweroff", "quit"):
         click.echo(f"\npocket: {status.message or status.reason}", err=True)
     return status.code
+
+
+@main.command()
+@click.argument("directory", metavar="DIR")
+@click.option("--name", default="", help="Name of the new VM (default: a generated one).")
+@click.option(
+    "--disk-dir",
+    metavar="PATH",
+    help="Where the VM's private disk copies go (default: ~/.local/state/pocketvm/disks/NAME).",
+)
+def restore(directory: str, name: str, disk_dir: str | None) -> None:
+    """Start a VM from the snapshot in DIR, with the console attached.
+
+    The snapshot is checked first and never changed: it can be restored any
+    number of times, also several times at once. Each VM gets private RAM
+    (the snapshot's RAM file, mapped copy-on-write) and private copies of the
+    snapshot's writable disks. When it ends, disk copies the guest never
+    wrote are deleted; written ones are kept and their directory is printed.
+    stdin works as for `pocket run`.
+    """
+    from pocketvm.console import HostConsole
+    from pocketvm.control import ControlServer, check_name, generate_name
+    from pocketvm.machine import preload_cpu_core
+    from pocketvm.snapshot.restore import restore_vm
+
+    vm_name = check_name(name) if name else generate_name()
+    with ControlServer(vm_name) as server:
+        preload = preload_cpu_core()  # overlaps loading compiled code with the checks
+        console = HostConsole()
+        restored = restore_vm(directory, console, vm_name, Path(disk_dir) if disk_dir else None)
+        try:
+            preload.join()
+            origin = str(restored.snapshot.path)
+            code = _attach_and_run(
+                restored.vm, console, server, {"origin": "restore", "snapshot": origin}, f"restored from {origin}"
+            )
+        finally:
+            restored.vm.close()
+            kept = restored.disks.finish()
+            if kept is not None:
+                click.echo(f"pocket: the guest wrote to its disks; they are kept in {kept}", err=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("directory", metavar="DIR")
+@click.option("--stop", is_flag=True, help="End the VM after saving, instead of resuming it.")
+def snapshot(name: str, directory: str, stop: bool) -> None:
+    """Save the running VM NAME to the new directory DIR.
+
+    The VM is paused while its CPU state, devices, console, RAM (non-zero
+    pages, as a sparse file) and disks (copy-on-write where the filesystem
+    allows) are written, then resumes, or stops with --stop.
+    """
+    import os
+
+    from pocketvm.control import request
+
+    dest = os.path.abspath(directory)
+    reply = request(name, {"cmd": "snapshot", "dir": dest, "stop": stop}, timeout=None)
+    mib = 1 << 20
+    click.echo(
+        f"{reply.get('path', dest)}: snapshot of {name} in {reply.get('seconds', 0):.2f} s, "
+        f"{reply.get('ram_data_bytes', 0) / mib:.1f} MiB of RAM, {reply.get('total_bytes', 0) / mib:.1f} MiB on disk"
+        + (f"; {name} stopped" if stop else "")
+    )
+
+
+@main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_vms(as_json: bool) -> None:
+    """List the running VMs."""
+    import json
+    import time
+
+    from pocketvm.control import list_vms as running
+
+    vms = running()
+    if as_json:
+        click.echo(json.dumps(vms, indent=2))
+        return
+    if not vms:
+        click.echo("no running VMs")
+        return
+    rows = [("NAME", "PID", "STATE", "MEMORY", "CPUS", "UPTIME", "FROM")]
+    for vm in vms:
+        origin = vm.get("snapshot") or vm.get("origin", "")
+        uptime = vm.get("started")
+        up = f"{int(time.time() - uptime)}s" if isinstance(uptime, (int, float)) else "-"
+        mem = vm.get("memory")
+        rows.append(
+            (
+                str(vm.get("name", "?")),
+                str(vm.get("pid", "-")),
+                str(vm.get("state", "?")),
+                f"{mem // MiB}M" if isinstance(mem, int) else "-",
+                str(vm.get("cpus", "-")),
+                up,
+                str(origin),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _attach_image_commands() -> None:

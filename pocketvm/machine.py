@@ -4,15 +4,24 @@ The run loop is the monitor's half of the KVM_RUN-style contract: it runs each
 hart for a slice, services the exit (an MMIO access goes to the device that
 owns the address), keeps guest time moving, feeds console input, and sleeps
 when every hart waits for an interrupt.
+
+Other threads (the control socket) never touch the machine while it runs:
+they `submit()` a function, which the run loop calls between two slices,
+when every hart is stopped at an instruction boundary and no device is in
+the middle of a request. That is how a VM is paused for a snapshot.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from pocketvm.board import memmap as mm
 from pocketvm.cpu import state as S
@@ -94,14 +103,21 @@ class Bus:
 
 
 class VirtualMachine:
-    def __init__(self, config: VMConfig, console: Console):
+    def __init__(self, config: VMConfig, console: Console, ram_backing: mmap.mmap | None = None):
+        """`ram_backing`: a mapping to use as guest RAM (a restored snapshot's
+        private copy-on-write mapping) instead of fresh zeroed memory."""
         self.config = config
         self.console = console
         if config.memory < MIN_MEMORY or config.memory % (4096) != 0:
             raise VMError(f"memory must be a multiple of 4 KiB and at least {MIN_MEMORY // MiB} MiB")
         if not 1 <= config.cpus <= 8:
             raise VMError("cpus must be between 1 and 8")
-        self.ram = GuestRAM(config.memory)
+        if ram_backing is not None and len(ram_backing) < config.memory:
+            raise VMError("RAM backing is smaller than the VM's memory")
+        self.ram = GuestRAM(config.memory, backing=ram_backing)
+        # Byte ranges of RAM whose content comes from the backing file (its
+        # data extents): a snapshot must read them even if never touched.
+        self.ram_file_ranges: list[tuple[int, int]] = []
         self.sh = S.new_shared_state(config.cpus)
         self.sh[S.SH_DETERMINISTIC] = 1 if config.deterministic else 0
         self.harts = [Hart(i, self.ram, self.sh) for i in range(config.cpus)]
@@ -109,6 +125,10 @@ class VirtualMachine:
         self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
         self._console_tail = b""
         self.panicked = False
+        # Calls from other threads, run between slices (see submit()).
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._stop_status: ExitStatus | None = None
+        self.running = False
         self._build_devices()
 
     # --- board ---------------------------------------------------------------
@@ -191,6 +211,30 @@ class VirtualMachine:
     def host_ticks(self) -> int:
         return int((time.monotonic_ns() - self._start_ns) * TICKS_PER_NS) + self._tick_offset
 
+    def guest_time(self) -> int:
+        """Current mtime: never less than any value a hart has already read."""
+        self._refresh_time()
+        last = max(int(h.st[S.TIME_LAST]) for h in self.harts)
+        return max(int(self.sh[S.SH_MTIME]), last)
+
+    def set_guest_time(self, ticks: int) -> None:
+        """Continue guest time from `ticks` (a restored snapshot's mtime).
+
+        In deterministic mode time is a function of the instructions run,
+        kept whole in `sh`; rebasing it would shift every later tick.
+        """
+        self._start_ns = time.monotonic_ns()
+        self._tick_offset = ticks
+        if self.sh[S.SH_DETERMINISTIC]:
+            return
+        self.sh[S.SH_MTIME] = max(ticks, int(self.sh[S.SH_MTIME]))
+        self.sh[S.SH_TIME_BASE] = self.sh[S.SH_MTIME]
+        self.sh[S.SH_SLICE_INSNS] = 0
+
+    def exclude_pause(self, nanoseconds: int) -> None:
+        """Hide a pause of the VM from guest time: the guest's clock stood still."""
+        self._start_ns += max(0, nanoseconds)
+
     def _refresh_time(self) -> None:
         if self.sh[S.SH_DETERMINISTIC]:
             return
@@ -226,8 +270,46 @@ class VirtualMachine:
         if self.uart.wants_input() and self.console.has_input() and self._guest_reads_console():
             self.uart.feed(self.console.take())
 
+    # --- calls from other threads ---------------------------------------------
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Have the run loop call `fn()` between two slices; its result or
+        exception ends up in the returned future. Thread-safe."""
+        fut: Future = Future()
+        self._calls.append((fn, fut))
+        return fut
+
+    def request_stop(self, status: ExitStatus) -> None:
+        """End run() with `status` (from a submitted call) once the call returns."""
+        self._stop_status = status
+
+    def _service_calls(self) -> ExitStatus | None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # the caller gets it; the VM keeps running
+                fut.set_exception(e)
+        status, self._stop_status = self._stop_status, None
+        return status
+
+    def _fail_calls(self) -> None:
+        while self._calls:
+            _, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(VMError("the VM stopped before it could do that"))
+
     # --- run loop -------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> ExitStatus:
+        self.running = True
+        try:
+            return self._run(max_instructions)
+        finally:
+            self.running = False
+            self._fail_calls()
+
+    def _run(self, max_instructions: int | None) -> ExitStatus:
         from pocketvm.cpu.trap import current_mip
 
         harts = self.harts
@@ -255,6 +337,10 @@ class VirtualMachine:
                         status = self._finish_request()
                         if status is not None:
                             return status
+            if self._calls:
+                status = self._service_calls()
+                if status is not None:
+                    return status
             if self.console.quit_requested:
                 return ExitStatus(0, "quit", "console quit (Ctrl-A x)")
             if self.panicked:
@@ -317,7 +403,10 @@ class VirtualMachine:
         if kind == "fail":
             return ExitStatus(code if code else 1, "fail", f"guest reported failure (code {code})")
         # reset: start over with the same boot files
-        self.reset()
+        try:
+            self.reset()
+        except VMError as e:  # e.g. a restored VM whose boot files are gone
+            return ExitStatus(1, "fault", f"guest reboot failed: {e}")
         return None
 
     def reset(self) -> None:
@@ -336,6 +425,31 @@ class VirtualMachine:
     def close(self) -> None:
         for d in self.disks:
             d.close()
+
+
+def preload_cpu_core() -> threading.Thread:
+    """Load the compiled CPU core in a background thread.
+
+    The first hart.run() of a process loads the numba core from its disk
+    cache, which takes a second or more. A restore can overlap that with
+    checking the snapshot: a throwaway hart with a few pages of RAM runs one
+    instruction, with arrays of exactly the types a real VM passes, so the
+    real VM later finds the code loaded. Join the thread before run().
+    """
+
+    def load() -> None:
+        try:
+            ram = GuestRAM(16 * 4096)
+            sh = S.new_shared_state(1)
+            hart = Hart(0, ram, sh)
+            hart.st[S.PC] = ram.base  # zeroed RAM: an illegal instruction, trapped
+            hart.run(1)
+        except Exception:  # the real run will load (and report) it anyway
+            log.debug("preloading the CPU core failed", exc_info=True)
+
+    thread = threading.Thread(target=load, name="cpu-core-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def parse_memory(text: str) -> int:

@@ -1,0 +1,156 @@
+"""Content digests of large, mostly-zero files (RAM images, disk images).
+
+A snapshot's RAM file and disk copies are sparse: zero blocks are holes.
+Hashing every byte of a 512 MiB RAM file that holds 50 MiB of data would
+cost more than the rest of a restore, so the digest only looks at non-zero
+4 KiB blocks, which makes it depend on the content alone (not on which
+blocks the filesystem happens to allocate: a non-sparse copy of the same
+bytes has the same digest):
+
+    sha256( for each maximal run of consecutive non-zero blocks, in order:
+                the run's bytes || u64le(first block) || u64le(block count) )
+
+The trailer after each run (rather than a header) lets the digest be
+computed in one streaming pass. A final partial block counts as if padded
+with zeros; the file size is recorded and checked separately.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import struct
+
+import numpy as np
+
+BLOCK = 4096
+ALGORITHM = "sha256-nz4k"
+_TRAILER = struct.Struct("<QQ")
+_SCAN_CHUNK = 16 << 20  # bytes inspected per numpy pass (bounds the temporary arrays)
+
+
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal [start, end) runs of True in a bool array."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks] + 1, [idx[-1] + 1]))
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def nonzero_runs(data: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of non-zero BLOCK-sized blocks in `data`.
+
+    `data` is a uint8 array whose length is a multiple of BLOCK.
+    """
+    nblocks = len(data) // BLOCK
+    if nblocks == 0:
+        return []
+    # max() over each block's words: a fast reduction that is 0 only for a zero block.
+    return true_runs(data.view(np.uint64).reshape(nblocks, BLOCK // 8).max(axis=1) != 0)
+
+
+class ContentDigest:
+    """Streaming digest; feed block-aligned pieces in increasing address order."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._run_start = -1  # first block of the open run, -1 = none
+        self._run_end = -1  # block after its last block
+        self.data_bytes = 0  # bytes in non-zero blocks seen so far
+
+    def _close_run(self) -> None:
+        if self._run_start >= 0:
+            self._h.update(_TRAILER.pack(self._run_start, self._run_end - self._run_start))
+            self._run_start = self._run_end = -1
+
+    def add_run(self, first_block: int, data: np.ndarray | memoryview | bytes) -> None:
+        """Feed a run of blocks already known to be non-zero, starting at `first_block`."""
+        nblocks = len(data) // BLOCK
+        if first_block != self._run_end:
+            self._close_run()
+            self._run_start = first_block
+        self._h.update(data)
+        self._run_end = first_block + nblocks
+        self.data_bytes += nblocks * BLOCK
+
+    def update(self, first_block: int, data: np.ndarray) -> list[tuple[int, int]]:
+        """Feed `data` (uint8, a multiple of BLOCK long) that starts at block
+        `first_block`; returns its non-zero runs (relative to `data`)."""
+        runs = nonzero_runs(data)
+        for a, b in runs:
+            self.add_run(first_block + a, data[a * BLOCK : b * BLOCK])
+        return runs
+
+    def hexdigest(self) -> str:
+        self._close_run()
+        return f"{ALGORITHM}:{self._h.hexdigest()}"
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """Allocated byte ranges of an open file, widened to BLOCK boundaries.
+
+    Falls back to the whole file when the filesystem cannot report holes.
+    """
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            a = start // BLOCK * BLOCK
+            b = min(-(-end // BLOCK) * BLOCK, -(-size // BLOCK) * BLOCK)
+            if extents and a <= extents[-1][1]:
+                extents[-1] = (extents[-1][0], max(b, extents[-1][1]))
+            else:
+                extents.append((a, b))
+            pos = end
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        return [(0, -(-size // BLOCK) * BLOCK)] if size else []
+    return extents
+
+
+def digest_mapped(buf: np.ndarray, extents: list[tuple[int, int]]) -> ContentDigest:
+    """Digest of a mapped file (uint8 array, zero-padded to a BLOCK multiple)
+    whose non-zero blocks all lie inside `extents`."""
+    d = ContentDigest()
+    for start, end in extents:
+        for pos in range(start, end, _SCAN_CHUNK):
+            stop = min(end, pos + _SCAN_CHUNK)
+            d.update(pos // BLOCK, buf[pos:stop])
+    return d
+
+
+def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(digest, size) of a file, reading only its allocated extents."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        full = size // BLOCK * BLOCK
+        d = ContentDigest()
+        if full:
+            with mmap.mmap(fd, full, prot=mmap.PROT_READ) as m:
+                view = np.frombuffer(m, dtype=np.uint8)
+                for start, end in data_extents(fd, size):
+                    end = min(end, full)
+                    for pos in range(start, end, _SCAN_CHUNK):
+                        d.update(pos // BLOCK, view[pos : min(end, pos + _SCAN_CHUNK)])
+                del view  # the mapping cannot close while numpy still exports it
+        if size > full:
+            tail = bytearray(BLOCK)
+            tail[: size - full] = os.pread(fd, size - full, full)
+            d.update(full // BLOCK, np.frombuffer(tail, dtype=np.uint8))
+        return d.hexdigest(), size
+    finally:
+        os.close(fd)

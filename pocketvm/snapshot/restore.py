@@ -1,0 +1,225 @@
+"""Check a snapshot and build a VM from it.
+
+Everything is verified before anything runs: the manifest (format, version,
+its own checksum), the size and digest of every file, the CPU state layout
+and the device set. Only then is a VM built, so a bad snapshot gives one
+clear error and never a half-restored guest.
+
+RAM is not read: ram.raw is mapped MAP_PRIVATE, so the guest's pages come
+from the page cache on first touch and its writes go to private
+copy-on-write pages. Any number of VMs can map the same snapshot at once
+and none of them changes it. (The snapshot must not be modified or deleted
+while VMs restored from it run: the mapping reads it lazily.)
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketvm.cpu import state as S
+from pocketvm.machine import DiskSpec, VirtualMachine, VMConfig
+from pocketvm.snapshot import format as F
+from pocketvm.snapshot.digest import BLOCK, ContentDigest, data_extents, digest_file, digest_mapped
+
+# Devices whose state others depend on are loaded first: the interrupt
+# controller before the devices that re-drive their lines into it.
+_LOAD_FIRST = ("plic", "clint")
+
+
+@dataclass
+class Snapshot:
+    """A verified snapshot, ready to become a VM."""
+
+    path: Path
+    manifest: F.Manifest
+    harts: np.ndarray  # (nharts, STATE_SIZE) int64
+    shared: np.ndarray  # (SHARED_SIZE,) int64
+    state: dict[str, Any]
+    ram: mmap.mmap  # private copy-on-write mapping of ram.raw
+    ram_extents: list[tuple[int, int]]  # where ram.raw has data (the rest are holes)
+
+    def config(self, name: str, disk_paths: list[Path]) -> VMConfig:
+        vm = self.manifest.vm
+        disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
+        return VMConfig(
+            memory=vm["memory"],
+            cpus=vm["cpus"],
+            kernel=Path(vm["kernel"]) if vm["kernel"] else None,
+            initrd=Path(vm["initrd"]) if vm["initrd"] else None,
+            bios=Path(vm["bios"]) if vm["bios"] else None,
+            append=vm["append"],
+            disks=disks,
+            rng=vm["rng"],
+            deterministic=vm["deterministic"],
+            name=name,
+        )
+
+
+def _read_small(path: Path, entry: F.FileEntry, where: str) -> bytes:
+    data = path.read_bytes()
+    if len(data) != entry.size:
+        raise F.SnapshotError(f"{where}: {path.name} is {len(data)} bytes, expected {entry.size} (truncated?)")
+    buf = np.zeros(-(-len(data) // BLOCK) * BLOCK, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    digest = ContentDigest()
+    digest.update(0, buf)
+    if digest.hexdigest() != entry.digest:
+        raise F.SnapshotError(f"{where}: {path.name} checksum mismatch (the file was edited or corrupted)")
+    return data
+
+
+def _map_ram(path: Path, entry: F.FileEntry, where: str) -> tuple[mmap.mmap, list[tuple[int, int]]]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # PROT_WRITE on a MAP_PRIVATE mapping of a read-only file is allowed:
+        # writes go to private copies, never to the file.
+        ram = mmap.mmap(fd, entry.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            view = np.frombuffer(ram, dtype=np.uint8)
+            extents = data_extents(fd, entry.size)
+            digest = digest_mapped(view, extents).hexdigest()
+            del view
+        except BaseException:
+            ram.close()
+            raise
+    finally:
+        os.close(fd)
+    if digest != entry.digest:
+        ram.close()
+        raise F.SnapshotError(f"{where}: {F.RAM_FILE} checksum mismatch (the file was edited or corrupted)")
+    return ram, extents
+
+
+def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
+    """Verify the snapshot at `path`; SnapshotError (one line) if unusable."""
+    path = Path(os.path.abspath(path))
+    where = F.describe(path)
+    if not path.exists():
+        raise F.SnapshotError(f"{where}: no such directory")
+    if not path.is_dir():
+        raise F.SnapshotError(f"{where}: not a directory")
+    try:
+        manifest_bytes = (path / F.MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise F.SnapshotError(f"{where}: no {F.MANIFEST} (not a pocketvm snapshot, or an incomplete one)") from None
+    except OSError as e:
+        raise F.SnapshotError(f"{where}: cannot read {F.MANIFEST}: {e.strerror}") from None
+    m = F.parse_manifest(manifest_bytes, where)
+    if m.state_size != S.STATE_SIZE or m.shared_size != S.SHARED_SIZE:
+        raise F.SnapshotError(f"{where}: saved by a pocketvm with a different CPU state layout; cannot restore it")
+    disk_files = {d.file for d in m.disks}
+    for name, entry in m.files.items():
+        try:
+            size = (path / name).stat().st_size
+        except FileNotFoundError:
+            what = "disk image" if name in disk_files else "file"
+            raise F.SnapshotError(f"{where}: {what} {name} is missing") from None
+        except OSError as e:
+            raise F.SnapshotError(f"{where}: cannot read {name}: {e.strerror}") from None
+        if size != entry.size:
+            raise F.SnapshotError(f"{where}: {name} is {size} bytes, expected {entry.size} (truncated or edited?)")
+    try:
+        cpu_bytes = _read_small(path / F.CPU_FILE, m.files[F.CPU_FILE], where)
+        state_bytes = _read_small(path / F.STATE_FILE, m.files[F.STATE_FILE], where)
+        if len(cpu_bytes) != 8 * (m.harts * S.STATE_SIZE + S.SHARED_SIZE):
+            raise F.SnapshotError(f"{where}: {F.CPU_FILE} does not hold {m.harts} hart(s)")
+        cpu = np.frombuffer(cpu_bytes, dtype="<i8").astype(np.int64)
+        try:
+            state = F.load_state(state_bytes)
+            _check_state(state, m)
+        except (ValueError, KeyError, TypeError) as e:
+            raise F.SnapshotError(f"{where}: {F.STATE_FILE} is invalid ({e})") from None
+        for disk in m.disks:
+            if disk.readonly:  # attached in place, so checked here; writable ones are checked as copied
+                digest, _ = digest_file(path / disk.file)
+                if digest != m.files[disk.file].digest:
+                    raise F.SnapshotError(f"{where}: {disk.file} checksum mismatch (the disk image was edited or corrupted)")
+        ram, ram_extents = _map_ram(path / F.RAM_FILE, m.files[F.RAM_FILE], where)
+    except OSError as e:
+        raise F.SnapshotError(f"{where}: cannot read it: {e.strerror or e}") from None
+    harts = cpu[: m.harts * S.STATE_SIZE].reshape(m.harts, S.STATE_SIZE)
+    shared = cpu[m.harts * S.STATE_SIZE :]
+    return Snapshot(path, m, harts, shared, state, ram, ram_extents)
+
+
+def _check_state(state: dict[str, Any], m: F.Manifest) -> None:
+    if not isinstance(state.get("mtime"), int):
+        raise ValueError("no mtime")
+    if not isinstance(state.get("devices"), dict):
+        raise ValueError("no devices")
+    ids = state.get("virtio_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ValueError("no virtio device list")
+
+
+def _flush_tlb(st: np.ndarray) -> None:
+    from pocketvm.cpu.mmu import flush_tlb
+
+    # The plain-Python body is enough for one array and avoids loading
+    # compiled code just for this.
+    getattr(flush_tlb, "py_func", flush_tlb)(st)
+
+
+def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
+    """Put the snapshot's CPU, device and time state into a freshly built VM."""
+    where = F.describe(snap.path)
+    ids = [t.device.device_id if t.device is not None else 0 for t in vm.virtio]
+    if ids != snap.state["virtio_ids"]:
+        raise F.SnapshotError(f"{where}: its virtio devices {snap.state['virtio_ids']} do not match the VM's {ids}")
+    for hart, st in zip(vm.harts, snap.harts):
+        hart.st[:] = st
+        _flush_tlb(hart.st)
+    vm.sh[:] = snap.shared
+    saved = snap.state["devices"]
+    devices = vm.devices()
+    missing = [name for name in devices if name not in saved]
+    if missing:
+        raise F.SnapshotError(f"{where}: no saved state for device(s) {', '.join(missing)}")
+    order = [n for n in _LOAD_FIRST if n in devices] + [n for n in devices if n not in _LOAD_FIRST]
+    for name in order:
+        try:
+            devices[name].load(saved[name])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise F.SnapshotError(f"{where}: saved state of device {name} is invalid ({e!r})") from None
+    vm.set_guest_time(int(snap.state["mtime"]))
+
+
+@dataclass
+class Restored:
+    vm: VirtualMachine
+    snapshot: Snapshot
+    disks: Any  # workdisks.WorkDisks
+
+
+def restore_vm(
+    path: str | os.PathLike[str], console: Any, name: str, disk_dir: Path | None = None
+) -> Restored:
+    """Verify the snapshot at `path` and build a VM from it, ready to run().
+
+    The caller owns the result: `restored.vm.close()` and
+    `restored.disks.finish()` when the VM ends.
+    """
+    from pocketvm.snapshot import workdisks
+
+    snap = open_snapshot(path)
+    directory = disk_dir if disk_dir is not None else workdisks.default_disk_dir(name)
+    work = workdisks.prepare(snap.path, snap.manifest, Path(os.path.abspath(directory)))
+    try:
+        vm = VirtualMachine(snap.config(name, work.paths), console, ram_backing=snap.ram)
+        vm.ram_file_ranges = snap.ram_extents
+        try:
+            apply_state(vm, snap)
+        except BaseException:
+            vm.close()
+            raise
+        work.mark_clean()
+    except BaseException:
+        work.discard()
+        raise
+    return Restored(vm, snap, work)

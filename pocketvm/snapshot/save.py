@@ -1,0 +1,207 @@
+"""Write a snapshot of a paused VM (see `format` for the layout).
+
+Must run on the VM's own thread between two slices (`VirtualMachine.submit`
+arranges that): every hart is then at an instruction boundary and every
+device request has completed, so the state arrays, the device states, RAM
+and the disks are one consistent instant.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketvm.backends.disk import DiskError
+from pocketvm.cpu import state as S
+from pocketvm.memory import GuestRAM
+from pocketvm.snapshot import format as F
+from pocketvm.snapshot.digest import BLOCK, ContentDigest, digest_file, nonzero_runs, true_runs
+from pocketvm.snapshot.pages import candidate_blocks, mark_ranges
+
+_RAM_CHUNK = 64 << 20
+
+
+@dataclass
+class SaveResult:
+    path: Path
+    seconds: float
+    ram_data_bytes: int  # bytes of RAM actually stored (non-zero pages)
+    disk_bytes: int  # allocated bytes of the disk copies
+    total_bytes: int  # allocated bytes of the whole snapshot directory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "seconds": round(self.seconds, 4),
+            "ram_data_bytes": self.ram_data_bytes,
+            "disk_bytes": self.disk_bytes,
+            "total_bytes": self.total_bytes,
+        }
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes a file or directory tree really occupies (holes excluded)."""
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def write_ram(ram: GuestRAM, path: Path, file_ranges: list[tuple[int, int]] | None = None) -> ContentDigest:
+    """Store RAM as a sparse file (zero pages stay holes); returns its digest.
+
+    Only pages the host has ever backed are read (see `pages`), plus
+    `file_ranges`: the data ranges of the file RAM is mapped from, if any.
+    """
+    cand = candidate_blocks(ram.u8)
+    mark_ranges(cand, file_ranges or [])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, ram.size)
+        digest = ContentDigest()
+        for first, last in true_runs(cand):
+            for pos in range(first * BLOCK, last * BLOCK, _RAM_CHUNK):
+                chunk = ram.u8[pos : min(last * BLOCK, pos + _RAM_CHUNK)]
+                for a, b in nonzero_runs(chunk):
+                    data = chunk[a * BLOCK : b * BLOCK]
+                    _pwrite_all(fd, data, pos + a * BLOCK)
+                    digest.add_run(pos // BLOCK + a, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
+
+
+def _write_file(path: Path, data: bytes) -> F.FileEntry:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    digest = ContentDigest()
+    buf = np.zeros(-(-len(data) // BLOCK) * BLOCK, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    digest.update(0, buf)
+    return F.FileEntry(len(data), digest.hexdigest())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_destination(dest: Path) -> None:
+    """A snapshot goes to a new directory (or an empty one); never over anything."""
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir():
+            raise F.SnapshotError(f"{dest} exists and is not a directory")
+        if any(dest.iterdir()):
+            raise F.SnapshotError(f"{dest} already exists and is not empty")
+    parent = dest.parent
+    if not parent.is_dir():
+        raise F.SnapshotError(f"cannot write a snapshot to {dest}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise F.SnapshotError(f"cannot write a snapshot to {dest}: {parent} is not writable")
+
+
+def machine_state(vm: Any) -> tuple[bytes, dict[str, Any]]:
+    """(cpu.bin contents, state.json object) of a paused VM."""
+    mtime = vm.guest_time()
+    arrays = [h.st for h in vm.harts] + [vm.sh]
+    cpu = np.concatenate(arrays).astype("<i8", copy=False).tobytes()
+    devices = {}
+    for name, dev in vm.devices().items():
+        devices[name] = dev.save()
+    virtio_ids = [t.device.device_id if t.device is not None else 0 for t in vm.virtio]
+    return cpu, {"mtime": mtime, "virtio_ids": virtio_ids, "devices": devices}
+
+
+def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
+    """Write the paused VM `vm` to the new directory `dest`."""
+    t0 = time.perf_counter()
+    dest = Path(os.path.abspath(dest))
+    check_destination(dest)
+    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(tmp, 0o755)
+    except OSError as e:
+        raise F.SnapshotError(f"cannot write a snapshot to {dest}: {e.strerror}") from None
+    try:
+        cfg = vm.config
+        cpu, state = machine_state(vm)
+        files: dict[str, F.FileEntry] = {}
+        files[F.CPU_FILE] = _write_file(tmp / F.CPU_FILE, cpu)
+        try:
+            state_bytes = F.dump_state(state)
+        except TypeError as e:  # a device returned something that is not plain data
+            raise F.SnapshotError(f"cannot save the device state: {e}") from None
+        files[F.STATE_FILE] = _write_file(tmp / F.STATE_FILE, state_bytes)
+        ram_digest = write_ram(vm.ram, tmp / F.RAM_FILE, vm.ram_file_ranges)
+        files[F.RAM_FILE] = F.FileEntry(vm.ram.size, ram_digest.hexdigest())
+        disks = []
+        disk_bytes = 0
+        for i, (spec, image) in enumerate(zip(cfg.disks, vm.disks)):
+            name = F.disk_file(i)
+            image.copy_to(tmp / name)
+            digest, size = digest_file(tmp / name)
+            files[name] = F.FileEntry(size, digest)
+            disk_bytes += allocated_bytes(tmp / name)
+            disks.append(F.DiskEntry(name, spec.readonly, str(spec.path)))
+        seconds = time.perf_counter() - t0
+        manifest = F.Manifest(
+            version=F.VERSION,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            vm={
+                "name": cfg.name,
+                "memory": cfg.memory,
+                "cpus": cfg.cpus,
+                "kernel": str(cfg.kernel) if cfg.kernel else None,
+                "initrd": str(cfg.initrd) if cfg.initrd else None,
+                "bios": str(cfg.bios) if cfg.bios else None,
+                "append": cfg.append,
+                "rng": cfg.rng,
+                "deterministic": cfg.deterministic,
+            },
+            harts=len(vm.harts),
+            state_size=S.STATE_SIZE,
+            shared_size=S.SHARED_SIZE,
+            ram_size=vm.ram.size,
+            disks=disks,
+            files=files,
+            stats={"ram_data_bytes": ram_digest.data_bytes, "save_seconds": round(seconds, 4)},
+        )
+        (tmp / F.MANIFEST).write_bytes(manifest.to_json())
+        _fsync_dir(tmp)
+        # rename(2) replaces an empty directory atomically; anything else was refused above.
+        os.rename(tmp, dest)
+        _fsync_dir(dest.parent)
+    except DiskError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise F.SnapshotError(f"cannot copy a disk into the snapshot: {e}") from None
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise F.SnapshotError(f"cannot write a snapshot to {dest}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    return SaveResult(dest, seconds, ram_digest.data_bytes, disk_bytes, allocated_bytes(dest))

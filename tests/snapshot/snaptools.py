@@ -1,0 +1,148 @@
+"""Helpers for the snapshot tests: building the bare-metal test program and
+driving `pocket` processes that keep running while a test talks to them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+GUEST = HERE / "guest"
+CC = os.environ.get("GUEST_CROSS", "riscv64-linux-gnu-") + "gcc"
+
+
+def build_ticker(out: Path, rounds: int, period: int) -> Path:
+    if shutil.which(CC) is None:
+        pytest.skip(f"{CC} not installed")
+    cmd = [
+        CC,
+        "-march=rv64gc",
+        "-mabi=lp64d",
+        "-mcmodel=medany",
+        "-static",
+        "-nostdlib",
+        "-nostartfiles",
+        "-ffreestanding",
+        "-fno-pic",
+        "-O2",
+        "-Wall",
+        "-Werror",
+        f"-DROUNDS={rounds}",
+        f"-DPERIOD={period}",
+        f"-T{GUEST / 'link.ld'}",
+        "-Wl,--build-id=none",
+        "-Wl,--no-warn-rwx-segments",
+        str(GUEST / "start.S"),
+        str(GUEST / "ticker.c"),
+        "-o",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+
+def pocket_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pocketvm", *map(str, args)]
+
+
+def pocket(*args: str, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(pocket_cmd(*args), input=stdin, capture_output=True, timeout=timeout)
+
+
+def one_line_error(run: subprocess.CompletedProcess, *needles: str) -> str:
+    err = run.stderr.decode(errors="replace")
+    assert run.returncode == 2, (run.returncode, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pocket: error: "), err
+    for needle in needles:
+        assert needle in lines[0], err
+    return lines[0]
+
+
+class Pocket:
+    """A `pocket` process with piped stdin whose output is collected as it comes."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            pocket_cmd(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._out = bytearray()
+        self._err = bytearray()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, stream, buf: bytearray) -> None:
+        while True:
+            data = stream.read1(65536)
+            if not data:
+                return
+            with self._lock:
+                buf += data
+
+    @property
+    def out(self) -> str:
+        with self._lock:
+            return self._out.decode(errors="replace")
+
+    @property
+    def err(self) -> str:
+        with self._lock:
+            return self._err.decode(errors="replace")
+
+    def mark(self) -> int:
+        """Position in the output; wait_for(..., after=mark) only looks past it."""
+        with self._lock:
+            return len(self._out)
+
+    def wait_for(self, text: str, timeout: float, after: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.out
+            if text in out[after:]:
+                return out
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the pumps drain
+                out = self.out
+                if text in out[after:]:
+                    return out
+                raise AssertionError(f"pocket exited ({self.proc.returncode}) before {text!r}:\n{out[-3000:]}\n{self.err}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.out[-3000:]}\n{self.err}")
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> "Pocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
