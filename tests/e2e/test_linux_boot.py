@@ -71,3 +71,42 @@ def test_two_harts_and_disks_read_write_and_read_only(tmp_path, guest_image):
     assert debugfs_cat(rw, "hello.txt") == "hello-from-the-guest\n"
     # ...and the read-only image did not change by a single byte.
     assert hashlib.sha256(ro.read_bytes()).hexdigest() == ro_digest
+
+
+def test_guest_reboot_boots_again(guest_image):
+    """`reboot` in the guest resets the machine through the test device and boots anew."""
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pocketvm", "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out = b""
+    banners = 0
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if not ready:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+            # The kernel's first line appears once per boot.
+            seen = out.count(b"Linux version ")
+            if seen > banners and b"pocket:~# " in out.rsplit(b"Linux version ", 1)[1]:
+                banners = seen
+                proc.stdin.write(b"reboot\n" if seen == 1 else b"echo AGAIN-$((2+3))\npoweroff\n")
+                proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.decode(errors="replace")
+    assert text.count("Linux version ") == 2, text[-2000:]
+    assert "AGAIN-5" in text
+    assert proc.returncode == 0
