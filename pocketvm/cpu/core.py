@@ -200,8 +200,40 @@ def _access(st, ram64, ram_size, addr, size, acc):
 
 
 @core_jit
+def _cross_page(st, ram64, ram_size, addr, size, acc):
+    """Both halves of a misaligned access that crosses a page boundary.
+
+    The two virtual pages may map to unrelated physical pages, so each half is
+    translated on its own; both must be RAM (a split MMIO access faults), and
+    both translations succeed before anything is written.
+    Returns (offset of the first half, offset of the second, length of the first, fault cause or -1).
+    """
+    len1 = 0x1000 - (addr & 0xFFF)
+    pa1 = translate(st, ram64, ram_size, addr, acc)
+    if pa1 < 0:
+        return -1, -1, len1, -pa1 - 1
+    pa2 = translate(st, ram64, ram_size, addr + len1, acc)
+    if pa2 < 0:
+        return -1, -1, len1, -pa2 - 1
+    off1 = pa1 - RAM_BASE
+    off2 = pa2 - RAM_BASE
+    if off1 < 0 or off1 + len1 > ram_size or off2 < 0 or off2 + size - len1 > ram_size:
+        return -1, -1, len1, _CAUSE_LOAD_ACCESS if acc == ACC_LOAD else _CAUSE_STORE_ACCESS
+    return off1, off2, len1, -1
+
+
+@core_jit
 def _load_slow(st, ram, ram16, ram32, ram64, addr, size):
     """A load the fast path could not do: (MEM_*, unsigned value | cause | physical address)."""
+    if ((addr + size - 1) ^ addr) & ~0xFFF:
+        off1, off2, len1, fault = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
+        if fault >= 0:
+            return MEM_FAULT, fault
+        v = 0
+        for i in range(size):
+            o = off1 + i if i < len1 else off2 + (i - len1)
+            v |= np.int64(ram[o]) << (8 * i)
+        return MEM_OK, v
     off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
     if fault >= 0:
         return MEM_FAULT, fault
@@ -213,6 +245,14 @@ def _load_slow(st, ram, ram16, ram32, ram64, addr, size):
 @core_jit
 def _store_slow(st, ram, ram16, ram32, ram64, addr, size, value):
     """A store the fast path could not do: (MEM_*, 0 | cause | physical address)."""
+    if ((addr + size - 1) ^ addr) & ~0xFFF:
+        off1, off2, len1, fault = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_STORE)
+        if fault >= 0:
+            return MEM_FAULT, fault
+        for i in range(size):
+            o = off1 + i if i < len1 else off2 + (i - len1)
+            ram[o] = (value >> (8 * i)) & 0xFF
+        return MEM_OK, 0
     off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_STORE)
     if fault >= 0:
         return MEM_FAULT, fault
@@ -400,17 +440,19 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
     ram_size = ram.shape[0]
     pc = st[PC]
     n = 0
-    check = 0
+    limit = 0  # next look at interrupts and time, at n == limit (<= budget)
     reason = EXIT_SLICE
     dx, dtag = _data_mode(st)
     fpage = _NO_PAGE  # virtual page (address) of the fetch cache
     fdelta = 0  # RAM offset minus virtual address within that page
     trap_cause = -1
     trap_tval = 0
-    while n < budget:
-        # --- interrupts and time ------------------------------------------
-        if check <= 0:
-            check = CHECK_INTERVAL
+    while True:
+        # --- budget, interrupts and time (one compare per instruction) -------
+        if n >= limit:
+            if n >= budget:
+                break
+            limit = min(n + CHECK_INTERVAL, budget)
             update_mtime(sh, n)
             cause = pending_interrupt(st, sh)
             if cause >= 0:
@@ -418,7 +460,6 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                 st[WFI_FLAG] = 0
                 dx, dtag = _data_mode(st)
                 fpage = _NO_PAGE
-        check -= 1
 
         # --- fetch ----------------------------------------------------------
         if (pc & -4096) != fpage:
@@ -727,6 +768,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     st[0] = 0
                     pc = npc
                     budget -= 1
+                    limit = min(limit, budget)
                     continue
                 if code == SYS_WFI:
                     st[PC] = npc
@@ -734,7 +776,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     n += 1
                     break
                 if code == SYS_RECHECK:
-                    check = 0
+                    limit = n + 1  # after this instruction retires
             elif opcode == 0x07:  # LOAD-FP
                 if (f3 != 2 and f3 != 3) or fs_off(st):
                     illegal = True
@@ -789,6 +831,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
             dx, dtag = _data_mode(st)
             fpage = _NO_PAGE
             budget -= 1
+            limit = min(limit, budget)
             continue
         st[0] = 0
         pc = npc
