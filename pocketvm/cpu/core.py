@@ -142,6 +142,12 @@ def _write_ram(ram, ram16, ram32, ram64, off, size, value):
 
 
 @core_jit(inline="always")
+def _u(i):
+    """An index known to be >= 0, as unsigned: numba then skips the negative-index wraparound."""
+    return np.uint64(i)
+
+
+@core_jit(inline="always")
 def _fast_off(st, ram_size, addr, size, translated, tag, table):
     """RAM offset of an aligned access that needs no page walk, or -1.
 
@@ -153,8 +159,8 @@ def _fast_off(st, ram_size, addr, size, translated, tag, table):
         return -1
     if translated:
         slot = table + ((addr >> 11) & (2 * TLB_ENTRIES - 2))
-        if st[slot] == ((addr & -4096) | tag):
-            return st[slot + 1] + (addr & 0xFFF)
+        if st[_u(slot)] == ((addr & -4096) | tag):
+            return st[_u(slot + 1)] + (addr & 0xFFF)
         return -1
     off = addr - RAM_BASE
     if off >= 0 and off < ram_size:
@@ -472,7 +478,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                 fdelta = base - fpage
         if trap_cause < 0:
             off = pc + fdelta
-            insn = np.int64(ram16[off >> 1])
+            insn = np.int64(ram16[_u(off >> 1)])
             if (insn & 3) == 3:
                 if (pc & 0xFFF) == 0xFFE:
                     base = _fetch_page(st, ram64, ram_size, pc + 2)
@@ -483,7 +489,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                         hi = np.int64(ram16[(base + ((pc + 2) & 0xFFF)) >> 1])
                         insn |= ((hi << 48) >> 32)
                 else:
-                    insn |= (np.int64(ram16[(off >> 1) + 1]) << 48) >> 32
+                    insn |= (np.int64(ram16[_u((off >> 1) + 1)]) << 48) >> 32
                 npc = pc + 4
             else:
                 raw = insn
@@ -540,13 +546,13 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     off = _fast_off(st, ram_size, addr, size, dx, dtag, _LOAD_TLB)
                     if off >= 0:
                         if size == 8:
-                            v = ram64[off >> 3]
+                            v = ram64[_u(off >> 3)]
                         elif size == 4:
-                            v = np.int64(ram32[off >> 2])
+                            v = np.int64(ram32[_u(off >> 2)])
                         elif size == 2:
-                            v = np.int64(ram16[off >> 1])
+                            v = np.int64(ram16[_u(off >> 1)])
                         else:
-                            v = np.int64(ram[off])
+                            v = np.int64(ram[_u(off)])
                     else:
                         kind, v = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
                         if kind == MEM_FAULT:
@@ -580,13 +586,13 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     off = _fast_off(st, ram_size, addr, size, dx, dtag, _STORE_TLB)
                     if off >= 0:
                         if size == 8:
-                            ram64[off >> 3] = v
+                            ram64[_u(off >> 3)] = v
                         elif size == 4:
-                            ram32[off >> 2] = v & MASK32
+                            ram32[_u(off >> 2)] = v & MASK32
                         elif size == 2:
-                            ram16[off >> 1] = v & 0xFFFF
+                            ram16[_u(off >> 1)] = v & 0xFFFF
                         else:
-                            ram[off] = v & 0xFF
+                            ram[_u(off)] = v & 0xFF
                     else:
                         kind, pa = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
                         if kind == MEM_FAULT:
