@@ -1,17 +1,45 @@
-"""`pocket`: the command-line interface."""
+"""`pocket`: the command-line interface.
+
+Heavy modules are imported inside the commands that need them: importing
+pocketvm.machine loads numba (a third of a second), which `pocket ls` and
+`pocket snapshot` never need, and `pocket restore` loads it in a thread
+while it checks the snapshot.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pocketvm.machine import DEFAULT_MEMORY, MiB, DiskSpec, VMConfig, VMError, parse_memory
+if TYPE_CHECKING:
+    from pocketvm.machine import DiskSpec, VMConfig
 
 DEFAULT_APPEND = "console=ttyS0"
+DEFAULT_MEMORY = "512M"  # pocketvm.machine.DEFAULT_MEMORY, spelled for the --help text
+MiB = 1 << 20
+
+# Exceptions whose message is meant for the user: (module, class).
+_USER_ERRORS = (
+    ("pocketvm.machine", "VMError"),
+    ("pocketvm.images.errors", "ImageError"),
+    ("pocketvm.snapshot.format", "SnapshotError"),
+    ("pocketvm.control", "ControlError"),
+)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    # Looked up among the modules already loaded: an exception of a class
+    # whose module was never imported cannot be in flight, and importing it
+    # here would cost a light command the load of numba.
+    for module, name in _USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
 
 
 def fail(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
@@ -23,14 +51,25 @@ class _Group(click.Group):
     """Turns user-facing exceptions from any command into a one-line error."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
-        from pocketvm.images.errors import ImageError
-
         try:
             return super().invoke(ctx)
-        except (VMError, ImageError) as e:
-            fail(str(e))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except Exception as e:
+            if _is_user_error(e):
+                fail(str(e))
+            raise
+
+    # `pocket image ...` lives in pocketvm.images, loaded only when used.
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "image"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "image" and name not in self.commands:
+            from pocketvm.images.cli import image
+
+            self.add_command(image)
+        return super().get_command(ctx, name)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,6 +85,8 @@ def main(verbose: bool) -> None:
 
 
 def _parse_disk(text: str) -> DiskSpec:
+    from pocketvm.machine import DiskSpec, VMError
+
     path, _, opts = text.partition(",")
     readonly = False
     for opt in filter(None, opts.split(",")):
@@ -61,6 +102,8 @@ def _parse_disk(text: str) -> DiskSpec:
 
 
 def _existing_file(path: Path, what: str) -> Path:
+    from pocketvm.machine import VMError
+
     if not path.exists():
         raise VMError(f"{what} {path}: no such file")
     if not path.is_file():
@@ -79,6 +122,8 @@ def build_config(
     name: str = "",
     mirror: str | None = None,
 ) -> VMConfig:
+    from pocketvm.machine import VMConfig, VMError, parse_memory
+
     mem = parse_memory(memory)
     disk_specs = [_parse_disk(d) for d in disks]
     for d in disk_specs:
@@ -125,7 +170,7 @@ def build_config(
 
 
 @main.command()
-@click.option("-m", "--memory", default=f"{DEFAULT_MEMORY // MiB}M", show_default=True, help="Guest RAM, e.g. 512M or 1G.")
+@click.option("-m", "--memory", default=DEFAULT_MEMORY, show_default=True, help="Guest RAM, e.g. 512M or 1G.")
 @click.option("-c", "--cpus", default=1, show_default=True, type=click.IntRange(1, 8), help="Number of harts.")
 @click.option("--kernel", metavar="PATH", help="Linux Image, or with --bios none a bare-metal ELF. Default: the pulled Debian guest.")
 @click.option("--initrd", metavar="PATH", help="Initramfs (default: the pulled guest's).")
@@ -203,18 +248,24 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
     wrote are deleted; written ones are kept and their directory is printed.
     stdin works as for `pocket run`.
     """
+    import threading
+
     from pocketvm.console import HostConsole
     from pocketvm.control import ControlServer, check_name, generate_name
-    from pocketvm.machine import preload_cpu_core
-    from pocketvm.snapshot.restore import restore_vm
+    from pocketvm.snapshot.restore import open_snapshot, restore_vm
 
     vm_name = check_name(name) if name else generate_name()
     with ControlServer(vm_name) as server:
-        preload = preload_cpu_core()  # overlaps loading compiled code with the checks
+        # Loading numba and the compiled CPU core takes longer than checking
+        # the snapshot, and the check mostly runs outside the GIL (hashing,
+        # numpy): do both at once.
+        core = threading.Thread(target=_load_core, name="load-cpu-core", daemon=True)
+        core.start()
+        snap = open_snapshot(directory)
         console = HostConsole()
-        restored = restore_vm(directory, console, vm_name, Path(disk_dir) if disk_dir else None)
+        restored = restore_vm(snap, console, vm_name, Path(disk_dir) if disk_dir else None)
         try:
-            preload.join()
+            core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(
                 restored.vm, console, server, {"origin": "restore", "snapshot": origin}, f"restored from {origin}"
@@ -225,6 +276,12 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
             if kept is not None:
                 click.echo(f"pocket: the guest wrote to its disks; they are kept in {kept}", err=True)
     sys.exit(code)
+
+
+def _load_core() -> None:
+    from pocketvm.machine import load_cpu_core
+
+    load_cpu_core()
 
 
 @main.command()
@@ -288,15 +345,6 @@ def list_vms(as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-
-
-def _attach_image_commands() -> None:
-    from pocketvm.images.cli import image
-
-    main.add_command(image)
-
-
-_attach_image_commands()
 
 
 def entry() -> None:

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pocketvm.machine import ExitStatus, VMError
 from pocketvm.paths import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -45,13 +44,25 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _SUN_PATH_MAX = 107
 
 
-class ControlError(VMError):
-    """Talking to a VM failed (one-line message for the user)."""
+class ControlError(Exception):
+    """A name or control-socket problem (one-line message for the user).
+
+    This module does not import pocketvm.machine (which loads numba), so
+    that `pocket ls` and `pocket snapshot` start in a fraction of a second.
+    """
+
+
+def _is_user_error(e: BaseException) -> bool:
+    # Only called in the VM's process, where these are loaded anyway.
+    from pocketvm.machine import VMError
+    from pocketvm.snapshot.format import SnapshotError
+
+    return isinstance(e, (VMError, SnapshotError, ControlError))
 
 
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise VMError(
+        raise ControlError(
             f"invalid VM name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
@@ -66,10 +77,10 @@ def _ensure_runtime_dir() -> Path:
     try:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
-        raise VMError(f"cannot create the runtime directory {d}: {e.strerror}") from None
+        raise ControlError(f"cannot create the runtime directory {d}: {e.strerror}") from None
     st = d.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise VMError(f"runtime directory {d} is not a directory owned by you")
+        raise ControlError(f"runtime directory {d} is not a directory owned by you")
     if st.st_mode & 0o077:
         os.chmod(d, 0o700)
     return d
@@ -98,7 +109,7 @@ def generate_name() -> str:
         name = f"vm-{secrets.token_hex(3)}"
         if not socket_path(name).exists():
             return name
-    raise VMError("cannot find a free VM name")
+    raise ControlError("cannot find a free VM name")
 
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
@@ -128,7 +139,7 @@ class ControlServer:
         self.path = socket_path(name)
         _ensure_runtime_dir()
         if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
-            raise VMError(f"control socket path {self.path} is too long; set XDG_RUNTIME_DIR to a shorter directory")
+            raise ControlError(f"control socket path {self.path} is too long; set XDG_RUNTIME_DIR to a shorter directory")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._bind()
@@ -152,9 +163,9 @@ class ControlServer:
                 self._sock.bind(str(self.path))
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
-                    raise VMError(f"cannot create control socket {self.path}: {e.strerror}") from None
+                    raise ControlError(f"cannot create control socket {self.path}: {e.strerror}") from None
                 if _probe(self.path) is not False:
-                    raise VMError(f"a VM named {self.name!r} is already running (see `pocket ls`)") from None
+                    raise ControlError(f"a VM named {self.name!r} is already running (see `pocket ls`)") from None
                 # Left behind by a VM that died: take the name over.
                 try:
                     self.path.unlink()
@@ -163,7 +174,7 @@ class ControlServer:
                 try:
                     self._sock.bind(str(self.path))
                 except OSError as e2:
-                    raise VMError(f"cannot create control socket {self.path}: {e2.strerror}") from None
+                    raise ControlError(f"cannot create control socket {self.path}: {e2.strerror}") from None
         finally:
             os.umask(old_umask)
         self._sock.listen(8)
@@ -241,11 +252,12 @@ class ControlServer:
                 return
             try:
                 reply = self._dispatch(req)
-            except VMError as e:
-                reply = {"ok": False, "error": str(e)}
-            except Exception as e:  # a bug must not take the VM down; tell the client
-                log.exception("control request %r failed", req.get("cmd"))
-                reply = {"ok": False, "error": f"internal error: {e!r}"}
+            except Exception as e:
+                if _is_user_error(e):
+                    reply = {"ok": False, "error": str(e)}
+                else:  # a bug must not take the VM down; tell the client
+                    log.exception("control request %r failed", req.get("cmd"))
+                    reply = {"ok": False, "error": f"internal error: {e!r}"}
             _send(conn, reply)
 
     def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -255,13 +267,13 @@ class ControlServer:
         if cmd == "snapshot":
             directory = req.get("dir")
             if not isinstance(directory, str) or not os.path.isabs(directory):
-                raise VMError("snapshot needs an absolute directory path")
+                raise ControlError("snapshot needs an absolute directory path")
             stop = bool(req.get("stop", False))
             vm = self.vm
             if vm is None:
-                raise VMError("the VM is not running yet")
+                raise ControlError("the VM is not running yet")
             return {"ok": True, **vm.submit(lambda: self._snapshot(Path(directory), stop)).result()}
-        raise VMError(f"unknown command {cmd!r}")
+        raise ControlError(f"unknown command {cmd!r}")
 
     def describe(self) -> dict[str, Any]:
         vm = self.vm
@@ -279,6 +291,7 @@ class ControlServer:
 
     def _snapshot(self, directory: Path, stop: bool) -> dict[str, Any]:
         """Runs on the VM's thread, between slices: the VM is paused."""
+        from pocketvm.machine import ExitStatus
         from pocketvm.snapshot.save import save_snapshot
 
         vm = self.vm
@@ -341,7 +354,7 @@ def list_vms() -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise VMError(f"cannot list {d}: {e.strerror}") from None
+        raise ControlError(f"cannot list {d}: {e.strerror}") from None
     vms = []
     for path in entries:
         name = path.name[: -len(SUFFIX)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -427,29 +426,23 @@ class VirtualMachine:
             d.close()
 
 
-def preload_cpu_core() -> threading.Thread:
-    """Load the compiled CPU core in a background thread.
+def load_cpu_core() -> None:
+    """Load the compiled CPU core now rather than at the first hart.run().
 
-    The first hart.run() of a process loads the numba core from its disk
-    cache, which takes a second or more. A restore can overlap that with
-    checking the snapshot: a throwaway hart with a few pages of RAM runs one
-    instruction, with arrays of exactly the types a real VM passes, so the
-    real VM later finds the code loaded. Join the thread before run().
+    Loading it from numba's disk cache takes a noticeable fraction of a
+    second; `pocket restore` does it in a thread while it checks the
+    snapshot. A throwaway hart with a few pages of RAM runs one instruction,
+    with arrays of exactly the types a real VM passes, so the real VM finds
+    the code loaded. Failures are left for the real run to report.
     """
-
-    def load() -> None:
-        try:
-            ram = GuestRAM(16 * 4096)
-            sh = S.new_shared_state(1)
-            hart = Hart(0, ram, sh)
-            hart.st[S.PC] = ram.base  # zeroed RAM: an illegal instruction, trapped
-            hart.run(1)
-        except Exception:  # the real run will load (and report) it anyway
-            log.debug("preloading the CPU core failed", exc_info=True)
-
-    thread = threading.Thread(target=load, name="cpu-core-preload", daemon=True)
-    thread.start()
-    return thread
+    try:
+        ram = GuestRAM(16 * 4096)
+        sh = S.new_shared_state(1)
+        hart = Hart(0, ram, sh)
+        hart.st[S.PC] = ram.base  # zeroed RAM: an illegal instruction, trapped
+        hart.run(1)
+    except Exception:
+        log.debug("preloading the CPU core failed", exc_info=True)
 
 
 def parse_memory(text: str) -> int:

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketvm.machine import VMError
-
 FORMAT = "pocketvm-snapshot"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -46,8 +44,12 @@ def disk_file(index: int) -> str:
     return f"disk{index}.raw"
 
 
-class SnapshotError(VMError):
-    """A snapshot cannot be written or used (one-line message for the user)."""
+class SnapshotError(Exception):
+    """A snapshot cannot be written or used (one-line message for the user).
+
+    Not a VMError: checking a snapshot must not need pocketvm.machine, whose
+    import loads numba (see `pocket restore`, which loads both in parallel).
+    """
 
 
 # --- JSON with bytes -------------------------------------------------------------

@@ -5,11 +5,15 @@ its own checksum), the size and digest of every file, the CPU state layout
 and the device set. Only then is a VM built, so a bad snapshot gives one
 clear error and never a half-restored guest.
 
-RAM is not read: ram.raw is mapped MAP_PRIVATE, so the guest's pages come
-from the page cache on first touch and its writes go to private
+RAM is not read into memory: ram.raw is mapped MAP_PRIVATE, so the guest's
+pages come from the page cache on first touch and its writes go to private
 copy-on-write pages. Any number of VMs can map the same snapshot at once
 and none of them changes it. (The snapshot must not be modified or deleted
 while VMs restored from it run: the mapping reads it lazily.)
+
+`open_snapshot` needs only numpy, not pocketvm.machine (whose import loads
+numba): `pocket restore` checks the snapshot while another thread loads
+numba and the compiled CPU core.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pocketvm.cpu import state as S
-from pocketvm.machine import DiskSpec, VirtualMachine, VMConfig
 from pocketvm.snapshot import format as F
-from pocketvm.snapshot.digest import BLOCK, ContentDigest, data_extents, digest_file, digest_mapped
+from pocketvm.snapshot.digest import BLOCK, ContentDigest, digest_fd
+
+if TYPE_CHECKING:
+    from pocketvm.machine import VirtualMachine, VMConfig
 
 # Devices whose state others depend on are loaded first: the interrupt
 # controller before the devices that re-drive their lines into it.
@@ -38,13 +43,14 @@ class Snapshot:
 
     path: Path
     manifest: F.Manifest
-    harts: np.ndarray  # (nharts, STATE_SIZE) int64
-    shared: np.ndarray  # (SHARED_SIZE,) int64
+    cpu: np.ndarray  # int64: every hart's state array, then the shared array
     state: dict[str, Any]
     ram: mmap.mmap  # private copy-on-write mapping of ram.raw
     ram_extents: list[tuple[int, int]]  # where ram.raw has data (the rest are holes)
 
     def config(self, name: str, disk_paths: list[Path]) -> VMConfig:
+        from pocketvm.machine import DiskSpec, VMConfig
+
         vm = self.manifest.vm
         disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
         return VMConfig(
@@ -77,22 +83,16 @@ def _read_small(path: Path, entry: F.FileEntry, where: str) -> bytes:
 def _map_ram(path: Path, entry: F.FileEntry, where: str) -> tuple[mmap.mmap, list[tuple[int, int]]]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if os.fstat(fd).st_size != entry.size:  # changed since it was checked: a mapping would fault
+            raise F.SnapshotError(f"{where}: {F.RAM_FILE} changed while being restored")
+        digest, extents = digest_fd(fd, entry.size)
+        if digest != entry.digest:
+            raise F.SnapshotError(f"{where}: {F.RAM_FILE} checksum mismatch (the file was edited or corrupted)")
         # PROT_WRITE on a MAP_PRIVATE mapping of a read-only file is allowed:
         # writes go to private copies, never to the file.
         ram = mmap.mmap(fd, entry.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        try:
-            view = np.frombuffer(ram, dtype=np.uint8)
-            extents = data_extents(fd, entry.size)
-            digest = digest_mapped(view, extents).hexdigest()
-            del view
-        except BaseException:
-            ram.close()
-            raise
     finally:
         os.close(fd)
-    if digest != entry.digest:
-        ram.close()
-        raise F.SnapshotError(f"{where}: {F.RAM_FILE} checksum mismatch (the file was edited or corrupted)")
     return ram, extents
 
 
@@ -111,8 +111,6 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     except OSError as e:
         raise F.SnapshotError(f"{where}: cannot read {F.MANIFEST}: {e.strerror}") from None
     m = F.parse_manifest(manifest_bytes, where)
-    if m.state_size != S.STATE_SIZE or m.shared_size != S.SHARED_SIZE:
-        raise F.SnapshotError(f"{where}: saved by a pocketvm with a different CPU state layout; cannot restore it")
     disk_files = {d.file for d in m.disks}
     for name, entry in m.files.items():
         try:
@@ -127,7 +125,7 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     try:
         cpu_bytes = _read_small(path / F.CPU_FILE, m.files[F.CPU_FILE], where)
         state_bytes = _read_small(path / F.STATE_FILE, m.files[F.STATE_FILE], where)
-        if len(cpu_bytes) != 8 * (m.harts * S.STATE_SIZE + S.SHARED_SIZE):
+        if len(cpu_bytes) != 8 * (m.harts * m.state_size + m.shared_size):
             raise F.SnapshotError(f"{where}: {F.CPU_FILE} does not hold {m.harts} hart(s)")
         cpu = np.frombuffer(cpu_bytes, dtype="<i8").astype(np.int64)
         try:
@@ -137,15 +135,17 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             raise F.SnapshotError(f"{where}: {F.STATE_FILE} is invalid ({e})") from None
         for disk in m.disks:
             if disk.readonly:  # attached in place, so checked here; writable ones are checked as copied
-                digest, _ = digest_file(path / disk.file)
+                fd = os.open(path / disk.file, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    digest, _ = digest_fd(fd, m.files[disk.file].size)
+                finally:
+                    os.close(fd)
                 if digest != m.files[disk.file].digest:
                     raise F.SnapshotError(f"{where}: {disk.file} checksum mismatch (the disk image was edited or corrupted)")
         ram, ram_extents = _map_ram(path / F.RAM_FILE, m.files[F.RAM_FILE], where)
     except OSError as e:
         raise F.SnapshotError(f"{where}: cannot read it: {e.strerror or e}") from None
-    harts = cpu[: m.harts * S.STATE_SIZE].reshape(m.harts, S.STATE_SIZE)
-    shared = cpu[m.harts * S.STATE_SIZE :]
-    return Snapshot(path, m, harts, shared, state, ram, ram_extents)
+    return Snapshot(path, m, cpu, state, ram, ram_extents)
 
 
 def _check_state(state: dict[str, Any], m: F.Manifest) -> None:
@@ -166,16 +166,32 @@ def _flush_tlb(st: np.ndarray) -> None:
     getattr(flush_tlb, "py_func", flush_tlb)(st)
 
 
+def check_layout(snap: Snapshot) -> None:
+    """The snapshot's CPU state arrays have this pocketvm's layout."""
+    from pocketvm.cpu import state as S
+
+    m = snap.manifest
+    if m.state_size != S.STATE_SIZE or m.shared_size != S.SHARED_SIZE:
+        raise F.SnapshotError(
+            f"{F.describe(snap.path)}: saved by a pocketvm with a different CPU state layout; cannot restore it"
+        )
+
+
 def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     """Put the snapshot's CPU, device and time state into a freshly built VM."""
+    from pocketvm.cpu import state as S
+
     where = F.describe(snap.path)
+    nharts = snap.manifest.harts
+    harts = snap.cpu[: nharts * S.STATE_SIZE].reshape(nharts, S.STATE_SIZE)
+    shared = snap.cpu[nharts * S.STATE_SIZE :]
     ids = [t.device.device_id if t.device is not None else 0 for t in vm.virtio]
     if ids != snap.state["virtio_ids"]:
         raise F.SnapshotError(f"{where}: its virtio devices {snap.state['virtio_ids']} do not match the VM's {ids}")
-    for hart, st in zip(vm.harts, snap.harts):
+    for hart, st in zip(vm.harts, harts):
         hart.st[:] = st
         _flush_tlb(hart.st)
-    vm.sh[:] = snap.shared
+    vm.sh[:] = shared
     saved = snap.state["devices"]
     devices = vm.devices()
     missing = [name for name in devices if name not in saved]
@@ -198,16 +214,19 @@ class Restored:
 
 
 def restore_vm(
-    path: str | os.PathLike[str], console: Any, name: str, disk_dir: Path | None = None
+    path: str | os.PathLike[str] | Snapshot, console: Any, name: str, disk_dir: Path | None = None
 ) -> Restored:
-    """Verify the snapshot at `path` and build a VM from it, ready to run().
+    """Build a VM, ready to run(), from the snapshot at `path` (verified
+    here, or already by `open_snapshot`).
 
     The caller owns the result: `restored.vm.close()` and
     `restored.disks.finish()` when the VM ends.
     """
+    from pocketvm.machine import VirtualMachine
     from pocketvm.snapshot import workdisks
 
-    snap = open_snapshot(path)
+    snap = path if isinstance(path, Snapshot) else open_snapshot(path)
+    check_layout(snap)
     directory = disk_dir if disk_dir is not None else workdisks.default_disk_dir(name)
     work = workdisks.prepare(snap.path, snap.manifest, Path(os.path.abspath(directory)))
     try:
