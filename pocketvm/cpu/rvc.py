@@ -10,7 +10,10 @@ The core does not call `expand` per instruction: it looks the halfword up in
 
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -211,8 +214,38 @@ def expansion_table() -> np.ndarray:
     """int32 table: halfword -> expanded instruction (sign-extended 32-bit), 0 = illegal.
 
     Entries for halfwords whose low bits are 11 (32-bit instructions) are 0.
+    Loading the compiled `expand` to build it takes longer than the rest of
+    the core's start-up, so the table is kept next to numba's cache, named
+    after a digest of this file.
     """
-    out = np.zeros(65536, dtype=np.int32)
-    _fill_table(out)
-    out.flags.writeable = False
-    return out
+    path = _table_path()
+    if path is not None:
+        try:
+            table = np.load(path)
+            if table.dtype == np.int32 and table.shape == (65536,):
+                table.flags.writeable = False
+                return table
+        except (OSError, ValueError):
+            pass
+    table = np.zeros(65536, dtype=np.int32)
+    _fill_table(table)
+    table.flags.writeable = False
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, table)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs the rebuild
+    return table
+
+
+def _table_path() -> Path | None:
+    import numba
+
+    if not numba.config.CACHE_DIR:
+        return None
+    digest = hashlib.sha256(numba.__version__.encode() + Path(__file__).read_bytes()).hexdigest()[:16]
+    return Path(numba.config.CACHE_DIR) / f"rvc-expansion-{digest}.npy"
