@@ -133,7 +133,7 @@ def bench_pocketvm(work: Path, runs: int, env: dict[str, str]) -> dict:
         wall = time.monotonic() - t0
         if run.returncode:
             raise RuntimeError(run.stderr.decode())
-        pause = float(re.search(rb" in ([\d.]+) s", run.stdout).group(1))
+        pause = float(re.search(rb"paused ([\d.]+) s", run.stdout).group(1))
     finally:
         con.stop()
     disk_copy = allocated(snap / "disk0.raw")

@@ -250,17 +250,18 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
     """
     import threading
 
+    # Loading numba and the compiled CPU core takes longer than checking the
+    # snapshot, and the check mostly runs outside the GIL (hashing, numpy):
+    # do both at once, starting the load before anything else.
+    core = threading.Thread(target=_load_core, name="load-cpu-core", daemon=True)
+    core.start()
+
     from pocketvm.console import HostConsole
     from pocketvm.control import ControlServer, check_name, generate_name
     from pocketvm.snapshot.restore import open_snapshot, restore_vm
 
     vm_name = check_name(name) if name else generate_name()
     with ControlServer(vm_name) as server:
-        # Loading numba and the compiled CPU core takes longer than checking
-        # the snapshot, and the check mostly runs outside the GIL (hashing,
-        # numpy): do both at once.
-        core = threading.Thread(target=_load_core, name="load-cpu-core", daemon=True)
-        core.start()
         snap = open_snapshot(directory)
         console = HostConsole()
         restored = restore_vm(snap, console, vm_name, Path(disk_dir) if disk_dir else None)
@@ -303,9 +304,9 @@ def snapshot(name: str, directory: str, stop: bool) -> None:
     reply = request(name, {"cmd": "snapshot", "dir": dest, "stop": stop}, timeout=None)
     mib = 1 << 20
     click.echo(
-        f"{reply.get('path', dest)}: snapshot of {name} in {reply.get('seconds', 0):.2f} s, "
-        f"{reply.get('ram_data_bytes', 0) / mib:.1f} MiB of RAM, {reply.get('total_bytes', 0) / mib:.1f} MiB on disk"
-        + (f"; {name} stopped" if stop else "")
+        f"{reply.get('path', dest)}: snapshot of {name} in {reply.get('seconds', 0):.2f} s "
+        f"(paused {reply.get('pause_seconds', 0):.2f} s), {reply.get('ram_data_bytes', 0) / mib:.1f} MiB of RAM, "
+        f"{reply.get('total_bytes', 0) / mib:.1f} MiB on disk" + (f"; {name} stopped" if stop else "")
     )
 
 

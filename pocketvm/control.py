@@ -157,26 +157,24 @@ class ControlServer:
         self.state = "starting"
 
     def _bind(self) -> None:
-        old_umask = os.umask(0o177)  # the socket file is created 0600
         try:
+            self._sock.bind(str(self.path))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise ControlError(f"cannot create control socket {self.path}: {e.strerror}") from None
+            if _probe(self.path) is not False:
+                raise ControlError(f"a VM named {self.name!r} is already running (see `pocket ls`)") from None
+            # Left behind by a VM that died: take the name over.
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
             try:
                 self._sock.bind(str(self.path))
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE:
-                    raise ControlError(f"cannot create control socket {self.path}: {e.strerror}") from None
-                if _probe(self.path) is not False:
-                    raise ControlError(f"a VM named {self.name!r} is already running (see `pocket ls`)") from None
-                # Left behind by a VM that died: take the name over.
-                try:
-                    self.path.unlink()
-                except FileNotFoundError:
-                    pass
-                try:
-                    self._sock.bind(str(self.path))
-                except OSError as e2:
-                    raise ControlError(f"cannot create control socket {self.path}: {e2.strerror}") from None
-        finally:
-            os.umask(old_umask)
+            except OSError as e2:
+                raise ControlError(f"cannot create control socket {self.path}: {e2.strerror}") from None
+        # The directory is 0700 already; the socket itself says the same.
+        os.chmod(self.path, 0o600)
         self._sock.listen(8)
 
     def start(self, vm: Any, info: dict[str, Any] | None = None) -> None:
@@ -272,7 +270,11 @@ class ControlServer:
             vm = self.vm
             if vm is None:
                 raise ControlError("the VM is not running yet")
-            return {"ok": True, **vm.submit(lambda: self._snapshot(Path(directory), stop)).result()}
+            # The VM is paused only while its state is copied; the copy is
+            # sealed (digests, fsync, manifest) here while it runs again.
+            outcome = vm.submit(lambda: self._capture(Path(directory), stop)).result()
+            result = outcome if stop else outcome.finish()
+            return {"ok": True, **result.as_dict()}
         raise ControlError(f"unknown command {cmd!r}")
 
     def describe(self) -> dict[str, Any]:
@@ -289,23 +291,29 @@ class ControlServer:
         out.update(self.info)
         return out
 
-    def _snapshot(self, directory: Path, stop: bool) -> dict[str, Any]:
-        """Runs on the VM's thread, between slices: the VM is paused."""
+    def _capture(self, directory: Path, stop: bool) -> Any:
+        """Runs on the VM's thread, between slices: the VM is paused.
+
+        Returns the `Capture` to finish, or with `stop` the finished result
+        (the process is about to end, so it is sealed right here)."""
         from pocketvm.machine import ExitStatus
-        from pocketvm.snapshot.save import save_snapshot
+        from pocketvm.snapshot.save import capture
 
         vm = self.vm
         t0 = time.monotonic_ns()
         self.state = "saving"
         try:
-            result = save_snapshot(vm, directory)
+            snap = capture(vm, directory)
+            if stop:
+                result = snap.finish()
+                self.state = "stopping"
+                vm.request_stop(ExitStatus(0, "snapshot", f"stopped after saving a snapshot to {result.path}"))
+                return result
+            return snap
         finally:
-            self.state = "running"
+            if self.state == "saving":
+                self.state = "running"
             vm.exclude_pause(time.monotonic_ns() - t0)
-        if stop:
-            self.state = "stopping"
-            vm.request_stop(ExitStatus(0, "snapshot", f"stopped after saving a snapshot to {result.path}"))
-        return result.as_dict()
 
 
 # --- client side -----------------------------------------------------------------

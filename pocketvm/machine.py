@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -126,8 +127,9 @@ class VirtualMachine:
         self.panicked = False
         # Calls from other threads, run between slices (see submit()).
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._calls_lock = threading.Lock()  # only between submit() and the end of run()
         self._stop_status: ExitStatus | None = None
-        self.running = False
+        self._ended = False
         self._build_devices()
 
     # --- board ---------------------------------------------------------------
@@ -274,7 +276,11 @@ class VirtualMachine:
         """Have the run loop call `fn()` between two slices; its result or
         exception ends up in the returned future. Thread-safe."""
         fut: Future = Future()
-        self._calls.append((fn, fut))
+        with self._calls_lock:
+            if self._ended:
+                fut.set_exception(VMError("the VM has stopped"))
+            else:
+                self._calls.append((fn, fut))
         return fut
 
     def request_stop(self, status: ExitStatus) -> None:
@@ -293,20 +299,21 @@ class VirtualMachine:
         status, self._stop_status = self._stop_status, None
         return status
 
-    def _fail_calls(self) -> None:
-        while self._calls:
-            _, fut = self._calls.popleft()
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(VMError("the VM stopped before it could do that"))
+    def _end_calls(self) -> None:
+        with self._calls_lock:
+            self._ended = True
+            while self._calls:
+                _, fut = self._calls.popleft()
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(VMError("the VM stopped before it could do that"))
 
     # --- run loop -------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> ExitStatus:
-        self.running = True
+        self._ended = False
         try:
             return self._run(max_instructions)
         finally:
-            self.running = False
-            self._fail_calls()
+            self._end_calls()
 
     def _run(self, max_instructions: int | None) -> ExitStatus:
         from pocketvm.cpu.trap import current_mip

@@ -1,9 +1,16 @@
-"""Write a snapshot of a paused VM (see `format` for the layout).
+"""Write a snapshot of a VM (see `format` for the layout), in two steps.
 
-Must run on the VM's own thread between two slices (`VirtualMachine.submit`
-arranges that): every hart is then at an instruction boundary and every
-device request has completed, so the state arrays, the device states, RAM
-and the disks are one consistent instant.
+`capture()` must run on the VM's own thread between two slices
+(`VirtualMachine.submit` arranges that): every hart is then at an
+instruction boundary and every device request has completed, so the state
+arrays, the device states, RAM and the disks are one consistent instant.
+It only copies: the non-zero RAM pages into a sparse file, the disks
+(reflink or sparse copy), the small state files.
+
+`Capture.finish()` may run on another thread while the VM goes on: it
+computes the digests of the copies, makes everything durable (fsync),
+writes the manifest and renames the directory into place. The guest is
+paused only for the copying.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ _RAM_CHUNK = 64 << 20
 @dataclass
 class SaveResult:
     path: Path
-    seconds: float
+    seconds: float  # from the start of the capture to the sealed snapshot
+    pause_seconds: float  # how long the VM was paused
     ram_data_bytes: int  # bytes of RAM actually stored (non-zero pages)
     disk_bytes: int  # allocated bytes of the disk copies
     total_bytes: int  # allocated bytes of the whole snapshot directory
@@ -41,6 +49,7 @@ class SaveResult:
         return {
             "path": str(self.path),
             "seconds": round(self.seconds, 4),
+            "pause_seconds": round(self.pause_seconds, 4),
             "ram_data_bytes": self.ram_data_bytes,
             "disk_bytes": self.disk_bytes,
             "total_bytes": self.total_bytes,
@@ -62,36 +71,33 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
         offset += n
 
 
-def write_ram(ram: GuestRAM, path: Path, file_ranges: list[tuple[int, int]] | None = None) -> ContentDigest:
-    """Store RAM as a sparse file (zero pages stay holes); returns its digest.
+def write_ram(ram: GuestRAM, path: Path, file_ranges: list[tuple[int, int]] | None = None) -> int:
+    """Store RAM as a sparse file (zero pages stay holes); returns the bytes stored.
 
     Only pages the host has ever backed are read (see `pages`), plus
     `file_ranges`: the data ranges of the file RAM is mapped from, if any.
     """
     cand = candidate_blocks(ram.u8)
     mark_ranges(cand, file_ranges or [])
+    stored = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, ram.size)
-        digest = ContentDigest()
         for first, last in true_runs(cand):
             for pos in range(first * BLOCK, last * BLOCK, _RAM_CHUNK):
                 chunk = ram.u8[pos : min(last * BLOCK, pos + _RAM_CHUNK)]
                 for a, b in nonzero_runs(chunk):
-                    data = chunk[a * BLOCK : b * BLOCK]
-                    _pwrite_all(fd, data, pos + a * BLOCK)
-                    digest.add_run(pos // BLOCK + a, data)
-        os.fsync(fd)
+                    _pwrite_all(fd, chunk[a * BLOCK : b * BLOCK], pos + a * BLOCK)
+                    stored += (b - a) * BLOCK
     finally:
         os.close(fd)
-    return digest
+    return stored
 
 
 def _write_file(path: Path, data: bytes) -> F.FileEntry:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         _pwrite_all(fd, data, 0)
-        os.fsync(fd)
     finally:
         os.close(fd)
     digest = ContentDigest()
@@ -99,6 +105,14 @@ def _write_file(path: Path, data: bytes) -> F.FileEntry:
     buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     digest.update(0, buf)
     return F.FileEntry(len(data), digest.hexdigest())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,8 +149,54 @@ def machine_state(vm: Any) -> tuple[bytes, dict[str, Any]]:
     return cpu, {"mtime": mtime, "virtio_ids": virtio_ids, "devices": devices}
 
 
-def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
-    """Write the paused VM `vm` to the new directory `dest`."""
+@dataclass
+class Capture:
+    """A snapshot whose content is fixed (the VM may go on) but not yet sealed."""
+
+    dest: Path
+    tmp: Path
+    manifest: F.Manifest
+    started: float  # perf_counter at the start of the capture
+    pause: float
+    disk_bytes: int
+
+    def finish(self) -> SaveResult:
+        """Digests, fsync, manifest, rename into place; SnapshotError on failure."""
+        m = self.manifest
+        try:
+            for name in [F.RAM_FILE] + [d.file for d in m.disks]:
+                digest, size = digest_file(self.tmp / name)
+                m.files[name] = F.FileEntry(size, digest)
+            for name in m.files:
+                _fsync_file(self.tmp / name)
+            m.stats["save_seconds"] = round(time.perf_counter() - self.started, 4)
+            (self.tmp / F.MANIFEST).write_bytes(m.to_json())
+            _fsync_file(self.tmp / F.MANIFEST)
+            _fsync_dir(self.tmp)
+            # rename(2) replaces an empty directory atomically; anything else was refused.
+            os.rename(self.tmp, self.dest)
+            _fsync_dir(self.dest.parent)
+        except OSError as e:
+            self.abort()
+            raise F.SnapshotError(f"cannot write a snapshot to {self.dest}: {e.strerror or e}") from None
+        except BaseException:
+            self.abort()
+            raise
+        return SaveResult(
+            self.dest,
+            time.perf_counter() - self.started,
+            self.pause,
+            int(m.stats["ram_data_bytes"]),
+            self.disk_bytes,
+            allocated_bytes(self.dest),
+        )
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
+    """Copy the paused VM `vm` into a temporary directory next to `dest`."""
     t0 = time.perf_counter()
     dest = Path(os.path.abspath(dest))
     check_destination(dest)
@@ -155,18 +215,15 @@ def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
         except TypeError as e:  # a device returned something that is not plain data
             raise F.SnapshotError(f"cannot save the device state: {e}") from None
         files[F.STATE_FILE] = _write_file(tmp / F.STATE_FILE, state_bytes)
-        ram_digest = write_ram(vm.ram, tmp / F.RAM_FILE, vm.ram_file_ranges)
-        files[F.RAM_FILE] = F.FileEntry(vm.ram.size, ram_digest.hexdigest())
+        ram_bytes = write_ram(vm.ram, tmp / F.RAM_FILE, vm.ram_file_ranges)
         disks = []
         disk_bytes = 0
         for i, (spec, image) in enumerate(zip(cfg.disks, vm.disks)):
             name = F.disk_file(i)
             image.copy_to(tmp / name)
-            digest, size = digest_file(tmp / name)
-            files[name] = F.FileEntry(size, digest)
             disk_bytes += allocated_bytes(tmp / name)
             disks.append(F.DiskEntry(name, spec.readonly, str(spec.path)))
-        seconds = time.perf_counter() - t0
+        pause = time.perf_counter() - t0
         manifest = F.Manifest(
             version=F.VERSION,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -186,14 +243,9 @@ def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
             shared_size=S.SHARED_SIZE,
             ram_size=vm.ram.size,
             disks=disks,
-            files=files,
-            stats={"ram_data_bytes": ram_digest.data_bytes, "save_seconds": round(seconds, 4)},
+            files=files,  # RAM and disk digests are added by finish()
+            stats={"ram_data_bytes": ram_bytes, "pause_seconds": round(pause, 4)},
         )
-        (tmp / F.MANIFEST).write_bytes(manifest.to_json())
-        _fsync_dir(tmp)
-        # rename(2) replaces an empty directory atomically; anything else was refused above.
-        os.rename(tmp, dest)
-        _fsync_dir(dest.parent)
     except DiskError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise F.SnapshotError(f"cannot copy a disk into the snapshot: {e}") from None
@@ -203,5 +255,9 @@ def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - t0
-    return SaveResult(dest, seconds, ram_digest.data_bytes, disk_bytes, allocated_bytes(dest))
+    return Capture(dest, tmp, manifest, t0, pause, disk_bytes)
+
+
+def save_snapshot(vm: Any, dest: str | os.PathLike[str]) -> SaveResult:
+    """Write the paused VM `vm` to the new directory `dest` (both steps at once)."""
+    return capture(vm, dest).finish()
