@@ -225,7 +225,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         for name in needed:
             if name not in files:
                 raise _Invalid(f"no size and digest for {name}")
-        if m.harts != vm["cpus"] or m.ram_size != vm["memory"]:
+        if m.harts != vm["cpus"] or m.ram_size != vm["memory"] or files[RAM_FILE].size != m.ram_size:
             raise _Invalid("cpu or ram do not match the vm section")
     except _Invalid as e:
         raise SnapshotError(f"{where}: {MANIFEST} is invalid: {e}") from None

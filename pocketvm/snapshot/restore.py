@@ -158,6 +158,22 @@ def _check_state(state: dict[str, Any], m: F.Manifest) -> None:
         raise ValueError("no virtio device list")
 
 
+def _check_cpu_state(harts: np.ndarray, shared: np.ndarray, where: str) -> None:
+    """Reject values the compiled core uses as indices or divisors unchecked.
+
+    The checksums catch damage; this catches a snapshot that was edited and
+    re-checksummed, which must not be able to crash the monitor either.
+    (Cached translations, which hold RAM offsets, are flushed, not trusted.)
+    """
+    from pocketvm.cpu import state as S
+
+    ok = int(shared[S.SH_NHARTS]) == len(harts) and int(shared[S.SH_INSN_PER_TICK]) >= 1
+    for i, st in enumerate(harts):
+        ok = ok and int(st[S.HART_ID]) == i and int(st[S.PRIV]) in (0, 1, 3)
+    if not ok:
+        raise F.SnapshotError(f"{where}: {F.CPU_FILE} holds an impossible CPU state")
+
+
 def _flush_tlb(st: np.ndarray) -> None:
     from pocketvm.cpu.mmu import flush_tlb
 
@@ -185,6 +201,7 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     nharts = snap.manifest.harts
     harts = snap.cpu[: nharts * S.STATE_SIZE].reshape(nharts, S.STATE_SIZE)
     shared = snap.cpu[nharts * S.STATE_SIZE :]
+    _check_cpu_state(harts, shared, where)
     ids = [t.device.device_id if t.device is not None else 0 for t in vm.virtio]
     if ids != snap.state["virtio_ids"]:
         raise F.SnapshotError(f"{where}: its virtio devices {snap.state['virtio_ids']} do not match the VM's {ids}")

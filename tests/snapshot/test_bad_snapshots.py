@@ -148,6 +148,20 @@ def test_truncated_disk(snap, tmp_path):
     _restore_refused(snap, tmp_path, "disk0.raw is 4096 bytes, expected")
 
 
+def test_edited_and_resealed_cpu_state_is_refused(snap, tmp_path):
+    """Someone who also fixes up the checksums still cannot hand the core an
+    out-of-range hart id (an index it trusts)."""
+    from pocketvm.cpu import state as S
+    from pocketvm.snapshot.digest import digest_file
+
+    _poke(snap / F.CPU_FILE, 8 * S.HART_ID, (5).to_bytes(8, "little"))
+    m = json.loads((snap / F.MANIFEST).read_text())
+    m["files"][F.CPU_FILE]["digest"] = digest_file(snap / F.CPU_FILE)[0]
+    m["checksum"] = F.manifest_checksum(m)
+    (snap / F.MANIFEST).write_text(json.dumps(m))
+    _restore_refused(snap, tmp_path, "cpu.bin holds an impossible CPU state")
+
+
 def test_not_a_snapshot(tmp_path):
     (tmp_path / "empty").mkdir()
     _restore_refused(tmp_path / "empty", tmp_path, "no manifest.json")

@@ -111,7 +111,7 @@ def _manifest(**over) -> F.Manifest:
         shared_size=2,
         ram_size=1 << 24,
         disks=[],
-        files={n: F.FileEntry(1, "d") for n in (F.CPU_FILE, F.STATE_FILE, F.RAM_FILE)},
+        files={n: F.FileEntry(1 << 24 if n == F.RAM_FILE else 1, "d") for n in (F.CPU_FILE, F.STATE_FILE, F.RAM_FILE)},
     )
     for k, v in over.items():
         setattr(m, k, v)
