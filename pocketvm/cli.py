@@ -219,12 +219,36 @@ def run_vm(config: VMConfig) -> int:
             vm.close()
 
 
+class _Terminated(BaseException):
+    """A termination signal arrived while the VM ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str) -> int:
     """Serve the control socket, run the VM with the console attached, report how it ended."""
+    import signal
+
+    from pocketvm.machine import ExitStatus
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated(signum)
+
     server.start(vm, info)
     click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
-    with console:
-        status = vm.run()
+    # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control
+    # socket, console mode, a restored VM's disk copies) still happens.
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with console:
+            status = vm.run()
+    except _Terminated as e:
+        status = ExitStatus(128 + e.signum, "terminated", f"terminated by {signal.Signals(e.signum).name}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if status.code != 0 or status.reason not in ("poweroff", "quit"):
         click.echo(f"\npocket: {status.message or status.reason}", err=True)
     return status.code
@@ -266,6 +290,8 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
         console = HostConsole()
         restored = restore_vm(snap, console, vm_name, Path(disk_dir) if disk_dir else None)
         try:
+            if restored.disks.directory is not None:
+                server.note_disk_dir(restored.disks.directory)
             core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(

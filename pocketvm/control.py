@@ -39,6 +39,7 @@ from pocketvm.paths import runtime_dir
 log = logging.getLogger(__name__)
 
 SUFFIX = ".sock"
+DISKS_SUFFIX = ".disks"  # beside the socket: where a restored VM's disk copies are
 MAX_REQUEST = 64 * 1024
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _SUN_PATH_MAX = 107
@@ -101,6 +102,23 @@ def _probe(path: Path, timeout: float = 1.0) -> bool | None:
         return None
     finally:
         s.close()
+
+
+def _reap(name: str) -> None:
+    """A VM called `name` died without cleaning up: delete the disk copies
+    it never wrote (those it wrote stay, as after a normal exit)."""
+    note = runtime_dir() / f"{name}{DISKS_SUFFIX}"
+    try:
+        directory = Path(note.read_text().strip())
+    except OSError:
+        return
+    from pocketvm.snapshot.workdisks import reap
+
+    reap(directory)
+    try:
+        note.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def generate_name() -> str:
@@ -169,6 +187,7 @@ class ControlServer:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+            _reap(self.name)
             try:
                 self._sock.bind(str(self.path))
             except OSError as e2:
@@ -205,8 +224,19 @@ class ControlServer:
             # Only remove the socket if it is still ours (not a successor's).
             if os.stat(self.path).st_ino == self._ino:
                 self.path.unlink()
+                self._disks_note.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
+
+    @property
+    def _disks_note(self) -> Path:
+        return runtime_dir() / f"{self.name}{DISKS_SUFFIX}"
+
+    def note_disk_dir(self, directory: Path) -> None:
+        """Record where this VM's disk copies are, for cleaning up after a crash."""
+        tmp = self._disks_note.with_suffix(".tmp")
+        tmp.write_text(f"{directory}\n")
+        os.replace(tmp, self._disks_note)
 
     def __enter__(self) -> ControlServer:
         return self
@@ -380,6 +410,7 @@ def list_vms() -> list[dict[str, Any]]:
                 # Not if a new VM took the name over in the meantime.
                 if path.lstat().st_ino == before.st_ino:
                     path.unlink()
+                    _reap(name)
             except OSError:
                 pass
             continue

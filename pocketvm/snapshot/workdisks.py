@@ -14,7 +14,9 @@ opened read-only.
 When the VM ends, nothing is lost and nothing is leaked: if the guest never
 wrote to its disks the copies are deleted (they equal the snapshot's); if it
 did, the directory is kept and its path printed, so the changes can be
-inspected or attached to another VM. A copy counts as written when its
+inspected or attached to another VM. A VM that is killed outright cannot
+clean up; the next `pocket ls`, or the next VM to take its name, finds its
+dead control socket and applies the same rule (`reap`). A copy counts as written when its
 modification time moved: it is set to a fixed stamp right after the copy,
 and any write or discard by the guest sets it to the current time.
 """
@@ -86,6 +88,25 @@ class WorkDisks:
             return self.directory
         self.discard()
         return None
+
+
+def reap(directory: Path) -> None:
+    """Clean up after a VM that died without finish(): delete the copies it
+    never wrote, and the directory if that leaves it empty."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        try:
+            if p.suffix == ".raw" and p.is_file() and p.stat().st_mtime_ns == _STAMP_NS:
+                p.unlink()
+        except OSError:
+            pass
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty: the guest's changes stay
 
 
 def _prepare_dir(directory: Path) -> bool:

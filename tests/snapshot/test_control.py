@@ -128,3 +128,32 @@ def test_snapshot_errors_leave_the_vm_running(ticking, tmp_path):
     ticking.wait_for("round", 30, after=mark)
     time.sleep(0.1)
     assert ticking.proc.poll() is None
+
+
+def test_stopped_or_killed_restored_vms_leak_no_disk_copies(ticker_forever, tmp_path):
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    snap = tmp_path / "snap"
+    with Pocket("run", "--bios", "none", "--kernel", ticker_forever, "--name", "src", "--disk", disk) as p:
+        p.wait_for("round 0000000000000001", START)
+        assert pocket("snapshot", "src", snap, "--stop").returncode == 0
+        assert p.wait(30) == 0
+    copies = Path(os.environ["XDG_STATE_HOME"]) / "pocketvm" / "disks"
+    # SIGTERM: the VM cleans up itself. (The ticker never writes its disk.)
+    with Pocket("restore", snap, "--name", "term") as r:
+        r.wait_for("round", START)
+        assert (copies / "term" / "disk0.raw").exists()
+        r.proc.terminate()
+        assert r.wait(30) == 128 + signal.SIGTERM
+        assert "terminated by SIGTERM" in r.err
+    assert not (copies / "term").exists()
+    assert not (runtime() / "term.sock").exists()
+    # SIGKILL: nothing can run in the VM; the next `pocket ls` cleans up.
+    with Pocket("restore", snap, "--name", "kill") as r:
+        r.wait_for("round", START)
+        r.kill()
+    assert (copies / "kill" / "disk0.raw").exists()
+    assert ls() == []
+    assert not (copies / "kill").exists()
+    assert not list(runtime().iterdir())
