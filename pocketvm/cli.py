@@ -177,7 +177,7 @@ def build_config(
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
 @click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a raw disk image as virtio-blk (repeatable; ',ro' = read-only).")
-@click.option("--name", default="", help="Name of the VM.")
+@click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
 def run(
@@ -197,6 +197,7 @@ def run(
     In a terminal the console is raw; press Ctrl-A x to quit. Otherwise stdin
     is fed to the guest console, e.g. `printf 'uname -m\\npoweroff\\n' | pocket run`.
     A guest poweroff exits with status 0; a guest panic or failure exits non-zero.
+    While it runs, `pocket snapshot NAME DIR` saves it and `pocket ls` lists it.
     """
     config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror)
     config.deterministic = deterministic

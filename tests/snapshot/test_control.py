@@ -157,3 +157,18 @@ def test_stopped_or_killed_restored_vms_leak_no_disk_copies(ticker_forever, tmp_
     assert ls() == []
     assert not (copies / "kill").exists()
     assert not list(runtime().iterdir())
+
+
+def test_light_commands_do_not_load_numba_and_agree_on_defaults():
+    """`pocket ls` and `pocket snapshot` must start fast: the CLI module
+    spells the default memory size itself instead of importing the machine."""
+    import subprocess
+    import sys
+
+    from pocketvm import cli
+    from pocketvm.machine import DEFAULT_MEMORY, parse_memory
+
+    assert parse_memory(cli.DEFAULT_MEMORY) == DEFAULT_MEMORY
+    probe = "import sys, pocketvm.cli, pocketvm.control; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
