@@ -25,7 +25,6 @@ from pocketvm.cpu.state import (
     CSR,
     CSR_MSTATUS,
     CSR_SATP,
-    FETCH_PAGE,
     PRIV,
     RAM_BASE,
     TLB,
@@ -54,7 +53,6 @@ FAULT_BASE = -1
 def flush_tlb(st):
     for i in range(TLB, TLB + TLB_SIZE):
         st[i] = -1
-    st[FETCH_PAGE] = -1
 
 
 @core_jit(inline="always")

@@ -32,8 +32,8 @@ EXIT_RD = 71  # destination register of an MMIO load; bit 8 set = sign-extend
 EXT_IRQ = 72  # interrupt lines driven by devices: bit 9 SEIP, bit 11 MEIP (ORed into mip)
 HART_ID = 73
 WFI_FLAG = 74  # 1 while the hart is stopped in wfi
-FETCH_PAGE = 75  # cached virtual page of the last fetch, -1 = none
-FETCH_BASE = 76  # RAM offset of that page
+FETCH_PAGE = 75  # reserved: the core now keeps its fetch cache in locals
+FETCH_BASE = 76  # reserved
 TLB_GEN = 77  # bumped on every flush (debugging aid)
 FATAL_INFO = 78
 INSN = 79  # last instruction bits (for diagnostics)

@@ -21,7 +21,6 @@ from pocketvm.cpu.state import (
     CSR_STVAL,
     CSR_STVEC,
     EXT_IRQ,
-    FETCH_PAGE,
     HART_ID,
     PRIV,
     SH_DETERMINISTIC,
@@ -99,7 +98,6 @@ def take_trap(st, cause, tval, epc, interrupt):
     deleg = st[CSR + CSR_MIDELEG] if interrupt else st[CSR + CSR_MEDELEG]
     mcause = cause | INT64_MIN if interrupt else cause
     mstatus = st[CSR + CSR_MSTATUS]
-    st[FETCH_PAGE] = -1
     if priv <= 1 and (deleg >> cause) & 1:
         st[CSR + CSR_SCAUSE] = mcause
         st[CSR + CSR_SEPC] = epc
@@ -134,7 +132,6 @@ def mret(st):
         mstatus &= ~(1 << 17)  # MPRV
     st[CSR + CSR_MSTATUS] = mstatus
     st[PRIV] = mpp
-    st[FETCH_PAGE] = -1
     return st[CSR + CSR_MEPC]
 
 
@@ -146,5 +143,4 @@ def sret(st):
     mstatus = (mstatus & ~((1 << 1) | (1 << 8) | (1 << 17))) | (spie << 1) | (1 << 5)
     st[CSR + CSR_MSTATUS] = mstatus
     st[PRIV] = spp
-    st[FETCH_PAGE] = -1
     return st[CSR + CSR_SEPC]
