@@ -178,6 +178,9 @@ def main() -> None:
             raise SystemExit(f"{tool} not found")
 
     names = args.only or list(PROGRAMS)
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    print(f"host: {cores} cores, load average {load:.1f}" + ("  (busy: wall times are skewed)" if load > 0.5 * cores else ""))
     with tempfile.TemporaryDirectory(prefix="pocketvm-bench-") as tmp:
         out = Path(tmp)
         empty = build("empty", 1, out)
