@@ -41,12 +41,19 @@ class InitramfsModule:
     name: str
     path: str   # e.g. "kernel/fs/ext4/ext4.ko" (uncompressed)
     data: bytes
+    # When /init loads it: "base" always; "disk" only when a virtio disk is
+    # attached (the ext4 stack is most of the module bytes, and the kernel
+    # hashes every byte to check its signature); "net" only with a NIC.
+    group: str = "base"
 
 
 def init_script(kernel_release: str, module_paths: Sequence[str], banner: str,
-                install_applets: bool = False) -> str:
+                install_applets: bool = False, groups: Sequence[str] | None = None) -> str:
     moddir = f"/lib/modules/{kernel_release}"
-    mods = " ".join(shlex.quote(p) for p in module_paths)
+    groups = list(groups) if groups is not None else ["base"] * len(module_paths)
+
+    def mods(group: str) -> str:
+        return " ".join(shlex.quote(p) for p, g in zip(module_paths, groups) if g == group)
     install = "/bin/busybox --install -s /bin\n" if install_applets else ""
     return f"""#!/bin/sh
 # pocketvm initramfs /init. This script is PID 1: it must never exit, or
@@ -61,9 +68,16 @@ mount -t tmpfs tmpfs /tmp
 hostname {HOSTNAME}
 
 failed=
-for m in {mods}; do
-    insmod {moddir}/$m >/dev/null 2>&1 || failed="$failed ${{m##*/}}"
-done
+load() {{
+    for m in "$@"; do
+        insmod {moddir}/$m >/dev/null 2>&1 || failed="$failed ${{m##*/}}"
+    done
+}}
+has_virtio() {{ grep -qx "$1" /sys/bus/virtio/devices/*/device 2>/dev/null; }}
+load {mods("base")}
+# Disk and network stacks only when such a device is there (virtio ids 2, 1).
+has_virtio 0x0002 && load {mods("disk")}
+has_virtio 0x0001 && load {mods("net")}
 [ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
 
 # BusyBox's poweroff/reboot/halt applets (which its ash runs directly,
@@ -133,6 +147,7 @@ def build_initramfs(
 
     if banner is None:
         banner = f"pocketvm: Debian riscv64 initramfs, Linux {kernel_release}. 'poweroff' to stop."
-    script = init_script(kernel_release, [m.path for m in modules], banner, install_applets=applets is None)
+    script = init_script(kernel_release, [m.path for m in modules], banner, install_applets=applets is None,
+                         groups=[m.group for m in modules])
     w.add_file("init", script.encode(), 0o755)
     return gzip.compress(w.finish(), compresslevel=9, mtime=mtime)

@@ -45,6 +45,8 @@ BUSYBOX_PACKAGE = "busybox-static"
 OPENSBI_PACKAGE = "opensbi"
 # What the guest needs as modules (those built into the kernel are skipped).
 WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virtio_console", "ext4")
+DISK_MODULES = ("ext4",)  # loaded by /init only when a virtio disk is attached
+NET_MODULES = ("virtio_net",)  # ... only when a virtio NIC is attached
 # Kernel features the initramfs itself relies on: these must be built in.
 REQUIRED_BUILTIN = ("CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
 OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
@@ -52,7 +54,7 @@ OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
 BUSYBOX_PATHS = ("usr/bin/busybox", "bin/busybox")
 # Bump when the assembled output changes for the same packages (new /init,
 # other modules...): older images then count as incomplete and are rebuilt.
-RECIPE = 1
+RECIPE = 2
 
 KERNEL_FILE = "Image"
 INITRD_FILE = "initrd.img"
@@ -231,6 +233,10 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             (moddir / "modules.alias").write_text(kmod.format_modules_alias(infos))
             index = kmod.load_index(moddir)
             order = kmod.resolve_load_order(WANTED_MODULES, index.depends, index)
+            disk_stack = set(kmod.resolve_load_order(DISK_MODULES, index.depends, index))
+            net_stack = set(kmod.resolve_load_order(NET_MODULES, index.depends, index))
+            base_stack = set(kmod.resolve_load_order(tuple(set(WANTED_MODULES) - set(DISK_MODULES) - set(NET_MODULES)),
+                                                     index.depends, index))
             kmod.check_complete(order, infos)
         except kmod.ModuleError as exc:
             raise ImageError(f"kernel {release}: {exc}") from None
@@ -244,7 +250,8 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             except Exception as exc:  # lzma/gzip/OS errors alike: a broken package file
                 raise ImageError(f"cannot read kernel module {rel}: {exc}") from None
             plain = rel.removesuffix(".xz").removesuffix(".gz")
-            modules.append(InitramfsModule(name, plain, data))
+            group = "base" if name in base_stack else "disk" if name in disk_stack else "net" if name in net_stack else "base"
+            modules.append(InitramfsModule(name, plain, data, group))
         update(40.0)
         busybox = find_file(trees["busybox"], BUSYBOX_PATHS, packages["busybox"].name, "busybox binary").read_bytes()
         initrd = build_initramfs(busybox, release, modules, busybox_applets(busybox))

@@ -19,8 +19,9 @@ def test_applet_table_is_found(fake_busybox):
 
 def build(applets=APPLETS):
     mods = [InitramfsModule("virtio_mmio", "kernel/drivers/virtio/virtio_mmio.ko", b"\x7fELFmmio"),
-            InitramfsModule("jbd2", "kernel/fs/jbd2/jbd2.ko", b"\x7fELFjbd2"),
-            InitramfsModule("ext4", "kernel/fs/ext4/ext4.ko", b"\x7fELFext4")]
+            InitramfsModule("jbd2", "kernel/fs/jbd2/jbd2.ko", b"\x7fELFjbd2", "disk"),
+            InitramfsModule("ext4", "kernel/fs/ext4/ext4.ko", b"\x7fELFext4", "disk"),
+            InitramfsModule("virtio_net", "kernel/drivers/net/virtio_net.ko", b"\x7fELFnet", "net")]
     return build_initramfs(b"\x7fELFbusybox", RELEASE, mods, applets)
 
 
@@ -41,7 +42,8 @@ def test_layout_init_busybox_and_modules():
     moddir = f"lib/modules/{RELEASE}"
     assert files[f"{moddir}/kernel/fs/ext4/ext4.ko"].data == b"\x7fELFext4"
     assert files[f"{moddir}/modules.order"].data.decode().split() == [
-        "kernel/drivers/virtio/virtio_mmio.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/ext4/ext4.ko"]
+        "kernel/drivers/virtio/virtio_mmio.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/ext4/ext4.ko",
+        "kernel/drivers/net/virtio_net.ko"]
 
 
 def test_init_script_loads_modules_in_order_and_handles_power():
@@ -49,9 +51,14 @@ def test_init_script_loads_modules_in_order_and_handles_power():
     assert script.startswith("#!/bin/sh\n")
     for fs in ("proc", "sysfs", "devtmpfs", "tmpfs"):
         assert f"mount -t {fs}" in script
-    loop = next(line for line in script.splitlines() if line.startswith("for m in"))
-    assert loop.removeprefix("for m in ").removesuffix("; do").split() == ["kernel/drivers/virtio/virtio_mmio.ko", "kernel/fs/jbd2/jbd2.ko",
-                                 "kernel/fs/ext4/ext4.ko"]
+    loads = [line for line in script.splitlines() if line.startswith(("load ", "has_virtio 0x"))]
+    # The base modules always; the disk and network stacks, in dependency
+    # order, only when the kernel found such a virtio device.
+    assert loads == [
+        "load kernel/drivers/virtio/virtio_mmio.ko",
+        "has_virtio 0x0002 && load kernel/fs/jbd2/jbd2.ko kernel/fs/ext4/ext4.ko",
+        "has_virtio 0x0001 && load kernel/drivers/net/virtio_net.ko",
+    ]
     assert "hostname pocket" in script
     assert "PS1='pocket:\\w# '" in script
     assert "setsid cttyhack /bin/sh" in script
