@@ -209,6 +209,16 @@ def _access(st, ram64, ram_size, addr, size, acc):
     return -1, pa, -1
 
 
+@core_jit(inline="always")
+def _record_mmio(st, pc, npc, vaddr, paddr, size):
+    """What the monitor needs to perform an MMIO access; pc already moves past it."""
+    st[PC] = npc
+    st[EXIT_PC] = pc
+    st[EXIT_VADDR] = vaddr
+    st[EXIT_ADDR] = paddr
+    st[EXIT_SIZE] = size
+
+
 @core_jit
 def _cross_page(st, ram64, ram_size, addr, size, acc):
     """Both halves of a misaligned access that crosses a page boundary.
@@ -563,11 +573,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                             trap_cause = v
                             trap_tval = addr
                         elif kind == MEM_MMIO:
-                            st[PC] = npc
-                            st[EXIT_PC] = pc
-                            st[EXIT_VADDR] = addr
-                            st[EXIT_ADDR] = v
-                            st[EXIT_SIZE] = size
+                            _record_mmio(st, pc, npc, addr, v, size)
                             st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
                             reason = EXIT_MMIO_LOAD
                             n += 1
@@ -603,11 +609,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                             trap_cause = pa
                             trap_tval = addr
                         elif kind == MEM_MMIO:
-                            st[PC] = npc
-                            st[EXIT_PC] = pc
-                            st[EXIT_VADDR] = addr
-                            st[EXIT_ADDR] = pa
-                            st[EXIT_SIZE] = size
+                            _record_mmio(st, pc, npc, addr, pa, size)
                             st[EXIT_VALUE] = v
                             reason = EXIT_MMIO_STORE
                             n += 1
