@@ -26,3 +26,12 @@ def _source_digest() -> str:
 
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = str(cache_dir() / "numba" / _source_digest())
+
+
+if numba.config.DISABLE_JIT:
+    # Interpreted for debugging, the core's int64 arithmetic runs on numpy
+    # scalars, where RISC-V's intended two's-complement wrap-around would
+    # otherwise warn on every overflowing add or multiply.
+    import numpy
+
+    numpy.seterr(over="ignore")
