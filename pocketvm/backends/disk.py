@@ -153,30 +153,24 @@ class DiskImage:
 
     def readinto(self, offset: int, buffers: Sequence[Buffer]) -> None:
         """Fill `buffers` in order with the bytes at `offset`."""
-        views = [memoryview(b).cast("B") for b in buffers]
-        self._check_range(offset, sum(len(m) for m in views))
-        while views:
-            try:
-                n = os.preadv(self.fd, views[:_IOV_MAX], offset)
-            except OSError as e:
-                raise DiskError(f"read error on {self.path} at {offset:#x}: {e.strerror}") from None
-            if n == 0:
-                raise DiskError(f"unexpected end of {self.path} at {offset:#x}")
-            offset += n
-            views = _advance(views, n)
+        self._vectored(os.preadv, offset, buffers, "read error", "unexpected end of")
 
     def writefrom(self, offset: int, buffers: Sequence[Buffer]) -> None:
         """Write the concatenation of `buffers` at `offset`."""
         self._check_writable()
+        self._vectored(os.pwritev, offset, buffers, "write error", "no progress writing")
+
+    def _vectored(self, syscall, offset: int, buffers: Sequence[Buffer], error: str, stalled: str) -> None:
+        """preadv/pwritev until every byte of `buffers` is moved, resuming after short transfers."""
         views = [memoryview(b).cast("B") for b in buffers]
         self._check_range(offset, sum(len(m) for m in views))
         while views:
             try:
-                n = os.pwritev(self.fd, views[:_IOV_MAX], offset)
+                n = syscall(self.fd, views[:_IOV_MAX], offset)
             except OSError as e:
-                raise DiskError(f"write error on {self.path} at {offset:#x}: {e.strerror}") from None
+                raise DiskError(f"{error} on {self.path} at {offset:#x}: {e.strerror}") from None
             if n == 0:
-                raise DiskError(f"write to {self.path} at {offset:#x} made no progress")
+                raise DiskError(f"{stalled} {self.path} at {offset:#x}")
             offset += n
             views = _advance(views, n)
 
