@@ -358,9 +358,14 @@ class VirtualMachine:
                 return ExitStatus(124, "limit", f"instruction limit of {max_instructions} reached")
             self._pump_input()
             self.rtc.poll()
-            if all_idle:
+            # Input just fed or an RTC alarm may have raised an interrupt
+            # that wakes a hart: then there is no reason to sleep.
+            if all_idle and not self._interrupt_wakes_a_hart(current_mip):
                 self._idle_wait()
             self._refresh_time()
+
+    def _interrupt_wakes_a_hart(self, current_mip: Callable[[Any, Any], int]) -> bool:
+        return any(current_mip(h.st, self.sh) & h.st[S.CSR + S.CSR_MIE] for h in self.harts)
 
     def _idle_wait(self) -> None:
         if self.sh[S.SH_DETERMINISTIC]:
