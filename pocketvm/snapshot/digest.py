@@ -7,12 +7,23 @@ cost more than the rest of a restore, so the digest only looks at non-zero
 blocks the filesystem happens to allocate: a non-sparse copy of the same
 bytes has the same digest):
 
-    sha256( for each maximal run of consecutive non-zero blocks, in order:
-                the run's bytes || u64le(first block) || u64le(block count) )
+    H( for each maximal run of consecutive non-zero blocks, in order:
+           the run's bytes || u64le(first block) || u64le(block count) )
 
 The trailer after each run (rather than a header) lets the digest be
 computed in one streaming pass. A final partial block counts as if padded
 with zeros; the file size is recorded and checked separately.
+
+A digest is written "ALGORITHM:hex", and ALGORITHM names H:
+
+    xxh3-128-nz4k   XXH3 128-bit (what new snapshots use)
+    sha256-nz4k     SHA-256 (snapshots saved before XXH3; still verified)
+
+The digests catch truncated, damaged or edited files. They are not a
+signature: whoever can edit a file can also re-seal the manifest, so a
+cryptographic hash would buy nothing, and XXH3 is several times faster
+than SHA-256, which restoring a snapshot waits for. A verifier hashes with
+the algorithm the expected digest names (`algorithm_of`).
 """
 
 from __future__ import annotations
@@ -21,13 +32,41 @@ import errno
 import hashlib
 import os
 import struct
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+import xxhash
 
 BLOCK = 4096
-ALGORITHM = "sha256-nz4k"
+ALGORITHM = "xxh3-128-nz4k"  # for new digests
 _TRAILER = struct.Struct("<QQ")
 _SCAN_CHUNK = 16 << 20  # bytes inspected per numpy pass (bounds the temporary arrays)
+
+
+class _Hash(Protocol):
+    def update(self, data: np.ndarray | memoryview | bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+_HASHES: dict[str, Callable[[], _Hash]] = {
+    "xxh3-128-nz4k": xxhash.xxh3_128,
+    "sha256-nz4k": hashlib.sha256,
+}
+
+
+def _unknown(algorithm: str) -> ValueError:
+    return ValueError(
+        f"checksum of unknown kind {algorithm[:40]!r} (this pocketvm knows {', '.join(_HASHES)}; saved by a newer one?)"
+    )
+
+
+def algorithm_of(digest: str) -> str:
+    """The algorithm a digest string names; ValueError (one line) if unknown."""
+    algorithm = digest.partition(":")[0]
+    if algorithm not in _HASHES or algorithm == digest:
+        raise _unknown(algorithm)
+    return algorithm
 
 
 def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -56,8 +95,11 @@ def nonzero_runs(data: np.ndarray) -> list[tuple[int, int]]:
 class ContentDigest:
     """Streaming digest; feed block-aligned pieces in increasing address order."""
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
+    def __init__(self, algorithm: str = ALGORITHM) -> None:
+        if algorithm not in _HASHES:
+            raise _unknown(algorithm)
+        self.algorithm = algorithm
+        self._h = _HASHES[algorithm]()
         self._run_start = -1  # first block of the open run, -1 = none
         self._run_end = -1  # block after its last block
         self.data_bytes = 0  # bytes in non-zero blocks seen so far
@@ -87,7 +129,7 @@ class ContentDigest:
 
     def hexdigest(self) -> str:
         self._close_run()
-        return f"{ALGORITHM}:{self._h.hexdigest()}"
+        return f"{self.algorithm}:{self._h.hexdigest()}"
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -120,13 +162,13 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
-def digest_fd(fd: int, size: int) -> tuple[str, list[tuple[int, int]]]:
+def digest_fd(fd: int, size: int, algorithm: str = ALGORITHM) -> tuple[str, list[tuple[int, int]]]:
     """(digest, data extents) of the first `size` bytes of an open file.
 
     Reads with pread into one buffer rather than through a mapping: copying
     from the page cache is much cheaper than faulting in every page.
     """
-    d = ContentDigest()
+    d = ContentDigest(algorithm)
     extents = data_extents(fd, size)
     buf = np.empty(_SCAN_CHUNK, dtype=np.uint8)
     view = memoryview(buf)
@@ -146,11 +188,11 @@ def digest_fd(fd: int, size: int) -> tuple[str, list[tuple[int, int]]]:
     return d.hexdigest(), extents
 
 
-def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+def digest_file(path: str | os.PathLike[str], algorithm: str = ALGORITHM) -> tuple[str, int]:
     """(digest, size) of a file, reading only its allocated extents."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        return digest_fd(fd, size)[0], size
+        return digest_fd(fd, size, algorithm)[0], size
     finally:
         os.close(fd)

@@ -10,10 +10,12 @@
                         pages are holes, so it is mapped (not read) on restore
     DIR/diskN.raw       each attached disk as it was at that instant
 
-Every file's digest is a `digest.ContentDigest` (sha256 over its non-zero
-4 KiB blocks), so checking a sparse file costs as much as its data, not its
-size. The manifest's own `checksum` is sha256 over its canonical JSON
-without that field; an edited manifest is caught like an edited file.
+Every file's digest is a `digest.ContentDigest` (XXH3-128 over its non-zero
+4 KiB blocks; older snapshots' digests are SHA-256 and say so in their
+prefix), so checking a sparse file costs as much as its data, not its size.
+The manifest's own `checksum` is sha256 over its canonical JSON without
+that field (it is small, so speed does not matter); an edited manifest is
+caught like an edited file.
 
 A snapshot directory is written under a temporary name and renamed into
 place when complete, so a crash while saving never leaves something that

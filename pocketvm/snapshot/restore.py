@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pocketvm.snapshot import format as F
-from pocketvm.snapshot.digest import BLOCK, ContentDigest, digest_fd
+from pocketvm.snapshot.digest import BLOCK, ContentDigest, algorithm_of, digest_fd
 
 if TYPE_CHECKING:
     from pocketvm.machine import VirtualMachine, VMConfig
@@ -73,7 +73,7 @@ def _read_small(path: Path, entry: F.FileEntry, where: str) -> bytes:
         raise F.SnapshotError(f"{where}: {path.name} is {len(data)} bytes, expected {entry.size} (truncated?)")
     buf = np.zeros(-(-len(data) // BLOCK) * BLOCK, dtype=np.uint8)
     buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    digest = ContentDigest()
+    digest = ContentDigest(algorithm_of(entry.digest))
     digest.update(0, buf)
     if digest.hexdigest() != entry.digest:
         raise F.SnapshotError(f"{where}: {path.name} checksum mismatch (the file was edited or corrupted)")
@@ -85,7 +85,7 @@ def _map_ram(path: Path, entry: F.FileEntry, where: str) -> tuple[mmap.mmap, lis
     try:
         if os.fstat(fd).st_size != entry.size:  # changed since it was checked: a mapping would fault
             raise F.SnapshotError(f"{where}: {F.RAM_FILE} changed while being restored")
-        digest, extents = digest_fd(fd, entry.size)
+        digest, extents = digest_fd(fd, entry.size, algorithm_of(entry.digest))
         if digest != entry.digest:
             raise F.SnapshotError(f"{where}: {F.RAM_FILE} checksum mismatch (the file was edited or corrupted)")
         # PROT_WRITE on a MAP_PRIVATE mapping of a read-only file is allowed:
@@ -122,6 +122,10 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             raise F.SnapshotError(f"{where}: cannot read {name}: {e.strerror}") from None
         if size != entry.size:
             raise F.SnapshotError(f"{where}: {name} is {size} bytes, expected {entry.size} (truncated or edited?)")
+        try:  # here, so that every later check (also of the disk copies) can trust the algorithm name
+            algorithm_of(entry.digest)
+        except ValueError as e:
+            raise F.SnapshotError(f"{where}: {name}: {e}") from None
     try:
         cpu_bytes = _read_small(path / F.CPU_FILE, m.files[F.CPU_FILE], where)
         state_bytes = _read_small(path / F.STATE_FILE, m.files[F.STATE_FILE], where)
@@ -137,7 +141,7 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             if disk.readonly:  # attached in place, so checked here; writable ones are checked as copied
                 fd = os.open(path / disk.file, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    digest, _ = digest_fd(fd, m.files[disk.file].size)
+                    digest, _ = digest_fd(fd, m.files[disk.file].size, algorithm_of(m.files[disk.file].digest))
                 finally:
                     os.close(fd)
                 if digest != m.files[disk.file].digest:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pocketvm.backends.disk import DiskError, DiskImage
 from pocketvm.snapshot import format as F
-from pocketvm.snapshot.digest import digest_file
+from pocketvm.snapshot.digest import algorithm_of, digest_file
 
 # 2001-09-09T01:46:40Z: an instant no write made today can produce.
 _STAMP_NS = 1_000_000_000 * 1_000_000_000
@@ -148,8 +148,8 @@ def prepare(snapshot_dir: Path, manifest: F.Manifest, directory: Path) -> WorkDi
             except DiskError as e:
                 raise F.SnapshotError(f"{where}: {e}") from None
             work.copies.append(dest)
-            digest, size = digest_file(dest)
             expected = manifest.files[disk.file]
+            digest, size = digest_file(dest, algorithm_of(expected.digest))
             if size != expected.size or digest != expected.digest:
                 raise F.SnapshotError(f"{where}: {disk.file} checksum mismatch (the disk image was edited or corrupted)")
             work.paths.append(dest)
