@@ -1,3 +1,3 @@
-from pocketvm.cli import entry
+from pocketvm.main import main
 
-entry()
+main()

@@ -28,6 +28,7 @@ _USER_ERRORS = (
     ("pocketvm.images.errors", "ImageError"),
     ("pocketvm.snapshot.format", "SnapshotError"),
     ("pocketvm.control", "ControlError"),
+    ("pocketvm.launcher.client", "LauncherError"),
 )
 
 
@@ -375,10 +376,75 @@ def list_vms(as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+@main.group()
+def launcher() -> None:
+    """A warm background process that starts VMs in milliseconds.
+
+    A new `pocket` process spends about a third of a second loading numba and
+    the compiled CPU core before a guest runs. While the launcher runs, `pocket
+    run` and `pocket restore` hand their command to it instead: it forks a
+    process that already has everything loaded and that runs the command with
+    your terminal or pipes, directory and environment, exactly as typed. The
+    command you typed stays in the foreground, forwards signals and exits with
+    the VM's status. Set POCKETVM_LAUNCHER=off to bypass it.
+    """
+
+
+@launcher.command("start")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), metavar="SECONDS", help="Exit after this long with no VM running and no request (default: run until stopped).")
+def launcher_start(idle_timeout: float | None) -> None:
+    """Start the launcher (no-op when it already runs)."""
+    from pocketvm.launcher import client
+
+    info, started = client.start(idle_timeout)
+    mib = info.get("rss_bytes", 0) / MiB
+    if started:
+        click.echo(f"pocket: launcher started (pid {info['pid']}, {mib:.0f} MiB)")
+    else:
+        click.echo(f"pocket: launcher already running (pid {info['pid']})")
+
+
+@launcher.command("stop")
+def launcher_stop() -> None:
+    """Stop the launcher. VMs it started keep running."""
+    from pocketvm.launcher import client
+
+    info = client.stop()
+    if info is None:
+        click.echo("pocket: no launcher running")
+    else:
+        click.echo(f"pocket: launcher stopped (pid {info['pid']}, launched {info['launched']} VM(s))")
+
+
+@launcher.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def launcher_status(as_json: bool) -> None:
+    """Show whether the launcher runs; exit status 1 when it does not."""
+    import json
+    import time
+
+    from pocketvm.launcher import client
+
+    info = client.request("ping")
+    if as_json:
+        click.echo(json.dumps(info or {"ok": False}, indent=2))
+    elif info is None:
+        click.echo("pocket: no launcher running")
+    else:
+        up = int(time.time() - info["started"])
+        running = len(info["running"])
+        click.echo(
+            f"launcher pid {info['pid']}, up {up}s, {info['rss_bytes'] / MiB:.0f} MiB, "
+            f"launched {info['launched']} VM(s), {running} running"
+        )
+    if info is None:
+        sys.exit(1)
+
+
 def entry() -> None:
     """Console-script entry point: usage errors become one line, not a usage dump."""
     try:
-        code = main.main(standalone_mode=False)
+        code = main.main(standalone_mode=False, prog_name="pocket")
     except click.UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         fail(f"{e.format_message()}{hint}")

@@ -73,7 +73,7 @@ def socket_path(name: str) -> Path:
     return runtime_dir() / f"{name}{SUFFIX}"
 
 
-def _ensure_runtime_dir() -> Path:
+def ensure_runtime_dir() -> Path:
     d = runtime_dir()
     try:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ class ControlServer:
     def __init__(self, name: str):
         self.name = check_name(name)
         self.path = socket_path(name)
-        _ensure_runtime_dir()
+        ensure_runtime_dir()
         if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
             raise ControlError(f"control socket path {self.path} is too long; set XDG_RUNTIME_DIR to a shorter directory")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

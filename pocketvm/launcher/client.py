@@ -1,0 +1,225 @@
+"""The client side: hand a command to the launcher, or talk to it.
+
+Imported by every `pocket` command before anything else, so it uses the
+standard library only and does nothing when no launcher runs (one failed
+connect() on a Unix socket).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from pocketvm.launcher.protocol import ENV_SWITCH, LineReader, log_path, send, socket_path
+
+# Commands that start a VM, and so gain from a warm process.
+LAUNCHED_COMMANDS = ("run", "restore")
+# Signals the user may send to the foreground `pocket`: they are meant for the VM.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class LauncherError(Exception):
+    """One-line message for the user."""
+
+
+def wants_launcher(argv: list[str]) -> bool:
+    """`argv` (without the program name) starts a VM and the launcher is not switched off."""
+    if os.environ.get(ENV_SWITCH, "").lower() in ("off", "0", "no", "false"):
+        return False
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in LAUNCHED_COMMANDS
+
+
+def _connect(timeout: float | None) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(socket_path()))
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def launch(argv: list[str]) -> int | None:
+    """Run `pocket ARGV` in a process forked by the launcher, proxying for it
+    here until it ends; its exit status. None: no launcher took it (not
+    running, or declined), so the caller runs the command itself."""
+    conn = _connect(timeout=5.0)
+    if conn is None:
+        return None
+    request = {
+        "cmd": "launch",
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": _umask(),
+        "python": sys.executable,
+        "prefix": sys.prefix,
+    }
+    reader = LineReader(conn)
+    try:
+        send(conn, request, [0, 1, 2])
+        reply = reader.read()
+    except (OSError, ValueError):  # e.g. a closed stdin cannot be passed on
+        conn.close()
+        return None
+    if reply is None or not isinstance(reply.get("pid"), int):
+        conn.close()
+        return None
+    conn.settimeout(None)
+    return _proxy(conn, reader, reply["pid"])
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _proxy(conn: socket.socket, reader: LineReader, pid: int) -> int:
+    saved_tty = _save_tty()
+
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                msg = reader.read()
+            except (OSError, ValueError):
+                msg = None
+            if msg is None:
+                _restore_tty(saved_tty)
+                print(f"pocket: error: lost the VM process {pid} without an exit status", file=sys.stderr)
+                return 1
+            code = msg.get("exit")
+            if isinstance(code, int):
+                if msg.get("signal"):
+                    # It died without restoring the terminal or printing why.
+                    _restore_tty(saved_tty)
+                    name = _signal_name(int(msg["signal"]))
+                    print(f"pocket: error: the VM process {pid} was killed by {name}", file=sys.stderr)
+                return code
+    finally:
+        conn.close()
+
+
+def _save_tty() -> Any:
+    try:
+        import termios
+
+        return termios.tcgetattr(0) if os.isatty(0) else None
+    except (OSError, ImportError):
+        return None
+
+
+def _restore_tty(saved: Any) -> None:
+    if saved is not None:
+        import termios
+
+        try:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        except OSError:
+            pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# --- managing the launcher -----------------------------------------------------------
+
+
+def request(cmd: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """A one-shot request; None when no launcher answers."""
+    conn = _connect(timeout)
+    if conn is None:
+        return None
+    try:
+        send(conn, {"cmd": cmd})
+        reply = LineReader(conn).read()
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    return reply if reply is not None and reply.get("ok") else None
+
+
+def start(idle_timeout: float | None = None, wait: float = 600.0) -> tuple[dict[str, Any], bool]:
+    """Start the launcher unless one runs; (its status, whether it was started now)."""
+    info = request("ping")
+    if info is not None:
+        return info, False
+    from pocketvm.control import ensure_runtime_dir
+
+    ensure_runtime_dir()
+    cmd = [sys.executable, "-m", "pocketvm.launcher.server"]
+    if idle_timeout is not None:
+        cmd += ["--idle-timeout", str(idle_timeout)]
+    env = {k: v for k, v in os.environ.items() if k != ENV_SWITCH}
+    with open(log_path(), "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
+        log.flush()
+        # A session of its own: it outlives this command and its terminal.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True, env=env
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LauncherError(f"the launcher did not start: {_last_log_line()} (log: {log_path()})")
+        info = request("ping", timeout=1.0)
+        if info is not None and info.get("pid") == proc.pid:
+            return info, True
+        time.sleep(0.05)
+    proc.terminate()
+    raise LauncherError(f"the launcher did not become ready within {wait:.0f} s (log: {log_path()})")
+
+
+def _last_log_line() -> str:
+    try:
+        lines = log_path().read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
+
+
+def stop(wait: float = 10.0) -> dict[str, Any] | None:
+    """Stop the launcher (VMs it started keep running); its last status, None if none ran."""
+    info = request("stop")
+    if info is None:
+        return None
+    pid = int(info["pid"])
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.02)
+    return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it has stopped all the same.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

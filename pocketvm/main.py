@@ -1,0 +1,28 @@
+"""The `pocket` program.
+
+A command that starts a VM goes to the launcher when one runs (see
+pocketvm.launcher); everything else, and everything the launcher does not
+take, runs here through the CLI. Checked before the CLI is imported, so a
+launched command costs a Python start-up and one socket round trip.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    from pocketvm.launcher.client import launch, wants_launcher
+
+    argv = sys.argv[1:]
+    if wants_launcher(argv):
+        code = launch(argv)
+        if code is not None:
+            sys.exit(code)
+    from pocketvm.cli import entry
+
+    entry()
+
+
+if __name__ == "__main__":
+    main()
