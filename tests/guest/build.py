@@ -6,6 +6,10 @@ loaded at 0x80000000.  Rebuilds are incremental: a program is recompiled
 only when one of its inputs (per the compiler's dependency file), the
 runtime or the flags changed.
 
+Programs elsewhere in the repository use the same flags: `build_source()`
+builds one with the runtime, `cross_compile()` one that brings its own
+start-up code and linker script (the snapshot tests, benchmarks/cpu.py).
+
 Run as a script to build everything (or the named programs):
     .venv/bin/python tests/guest/build.py [-v] [NAME ...]
 """
@@ -20,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +41,10 @@ GENERATED = {"alu_vectors.h": HERE / "gen_vectors.py"}
 CROSS = os.environ.get("GUEST_CROSS", "riscv64-linux-gnu-")
 CC = CROSS + "gcc"
 OBJDUMP = CROSS + "objdump"
-CFLAGS = [
+# Base flags of every program built through this module: there is no C
+# library to link against or start-up code to run, and the compiler must not
+# invent calls to one (stack protector, memset/memcpy for loops).
+BARE_METAL_CFLAGS = [
     "-march=rv64gc",
     "-mabi=lp64d",
     "-mcmodel=medany",
@@ -45,20 +53,25 @@ CFLAGS = [
     "-nostartfiles",
     "-ffreestanding",
     "-fno-pic",
-    "-mno-relax",  # code layout exactly as written (page-crossing tests)
     "-fno-stack-protector",
     "-fno-asynchronous-unwind-tables",
-    "-fno-tree-loop-distribute-patterns",  # no memset/memcpy calls from loops
+    "-fno-tree-loop-distribute-patterns",
     "-O2",
-    "-g",
     "-Wall",
     "-Werror",
+]
+# The linker scripts put code, data and stack in one segment on purpose.
+BARE_METAL_LDFLAGS = ["-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments"]
+CFLAGS = [
+    *BARE_METAL_CFLAGS,
+    "-mno-relax",  # code layout exactly as written (page-crossing tests)
+    "-g",
     f"-I{RT_DIR}",
     f"-I{GEN_DIR}",
     # e.g. -DVERBOSE to make programs print every case of their sweeps
     *os.environ.get("GUEST_EXTRA_CFLAGS", "").split(),
 ]
-LDFLAGS = ["-Wl,--build-id=none", f"-T{LINKER_SCRIPT}"]
+LDFLAGS = [*BARE_METAL_LDFLAGS, f"-T{LINKER_SCRIPT}"]
 # The programs may be built by two processes at once (two pytest runs):
 # every output is written under a temporary name and renamed into place.
 JOBS = 2
@@ -201,6 +214,23 @@ def build_source(source: Path, out_dir: Path = BUILD_DIR, verbose: bool = False)
         elf.with_suffix(".lst").write_text(listing.stdout)
     tmp.replace(elf)
     return elf
+
+
+def cross_compile(sources: Sequence[Path], out: Path, linker_script: Path, flags: Sequence[str] = ()) -> Path:
+    """Compile and link `sources` into the ELF `out` in one compiler call,
+    with the base flags and `flags` (-D, -I, ...); no runtime, always rebuilt."""
+    cmd = [
+        compiler(),
+        *BARE_METAL_CFLAGS,
+        *flags,
+        *BARE_METAL_LDFLAGS,
+        f"-T{linker_script}",
+        *map(str, sources),
+        "-o",
+        str(out),
+    ]
+    _run(cmd)
+    return out
 
 
 def program_sources() -> dict[str, Path]:
