@@ -19,6 +19,7 @@ Ratios, not absolute times, are what to compare between machines.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -31,26 +32,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# tests/guest/build.py holds the cross-compiler flags the bare-metal
+# programs share; it is a script in a test folder, not a package, so it is
+# loaded by path.
+_spec = importlib.util.spec_from_file_location("guest_build", REPO / "tests" / "guest" / "build.py")
+assert _spec is not None and _spec.loader is not None
+guest_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(guest_build)
+
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
-CROSS = os.environ.get("GUEST_CROSS", "riscv64-linux-gnu-")
+CROSS = guest_build.CROSS
 QEMU = os.environ.get("GUEST_QEMU", "qemu-system-riscv64")
-CFLAGS = [
-    "-march=rv64gc",
-    "-mabi=lp64d",
-    "-mcmodel=medany",
-    "-static",
-    "-nostdlib",
-    "-nostartfiles",
-    "-ffreestanding",
-    "-fno-pic",
-    "-fno-stack-protector",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-tree-loop-distribute-patterns",  # no memset/memcpy calls from loops
-    "-O2",
-    "-Wall",
-    "-Werror",
-    "-Wl,--build-id=none",
-]
 MEMORY = 128 << 20
 QEMU_ARGS = ["-M", "virt", "-m", "128M", "-bios", "none", "-nographic", "-serial", "stdio", "-monitor", "none"]
 PROGRAMS = {
@@ -78,23 +70,13 @@ class Result:
 
 
 def build(name: str, scale: int, out_dir: Path) -> Path:
-    elf = out_dir / f"{name}.elf"
-    cmd = [
-        CROSS + "gcc",
-        *CFLAGS,
-        f"-DSCALE={scale}",
-        f"-I{GUEST_DIR}",
-        f"-T{GUEST_DIR / 'link.ld'}",
-        str(GUEST_DIR / "start.S"),
-        str(GUEST_DIR / "bench.c"),
-        str(GUEST_DIR / f"{name}.c"),
-        "-o",
-        str(elf),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"build of {name} failed:\n{proc.stdout}{proc.stderr}")
-    return elf
+    sources = [GUEST_DIR / "start.S", GUEST_DIR / "bench.c", GUEST_DIR / f"{name}.c"]
+    try:
+        return guest_build.cross_compile(
+            sources, out_dir / f"{name}.elf", GUEST_DIR / "link.ld", [f"-DSCALE={scale}", f"-I{GUEST_DIR}"]
+        )
+    except guest_build.BuildError as e:
+        raise SystemExit(f"build of {name} failed: {e}") from None
 
 
 def result_line(output: bytes) -> str:

@@ -3,7 +3,7 @@ driving `pocket` processes that keep running while a test talks to them."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import shutil
 import signal
 import subprocess
@@ -16,38 +16,20 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "guest"
-CC = os.environ.get("GUEST_CROSS", "riscv64-linux-gnu-") + "gcc"
+
+# tests/guest/build.py has the compiler flags of every bare-metal program; it
+# is loaded by path because test folders are not packages.
+_spec = importlib.util.spec_from_file_location("guest_build", HERE.parent / "guest" / "build.py")
+assert _spec is not None and _spec.loader is not None
+guest_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(guest_build)
 
 
 def build_ticker(out: Path, rounds: int, period: int) -> Path:
-    if shutil.which(CC) is None:
-        pytest.skip(f"{CC} not installed")
-    cmd = [
-        CC,
-        "-march=rv64gc",
-        "-mabi=lp64d",
-        "-mcmodel=medany",
-        "-static",
-        "-nostdlib",
-        "-nostartfiles",
-        "-ffreestanding",
-        "-fno-pic",
-        "-O2",
-        "-Wall",
-        "-Werror",
-        f"-DROUNDS={rounds}",
-        f"-DPERIOD={period}",
-        f"-T{GUEST / 'link.ld'}",
-        "-Wl,--build-id=none",
-        "-Wl,--no-warn-rwx-segments",
-        str(GUEST / "start.S"),
-        str(GUEST / "ticker.c"),
-        "-o",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return out
-
+    if shutil.which(guest_build.CC) is None:
+        pytest.skip(f"{guest_build.CC} not installed")
+    sources = [GUEST / "start.S", GUEST / "ticker.c"]
+    return guest_build.cross_compile(sources, out, GUEST / "link.ld", [f"-DROUNDS={rounds}", f"-DPERIOD={period}"])
 
 
 def pocket_cmd(*args: str) -> list[str]:
