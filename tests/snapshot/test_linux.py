@@ -11,6 +11,7 @@ a wait or an assertion by itself.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -125,3 +126,30 @@ def test_two_restores_at_once_are_isolated(saved, tmp_path):
     subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True)
     cat = subprocess.run(["debugfs", "-R", "cat /marker", str(copy)], capture_output=True)
     assert cat.stdout == b"disk-at-snapshot\n"
+
+
+def test_restores_through_the_launcher_answer_and_are_isolated(saved, tmp_path):
+    """The same snapshot, restored twice at once by a running launcher:
+    each VM is a forked child with its own RAM and disk copy."""
+    snap, _, _, _ = saved
+    assert pocket("launcher", "start", timeout=600).returncode == 0
+    try:
+        with Pocket("restore", snap, "--name", "fork-a", "--disk-dir", tmp_path / "a") as a, Pocket(
+            "restore", snap, "--name", "fork-b", "--disk-dir", tmp_path / "b"
+        ) as b:
+            out = _cmd(a, "echo RAM-$(cat /tmp/marker)-DISK-$(cat /mnt/marker)=$((6*7))=", "=42=", RESTORE)
+            assert "RAM-ram-at-snapshot-DISK-disk-at-snapshot=42=" in out
+            _cmd(a, "echo ram-from-a > /tmp/marker; echo disk-from-a > /mnt/marker; sync; echo A=$((5+5))=", "A=10=")
+            out = _cmd(b, "echo B-$(cat /tmp/marker)-$(cat /mnt/marker)=$((7+7))=", "=14=", RESTORE)
+            assert "B-ram-at-snapshot-disk-at-snapshot=14=" in out
+            status = pocket("launcher", "status", "--json")
+            running = json.loads(status.stdout)["running"]
+            assert len(running) == 2 and a.proc.pid not in running and b.proc.pid not in running
+            for vm in (a, b):
+                vm.send("umount /mnt; poweroff\n")
+            for vm in (a, b):
+                assert vm.wait(120) == 0, vm.err
+    finally:
+        pocket("launcher", "stop")
+    cat = subprocess.run(["debugfs", "-R", "cat /marker", str(tmp_path / "a" / "disk0.raw")], capture_output=True)
+    assert cat.stdout == b"disk-from-a\n"
