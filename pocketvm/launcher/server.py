@@ -36,6 +36,7 @@ from pocketvm.launcher.protocol import LineReader, send, socket_path
 # declined and runs in its own process instead.
 _FROZEN_ENV_PREFIXES = ("NUMBA_", "PYTHON")
 _EX_SOFTWARE = 70
+REQUEST_TIMEOUT = 2.0  # seconds a client has to send its request: one stuck client must not hold up the others
 
 
 def log(message: str) -> None:
@@ -213,7 +214,7 @@ class Launcher:
         reader = LineReader(conn)
         keep = False
         try:
-            conn.settimeout(2.0)  # one stuck client must not hold up the others for long
+            conn.settimeout(REQUEST_TIMEOUT)
             req = reader.read()
             if req is None:
                 return
@@ -260,6 +261,7 @@ class Launcher:
         if reason is not None:
             send(conn, {"declined": reason})
             return False
+        conn.settimeout(None)  # from here on the connection lives as long as the VM
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -272,7 +274,6 @@ class Launcher:
                 os._exit(code)
         self.launched += 1
         self.children[pid] = conn
-        conn.settimeout(None)
         try:
             send(conn, {"pid": pid})
         except OSError:

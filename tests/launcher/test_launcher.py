@@ -16,6 +16,8 @@ import subprocess
 import pytest
 from snaptools import Pocket, one_line_error, pocket_cmd
 
+from pocketvm.launcher.server import REQUEST_TIMEOUT
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,6 +86,9 @@ def test_stdin_reaches_the_guest_and_the_vm_is_a_process_of_its_own(launcher, ti
         [vm] = ls()
         # The VM runs in a child of the launcher, not in the client.
         assert vm["pid"] != p.proc.pid and vm["pid"] in status()["running"]
+        # It outlives the time limit the launcher gives a client to send its request.
+        time.sleep(REQUEST_TIMEOUT + 1)
+        assert [v["pid"] for v in ls()] == [vm["pid"]]
         p.send("q")
         assert p.wait(30) == 0
     assert ls() == []
