@@ -19,6 +19,7 @@ import errno
 import io
 import os
 import selectors
+import shlex
 import signal
 import socket
 import sys
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pocketvm
+from setproctitle import setproctitle
+
 from pocketvm.launcher.protocol import LineReader, send, socket_path
 
 # Environment variables that change how code already loaded here behaves
@@ -314,6 +317,7 @@ def run_command(conn: socket.socket, req: dict[str, Any]) -> int:
         os.environ.update({str(k): str(v) for k, v in req["env"].items()})
         threading.Thread(target=_end_with_client, args=(conn,), name="launcher-client", daemon=True).start()
         sys.argv = ["pocket", *req["argv"]]
+        setproctitle(shlex.join(sys.argv))  # in `ps`, the command that was typed, not the launcher's
         from pocketvm.cli import entry
 
         entry()
@@ -382,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pocketvm.launcher.server", description=__doc__.splitlines()[0])
     parser.add_argument("--idle-timeout", type=float, default=None, help="exit after this many idle seconds")
     args = parser.parse_args(argv)
+    setproctitle("pocket launcher")
     t0 = time.monotonic()
     warm_up()
     launcher = Launcher(args.idle_timeout)
