@@ -1,28 +1,10 @@
 """Fixtures of the launcher tests: a private runtime directory with a
-launcher in it, and the snapshot tests' bare-metal ticker program."""
+launcher in it. (The ticker programs come from tests/conftest.py.)"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "snapshot"))
-
-from snaptools import build_ticker, pocket  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def ticker(tmp_path_factory) -> Path:
-    """40 rounds, 2 ms apart, then power off."""
-    return build_ticker(tmp_path_factory.mktemp("guest") / "ticker.elf", 40, 20_000)
-
-
-@pytest.fixture(scope="session")
-def ticker_forever(tmp_path_factory) -> Path:
-    """A round every 20 ms until input 'q'."""
-    return build_ticker(tmp_path_factory.mktemp("guest") / "ticker-forever.elf", 1_000_000, 200_000)
+from snaptools import pocket
 
 
 @pytest.fixture(scope="module")
