@@ -21,6 +21,9 @@ from pocketvm.launcher.protocol import ENV_SWITCH, LineReader, log_path, send, s
 LAUNCHED_COMMANDS = ("run", "restore")
 # Signals the user may send to the foreground `pocket`: they are meant for the VM.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Resource limits (`ulimit`) a launched VM takes over from the command.
+RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_MEMLOCK",
+           "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS", "RLIMIT_STACK")  # fmt: skip
 
 
 class LauncherError(Exception):
@@ -59,6 +62,8 @@ def launch(argv: list[str]) -> int | None:
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "umask": _umask(),
+        "rlimits": rlimits(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "python": sys.executable,
         "prefix": sys.prefix,
     }
@@ -74,6 +79,13 @@ def launch(argv: list[str]) -> int | None:
         return None
     conn.settimeout(None)
     return _proxy(conn, reader, reply["pid"])
+
+
+def rlimits() -> dict[str, list[int]]:
+    """This process's resource limits, which a launched VM takes over."""
+    import resource
+
+    return {name: list(resource.getrlimit(getattr(resource, name))) for name in RLIMITS}
 
 
 def _umask() -> int:

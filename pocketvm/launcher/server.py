@@ -18,6 +18,7 @@ import argparse
 import errno
 import io
 import os
+import resource
 import selectors
 import shlex
 import signal
@@ -32,6 +33,7 @@ from typing import Any
 import pocketvm
 from setproctitle import setproctitle
 
+from pocketvm.launcher.client import RLIMITS
 from pocketvm.launcher.protocol import LineReader, send, socket_path
 
 # Environment variables that change how code already loaded here behaves
@@ -251,6 +253,9 @@ class Launcher:
             return f"another Python ({req.get('python')}); this launcher runs {sys.executable}"
         if frozen_env(req["env"]) != self.env:
             return "other NUMBA_/PYTHON settings in the environment"
+        reason = _limits_reason(req)
+        if reason is not None:
+            return reason
         if source_stamp() != self.stamp:
             self.stopping = True  # everything it would launch from now on is out of date
             log("pocketvm's sources changed since the start: stopping")
@@ -302,6 +307,39 @@ class Launcher:
             os.dup2(fd, target)
 
 
+def _limits_reason(req: dict[str, Any]) -> str | None:
+    """Why the child could not take over the client's limits and niceness, if it could not.
+
+    A process may lower its limits and raise its niceness, never the other
+    way round: a client with a higher hard limit or a lower niceness than
+    the launcher's runs in its own process.
+    """
+    limits = req.get("rlimits")
+    if not isinstance(limits, dict) or set(limits) != set(RLIMITS):
+        return "malformed resource limits"
+    for name, value in limits.items():
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+            return "malformed resource limits"
+        _, hard = resource.getrlimit(getattr(resource, name))
+        if _above(value[1], hard):
+            return f"{name} above the launcher's"
+    nice = req.get("nice")
+    if not isinstance(nice, int) or nice < os.getpriority(os.PRIO_PROCESS, 0):
+        return "higher priority than the launcher's"
+    return None
+
+
+def _above(a: int, b: int) -> bool:
+    infinity = resource.RLIM_INFINITY
+    return a != b and (a == infinity or (b != infinity and a > b))
+
+
+def _take_limits(req: dict[str, Any]) -> None:
+    for name, (soft, hard) in req["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    os.setpriority(os.PRIO_PROCESS, 0, req["nice"])
+
+
 def run_command(conn: socket.socket, req: dict[str, Any]) -> int:
     """In the child: become the client's `pocket ARGV` and run it; its exit status."""
     code = _EX_SOFTWARE
@@ -313,6 +351,7 @@ def run_command(conn: socket.socket, req: dict[str, Any]) -> int:
             print(f"pocket: error: cannot enter the working directory {req['cwd']}: {e.strerror}", file=sys.stderr)
             return 1
         os.umask(int(req.get("umask", 0o022)))
+        _take_limits(req)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in req["env"].items()})
         threading.Thread(target=_end_with_client, args=(conn,), name="launcher-client", daemon=True).start()

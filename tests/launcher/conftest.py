@@ -10,7 +10,8 @@ from snaptools import pocket
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
     """Own runtime and state directories for the module and the `pocket`
-    processes it starts (no launcher or VM of anyone else is seen)."""
+    processes it starts (no launcher or VM of anyone else is seen); the
+    module's launcher is stopped at its end."""
     base = tmp_path_factory.mktemp("xdg")
     (base / "run").mkdir(mode=0o700)
     with pytest.MonkeyPatch.context() as mp:
@@ -18,12 +19,12 @@ def runtime(tmp_path_factory):
         mp.setenv("XDG_STATE_HOME", str(base / "state"))
         mp.delenv("POCKETVM_LAUNCHER", raising=False)
         yield base / "run" / "pocketvm"
+        pocket("launcher", "stop")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def launcher(runtime):
-    """A launcher running in the module's runtime directory."""
+    """A launcher running in the module's runtime directory (started unless one runs)."""
     run = pocket("launcher", "start", timeout=600)
     assert run.returncode == 0, run.stderr
-    yield runtime
-    pocket("launcher", "stop")
+    return runtime

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import time
 from pathlib import Path
@@ -160,7 +161,6 @@ def test_stopping_the_launcher_leaves_its_vms_running(runtime, ticker_forever):
     with Pocket("run", "--bios", "none", "--kernel", ticker_forever, "--name", "alone") as p:
         p.wait_for("round 0000000000000001", 120)
         assert ls()[0]["pid"] == p.proc.pid
-    assert pocket("launcher", "start", timeout=600).returncode == 0  # for the tests after this one
 
 
 def test_other_numba_settings_are_not_served_by_the_launcher(launcher, ticker):
@@ -180,7 +180,6 @@ def test_a_launcher_with_outdated_sources_steps_aside(launcher, ticker):
         os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40
     wait_until(lambda: status() is None)  # it stopped itself rather than serve old code
-    assert pocket("launcher", "start", timeout=600).returncode == 0
 
 
 def test_start_twice_and_stop_twice(runtime):
@@ -201,3 +200,56 @@ def test_idle_timeout(runtime):
     assert "idle for 1 s: stopping" in (runtime / ".launcher.log").read_text()
     bad = pocket("launcher", "start", "--idle-timeout", "soon")
     one_line_error(bad, "--idle-timeout")
+
+
+def test_a_launched_vm_takes_over_the_commands_limits_and_niceness(launcher, ticker_forever):
+    def limit_self() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 300))
+        os.nice(3)
+
+    before = launched()
+    proc = subprocess.Popen(
+        pocket_cmd("run", "--bios", "none", "--kernel", ticker_forever, "--name", "limited"),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit_self,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(ls()) == 1)
+        [vm] = ls()
+        assert launched() == before + 1 and vm["pid"] != proc.pid
+        limits = Path(f"/proc/{vm['pid']}/limits").read_text()
+        assert re.search(r"^Max open files\s+200\s+300\s", limits, re.M), limits
+        assert os.getpriority(os.PRIO_PROCESS, vm["pid"]) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+        proc.communicate(b"q", timeout=30)
+        assert proc.returncode == 0
+    finally:
+        proc.kill()
+
+
+def test_a_command_the_launcher_cannot_restrict_to_runs_in_its_own_process(runtime, ticker):
+    """A process can lower its limits and raise its niceness, never the other
+    way round: a launcher started with a lower hard limit and a higher
+    niceness only takes commands that have them too."""
+
+    def restrict(core: bool, nice: bool):
+        def apply() -> None:
+            if core:
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if nice:
+                os.nice(5)
+
+        return apply
+
+    pocket("launcher", "stop")
+    started = subprocess.run(pocket_cmd("launcher", "start"), capture_output=True, preexec_fn=restrict(True, True))
+    assert started.returncode == 0, started.stderr
+    try:
+        for core, nice, taken in ((False, True, False), (True, False, False), (True, True, True)):
+            before = launched()
+            run = subprocess.run(
+                pocket_cmd("run", "--bios", "none", "--kernel", ticker),
+                capture_output=True, preexec_fn=restrict(core, nice), timeout=120,
+            )  # fmt: skip
+            assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40, run.stderr
+            assert launched() == before + taken, (core, nice)
+    finally:
+        pocket("launcher", "stop")
