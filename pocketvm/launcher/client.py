@@ -21,6 +21,8 @@ from pocketvm.launcher.protocol import ENV_SWITCH, LineReader, log_path, send, s
 LAUNCHED_COMMANDS = ("run", "restore")
 # Signals the user may send to the foreground `pocket`: they are meant for the VM.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# A launcher that has not answered by then is stopped or stuck: run the command here.
+REPLY_TIMEOUT = 5.0
 # Resource limits (`ulimit`) a launched VM takes over from the command.
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_MEMLOCK",
            "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS", "RLIMIT_STACK")  # fmt: skip
@@ -53,7 +55,7 @@ def launch(argv: list[str]) -> int | None:
     """Run `pocket ARGV` in a process forked by the launcher, proxying for it
     here until it ends; its exit status. None: no launcher took it (not
     running, or declined), so the caller runs the command itself."""
-    conn = _connect(timeout=5.0)
+    conn = _connect(timeout=REPLY_TIMEOUT)
     if conn is None:
         return None
     request = {
@@ -69,8 +71,14 @@ def launch(argv: list[str]) -> int | None:
     }
     reader = LineReader(conn)
     try:
-        send(conn, request, [0, 1, 2])
+        send(conn, request)
         reply = reader.read()
+        # The terminal goes over only once the launcher takes the command:
+        # descriptors in flight to a stopped launcher would keep our pipes
+        # open after we gave up and ran the command ourselves.
+        if reply is not None and reply.get("send") == "fds":
+            send(conn, {"fds": [0, 1, 2]}, [0, 1, 2])
+            reply = reader.read()
     except (OSError, ValueError):  # e.g. a closed stdin cannot be passed on
         conn.close()
         return None

@@ -3,10 +3,12 @@
 One connection per launched VM, JSON lines in both directions:
 
     client -> launcher   {"cmd": "launch", "argv": [...], "cwd": ..., "env": {...},
-                          "umask": N, "python": sys.executable}
-                         with the client's fds 0, 1, 2 attached (SCM_RIGHTS)
-    launcher -> client   {"pid": N}                 the VM process runs
+                          "umask": N, "rlimits": {...}, "nice": N, "python": ...}
+    launcher -> client   {"send": "fds"}            it takes the command, or
                          {"declined": "why"}        run it yourself
+    client -> launcher   {"fds": [0, 1, 2]}         with those fds attached (SCM_RIGHTS)
+    launcher -> client   {"pid": N}                 the VM process runs, or
+                         {"declined": "why"}
     VM -> client         {"exit": N}                the command's exit status
     launcher -> client   {"exit": N, "signal": S}   the VM process was killed
 

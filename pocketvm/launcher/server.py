@@ -19,6 +19,7 @@ import errno
 import io
 import os
 import resource
+import select
 import selectors
 import shlex
 import signal
@@ -231,20 +232,20 @@ class Launcher:
                 self.stopping = True
             elif cmd == "launch":
                 self.last_active = time.monotonic()  # status requests do not keep it alive
-                keep = self._launch(conn, req, reader.fds)
+                keep = self._launch(conn, req, reader)
             else:
                 send(conn, {"ok": False, "error": f"unknown command {cmd!r}"})
         except (OSError, ValueError) as e:
             log(f"bad request: {e}")
+        except Exception:  # a bug must not take the launcher down; the client runs the command itself
+            log(f"internal error:\n{traceback.format_exc()}")
         finally:
             for fd in reader.fds:  # the child has its own copies
                 os.close(fd)
             if not keep:
                 conn.close()
 
-    def _decline_reason(self, req: dict[str, Any], fds: list[int]) -> str | None:
-        if len(fds) != 3:
-            return "stdin, stdout and stderr were not passed"
+    def _decline_reason(self, req: dict[str, Any]) -> str | None:
         if not isinstance(req.get("argv"), list) or not all(isinstance(a, str) for a in req["argv"]):
             return "malformed command line"
         if not isinstance(req.get("env"), dict) or not isinstance(req.get("cwd"), str):
@@ -264,11 +265,23 @@ class Launcher:
             return "the launcher is not single-threaded (internal error)"
         return None
 
-    def _launch(self, conn: socket.socket, req: dict[str, Any], fds: list[int]) -> bool:
-        reason = self._decline_reason(req, fds)
+    def _launch(self, conn: socket.socket, req: dict[str, Any], reader: LineReader) -> bool:
+        reason = self._decline_reason(req)
+        if reason is None and _hung_up(conn):
+            # It gave up waiting (the launcher was stopped or very slow) and
+            # runs the command itself: launching it too would start it twice.
+            reason = "the client has gone"
+        if reason is None:
+            send(conn, {"send": "fds"})
+            if reader.read() is None or len(reader.fds) != 3:
+                reason = "stdin, stdout and stderr were not passed"
         if reason is not None:
+            argv = req.get("argv")
+            what = shlex.join(map(str, argv))[:200] if isinstance(argv, list) else "?"
+            log(f"declined {what!r}: {reason}")
             send(conn, {"declined": reason})
             return False
+        fds = reader.fds
         conn.settimeout(None)  # from here on the connection lives as long as the VM
         sys.stdout.flush()
         sys.stderr.flush()
@@ -305,6 +318,12 @@ class Launcher:
             other.close()
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _limits_reason(req: dict[str, Any]) -> str | None:

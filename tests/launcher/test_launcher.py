@@ -17,6 +17,7 @@ import subprocess
 import pytest
 from snaptools import Pocket, one_line_error, pocket_cmd
 
+from pocketvm.launcher.client import REPLY_TIMEOUT
 from pocketvm.launcher.server import REQUEST_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,3 +254,52 @@ def test_a_command_the_launcher_cannot_restrict_to_runs_in_its_own_process(runti
             assert launched() == before + taken, (core, nice)
     finally:
         pocket("launcher", "stop")
+
+
+def test_a_stopped_launcher_neither_holds_up_nor_doubles_a_command(launcher, ticker):
+    pid = status()["pid"]
+    before = launched()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        run = pocket("run", "--bios", "none", "--kernel", ticker, "--name", "impatient")
+        waited = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40, run.stderr
+    assert waited >= REPLY_TIMEOUT  # it ran in its own process after giving up on the launcher
+    # The launcher reads the abandoned request when it continues, and does not launch it.
+    assert launched() == before
+    assert "the client has gone" in (launcher / ".launcher.log").read_text()
+
+
+def test_malformed_requests_do_not_take_the_launcher_down(launcher):
+    import socket
+
+    path = str(launcher / ".launcher.sock")
+    pid = status()["pid"]
+    garbage = [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"cmd": "launch"}\n',
+        b'{"cmd": "launch", "argv": 7, "env": {}, "cwd": "/"}\n',
+        b'{"cmd": "launch", "argv": ["run"], "env": [], "cwd": 3, "rlimits": "x"}\n',
+        b'{"cmd": "format the disk"}\n',
+        b"x" * (2 << 20),
+    ]
+    unfinished = b'{"cmd": "ping"'  # the launcher stops waiting for the rest after REQUEST_TIMEOUT
+    for data in [*garbage, unfinished]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.settimeout(REQUEST_TIMEOUT + 5)
+            try:
+                s.sendall(data)
+                if data is not unfinished:
+                    s.shutdown(socket.SHUT_WR)
+                reply = s.recv(65536)
+            except OSError:
+                reply = b""
+            assert b'"pid"' not in reply
+    info = status()
+    assert info is not None and info["pid"] == pid and info["running"] == []
+    assert "internal error" not in (launcher / ".launcher.log").read_text()
