@@ -268,7 +268,7 @@ class VirtualMachine:
         return self.config.bios is None or bool(self.uart.ier & 1)
 
     def _pump_input(self) -> None:
-        if self.uart.wants_input() and self.console.has_input() and self._guest_reads_console():
+        if self._input_deliverable():
             self.uart.feed(self.console.take())
 
     # --- calls from other threads ---------------------------------------------
@@ -383,12 +383,24 @@ class VirtualMachine:
         if rtc_deadline is not None:
             timeout = min(timeout, max(0.0, (rtc_deadline - time.time_ns()) / 1e9))
         timeout = min(timeout, 0.05)
-        if timeout > 0 and not (self.uart.wants_input() and self.console.has_input() and self._guest_reads_console()):
-            event = getattr(self.console, "event", None)
-            if event is not None:
-                event.wait(timeout)
-            else:
-                time.sleep(timeout)
+        if timeout <= 0:
+            return
+        event = getattr(self.console, "event", None)
+        # The event says "something arrived since it was cleared". Input the
+        # guest does not read yet, or the end of stdin, would leave it set
+        # and turn every idle wait into a busy loop: clear it first, then
+        # look, then wait.
+        if event is not None:
+            event.clear()
+        if self.console.quit_requested or self._input_deliverable():
+            return
+        if event is not None:
+            event.wait(timeout)
+        else:
+            time.sleep(timeout)
+
+    def _input_deliverable(self) -> bool:
+        return self.uart.wants_input() and self.console.has_input() and self._guest_reads_console()
 
     def _mmio(self, hart: Hart, reason: int, bus: Bus) -> None:
         st = hart.st
