@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -184,6 +185,7 @@ def start(idle_timeout: float | None = None, wait: float = 600.0) -> tuple[dict[
     info = request("ping")
     if info is not None:
         return info, False
+    _check_not_stuck()
     from pocketvm.control import ensure_runtime_dir
 
     ensure_runtime_dir()
@@ -210,6 +212,23 @@ def start(idle_timeout: float | None = None, wait: float = 600.0) -> tuple[dict[
     raise LauncherError(f"the launcher did not become ready within {wait:.0f} s (log: {log_path()})")
 
 
+def _check_not_stuck() -> None:
+    """LauncherError if a launcher holds the socket but does not answer."""
+    conn = _connect(timeout=1.0)
+    if conn is None:
+        return
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+    except OSError:
+        pid = 0
+    finally:
+        conn.close()
+    who = f"a launcher (pid {pid})" if pid else "a launcher"
+    hint = f"; if it is stopped, `kill -CONT {pid}`, or end it with `kill {pid}`" if pid else ""
+    raise LauncherError(f"{who} listens on {socket_path()} but does not answer{hint}")
+
+
 def _last_log_line() -> str:
     try:
         lines = log_path().read_text(errors="replace").strip().splitlines()
@@ -222,6 +241,7 @@ def stop(wait: float = 10.0) -> dict[str, Any] | None:
     """Stop the launcher (VMs it started keep running); its last status, None if none ran."""
     info = request("stop")
     if info is None:
+        _check_not_stuck()
         return None
     pid = int(info["pid"])
     deadline = time.monotonic() + wait

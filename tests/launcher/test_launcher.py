@@ -273,6 +273,17 @@ def test_a_stopped_launcher_neither_holds_up_nor_doubles_a_command(launcher, tic
     assert "the client has gone" in (launcher / ".launcher.log").read_text()
 
 
+def test_a_stopped_launcher_is_named_by_start_and_stop(launcher):
+    pid = status()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for cmd in ("start", "stop"):
+            one_line_error(pocket("launcher", cmd), f"a launcher (pid {pid})", "does not answer", f"kill -CONT {pid}")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status()["pid"] == pid
+
+
 def test_malformed_requests_do_not_take_the_launcher_down(launcher):
     import socket
 
