@@ -2,7 +2,10 @@
 
 Boots the same Debian kernel and initramfs in pocketvm (`pocket run`) and in
 `qemu-system-riscv64 -M virt` (TCG) in the same run, and prints both times,
-their ratio, pocketvm's peak RSS and whether the numba cache was warm.
+their ratio, pocketvm's peak RSS, whether the numba cache was warm, and the
+host CPU each uses while the guest sits idle at its prompt (--idle seconds).
+pocketvm runs in its own process (POCKETVM_LAUNCHER=off), so its start-up
+and CPU time are all counted.
 
     .venv/bin/python benchmarks/boot.py [--runs N] [--cold]
 """
@@ -22,8 +25,17 @@ PROMPT = b"pocket:~# "
 APPEND = "console=ttyS0"
 
 
-def boot_to_prompt(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900) -> tuple[float, int]:
-    """Start `cmd`, wait for the prompt, power off. Returns (seconds to prompt, peak RSS in KiB)."""
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def boot_to_prompt(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900, idle: float = 0.0
+) -> tuple[float, int, float]:
+    """Start `cmd`, wait for the prompt, stay idle `idle` seconds, power off.
+    Returns (seconds to prompt, peak RSS in KiB, share of a host CPU used while idle)."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None and proc.stdin is not None
@@ -42,6 +54,12 @@ def boot_to_prompt(cmd: list[str], env: dict[str, str] | None = None, timeout: f
             seen = (seen + chunk)[-4096:]
             if PROMPT in seen:
                 elapsed = time.monotonic() - start
+                idle_cpu = 0.0
+                if idle > 0:
+                    time.sleep(1.0)  # let the prompt settle
+                    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    time.sleep(idle)
+                    idle_cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
                 proc.stdin.write(b"poweroff\n")
                 proc.stdin.flush()
                 break
@@ -58,7 +76,7 @@ def boot_to_prompt(cmd: list[str], env: dict[str, str] | None = None, timeout: f
     finally:
         if proc.poll() is None:
             proc.kill()
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, idle_cpu
 
 
 def numba_cache_warm() -> bool:
@@ -73,6 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1, help="boots of each (the best is reported)")
     ap.add_argument("--cold", action="store_true", help="pocketvm with an empty numba cache (includes compile time)")
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds to measure host CPU at the idle prompt (0: skip)")
     args = ap.parse_args()
 
     from pocketvm.images import load_default_image, pull_default_image
@@ -83,7 +102,7 @@ def main() -> int:
             "-bios", str(img.bios), "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", APPEND]
     pocket = [sys.executable, "-m", "pocketvm", "run", "--memory", "512M", *files]
 
-    env = dict(os.environ)
+    env = {**os.environ, "POCKETVM_LAUNCHER": "off"}
     tmp = None
     if args.cold:
         tmp = tempfile.TemporaryDirectory()
@@ -92,12 +111,15 @@ def main() -> int:
     else:
         warm = numba_cache_warm()
 
-    p_times, q_times, rss = [], [], 0
+    p_times, q_times, rss, p_idle, q_idle = [], [], 0, [], []
     for _ in range(args.runs):
-        t, r = boot_to_prompt(pocket, env)
+        t, r, i = boot_to_prompt(pocket, env, idle=args.idle)
         p_times.append(t)
+        p_idle.append(i)
         rss = max(rss, r)
-        q_times.append(boot_to_prompt(qemu)[0])
+        t, _, i = boot_to_prompt(qemu, idle=args.idle)
+        q_times.append(t)
+        q_idle.append(i)
     p, q = min(p_times), min(q_times)
     print(f"kernel           {img.version}")
     print(f"numba cache      {'warm' if warm else 'cold (compile time included)'}")
@@ -105,6 +127,8 @@ def main() -> int:
     print(f"qemu (TCG)       {q:8.2f} s to shell prompt")
     print(f"ratio            {p / q:8.2f} x  (pocketvm / qemu)")
     print(f"pocketvm RSS     {rss / 1024:8.1f} MiB peak")
+    if args.idle > 0:
+        print(f"idle at prompt   {100 * min(p_idle):8.1f} % of a host CPU (pocketvm), {100 * min(q_idle):.1f} % (qemu)")
     if tmp is not None:
         tmp.cleanup()
     return 0

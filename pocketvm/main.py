@@ -12,6 +12,11 @@ import sys
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
+    # `kill -USR1` prints where every thread of a stuck `pocket` is (to stderr).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     from pocketvm.launcher.client import launch, wants_launcher
 
     argv = sys.argv[1:]

@@ -113,7 +113,13 @@ class Pocket:
         self.proc.stdin.flush()
 
     def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Have it print where it is stuck (pocketvm.main registers SIGUSR1 with faulthandler).
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            raise AssertionError(f"pocket still runs after {timeout} s; its threads:\n{self.err[-6000:]}") from None
         for t in self._threads:
             t.join(5)
         return code
