@@ -20,7 +20,6 @@ The archive is deterministic: same inputs, same bytes.
 
 from __future__ import annotations
 
-import gzip
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -113,7 +112,11 @@ def build_initramfs(
     banner: str | None = None,
     mtime: int = 0,
 ) -> bytes:
-    """A gzip-compressed newc initramfs; `modules` must be in load order.
+    """An uncompressed newc initramfs; `modules` must be in load order.
+
+    Not compressed: the guest would spend ~0.4 s of a 7 s boot inflating
+    it (at emulated speed), against copying 11 MiB instead of 2.4 MiB into
+    guest RAM on the host.
 
     With `applets=None` the symlinks are made at boot by `busybox --install`.
     """
@@ -150,4 +153,4 @@ def build_initramfs(
     script = init_script(kernel_release, [m.path for m in modules], banner, install_applets=applets is None,
                          groups=[m.group for m in modules])
     w.add_file("init", script.encode(), 0o755)
-    return gzip.compress(w.finish(), compresslevel=9, mtime=mtime)
+    return w.finish()

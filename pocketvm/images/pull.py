@@ -3,7 +3,7 @@
 Output, in <cache>/images/debian-trixie/:
 
     Image           raw RISC-V kernel Image, loaded at RAM + text_offset
-    initrd.img      gzip newc initramfs (BusyBox shell, virtio + ext4 modules)
+    initrd.img      newc initramfs, uncompressed (BusyBox shell, virtio + ext4 modules)
     fw_dynamic.bin  OpenSBI for the generic platform
     manifest.json   packages and versions, kernel release, sha256 of each file
 
@@ -48,13 +48,13 @@ WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virt
 DISK_MODULES = ("ext4",)  # loaded by /init only when a virtio disk is attached
 NET_MODULES = ("virtio_net",)  # ... only when a virtio NIC is attached
 # Kernel features the initramfs itself relies on: these must be built in.
-REQUIRED_BUILTIN = ("CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
+REQUIRED_BUILTIN = ("CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
 OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
                  "usr/share/opensbi/lp64/generic/firmware/fw_dynamic.bin")
 BUSYBOX_PATHS = ("usr/bin/busybox", "bin/busybox")
 # Bump when the assembled output changes for the same packages (new /init,
 # other modules...): older images then count as incomplete and are rebuilt.
-RECIPE = 2
+RECIPE = 3
 
 KERNEL_FILE = "Image"
 INITRD_FILE = "initrd.img"
