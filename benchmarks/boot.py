@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pocketvm.cli import DEFAULT_APPEND as APPEND  # both get pocketvm's default kernel command line
+
 PROMPT = b"pocket:~# "
-APPEND = "console=ttyS0"
 
 
 def cpu_seconds(pid: int) -> float:

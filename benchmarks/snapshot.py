@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pocketvm.cli import DEFAULT_APPEND as APPEND  # both get pocketvm's default kernel command line
+
 PROMPT = b"pocket:~# "
-APPEND = "console=ttyS0"
 MEMORY = "512M"
 PROBE = b"echo READY-$((6*7))\n"
 ANSWER = b"READY-42"
@@ -125,7 +126,7 @@ def bench_pocketvm(work: Path, runs: int, env: dict[str, str]) -> dict:
     disk = make_disk(work / "pocket-disk.img")
     name = f"bench-{os.getpid()}"
     snap = work / "pocket-snap"
-    con = Console(pocket_cmd("run", "--name", name, "-m", MEMORY, "--disk", disk), env)
+    con = Console(pocket_cmd("run", "--name", name, "-m", MEMORY, "--append", APPEND, "--disk", disk), env)
     try:
         boot = con.wait_for(PROMPT, 1800)
         answer_time(con, 60)

@@ -42,6 +42,9 @@ def test_two_harts_and_disks_read_write_and_read_only(tmp_path, guest_image):
     ro_digest = hashlib.sha256(ro.read_bytes()).hexdigest()
     script = "\n".join(
         [
+            # This boot runs the kernel's crypto self-tests (not skipped, as by
+            # default): thousands of known-answer tests of the emulated CPU on two harts.
+            "echo SELFTEST-FAILURES-$(dmesg | grep -c 'self-tests.*failed')-END",
             "echo ONLINE-$(cat /sys/devices/system/cpu/online)-END",
             "echo HARTS-$(($(grep -c ^processor /proc/cpuinfo)+0))",
             # Which vdX is which: the read-only one reports ro=1.
@@ -57,9 +60,14 @@ def test_two_harts_and_disks_read_write_and_read_only(tmp_path, guest_image):
             "poweroff",
         ]
     )
-    run = pocket("run", "--cpus", "2", "--disk", str(rw), "--disk", f"{ro},ro", stdin=script + "\n", timeout=BOOT_TIMEOUT)
+    run = pocket(
+        "run", "--cpus", "2", "--append", "console=ttyS0", "--disk", str(rw), "--disk", f"{ro},ro",
+        stdin=script + "\n", timeout=BOOT_TIMEOUT,
+    )  # fmt: skip
     out = run.stdout
     assert run.returncode == 0, (run.stderr, out[-3000:])
+    assert "SELFTEST-FAILURES-0-END" in out
+    assert "cryptomgr.notests" not in out.split("Kernel command line:", 1)[1].split("\n", 1)[0]
     assert "ONLINE-0-1-END" in out
     assert "HARTS-2" in out
     assert "DEVS-vd" in out and "--END" not in out.split("DEVS-", 1)[1][:12]
