@@ -200,8 +200,14 @@ def start(idle_timeout: float | None = None, wait: float = 600.0) -> tuple[dict[
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True, env=env
         )
-    deadline = time.monotonic() + wait
+    t0 = time.monotonic()
+    deadline = t0 + wait
+    told = False
     while time.monotonic() < deadline:
+        if not told and time.monotonic() - t0 > 2.0:
+            print("pocket: the launcher is loading the CPU core (compiling it the first time: up to a minute)...",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            told = True
         if proc.poll() is not None:
             raise LauncherError(f"the launcher did not start: {_last_log_line()} (log: {log_path()})")
         info = request("ping", timeout=1.0)
