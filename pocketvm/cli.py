@@ -268,14 +268,16 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     metavar="PATH",
     help="Where the VM's private disk copies go (default: ~/.local/state/pocketvm/disks/NAME).",
 )
-def restore(directory: str, name: str, disk_dir: str | None) -> None:
+@click.option("--discard", is_flag=True, help="Throw the VM away when it ends: delete its disk copies even if the guest wrote to them.")
+def restore(directory: str, name: str, disk_dir: str | None, discard: bool) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
 
     The snapshot is checked first and never changed: it can be restored any
     number of times, also several times at once. Each VM gets private RAM
     (the snapshot's RAM file, mapped copy-on-write) and private copies of the
     snapshot's writable disks. When it ends, disk copies the guest never
-    wrote are deleted; written ones are kept and their directory is printed.
+    wrote are deleted; written ones are kept and their directory is printed,
+    unless --discard says to throw them away too.
     stdin works as for `pocket run`.
     """
     import threading
@@ -297,7 +299,7 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
         restored = restore_vm(snap, console, vm_name, Path(disk_dir) if disk_dir else None)
         try:
             if restored.disks.directory is not None:
-                server.note_disk_dir(restored.disks.directory)
+                server.note_disk_dir(restored.disks.directory, discard)
             core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(
@@ -305,6 +307,8 @@ def restore(directory: str, name: str, disk_dir: str | None) -> None:
             )
         finally:
             restored.vm.close()
+            if discard:
+                restored.disks.discard()
             kept = restored.disks.finish()
             if kept is not None:
                 click.echo(f"pocket: the guest wrote to its disks; they are kept in {kept}", err=True)

@@ -109,12 +109,14 @@ def _reap(name: str) -> None:
     it never wrote (those it wrote stay, as after a normal exit)."""
     note = runtime_dir() / f"{name}{DISKS_SUFFIX}"
     try:
-        directory = Path(note.read_text().strip())
+        lines = note.read_text().splitlines()
     except OSError:
+        return
+    if not lines:
         return
     from pocketvm.snapshot.workdisks import reap
 
-    reap(directory)
+    reap(Path(lines[0]), written_too="discard" in lines[1:])
     try:
         note.unlink()
     except FileNotFoundError:
@@ -232,10 +234,11 @@ class ControlServer:
     def _disks_note(self) -> Path:
         return runtime_dir() / f"{self.name}{DISKS_SUFFIX}"
 
-    def note_disk_dir(self, directory: Path) -> None:
-        """Record where this VM's disk copies are, for cleaning up after a crash."""
+    def note_disk_dir(self, directory: Path, discard: bool = False) -> None:
+        """Record where this VM's disk copies are (and whether written ones go
+        too), for cleaning up after a crash."""
         tmp = self._disks_note.with_suffix(".tmp")
-        tmp.write_text(f"{directory}\n")
+        tmp.write_text(f"{directory}\n" + ("discard\n" if discard else ""))
         os.replace(tmp, self._disks_note)
 
     def __enter__(self) -> ControlServer:

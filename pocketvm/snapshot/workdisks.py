@@ -14,7 +14,8 @@ opened read-only.
 When the VM ends, nothing is lost and nothing is leaked: if the guest never
 wrote to its disks the copies are deleted (they equal the snapshot's); if it
 did, the directory is kept and its path printed, so the changes can be
-inspected or attached to another VM. A VM that is killed outright cannot
+inspected or attached to another VM; with `pocket restore --discard` they
+are deleted all the same (a throw-away VM leaves no trace). A VM that is killed outright cannot
 clean up; the next `pocket ls`, or the next VM to take its name, finds its
 dead control socket and applies the same rule (`reap`). A copy counts as written when its
 modification time moved: it is set to a fixed stamp right after the copy,
@@ -90,16 +91,17 @@ class WorkDisks:
         return None
 
 
-def reap(directory: Path) -> None:
+def reap(directory: Path, written_too: bool = False) -> None:
     """Clean up after a VM that died without finish(): delete the copies it
-    never wrote, and the directory if that leaves it empty."""
+    never wrote (all of them with `written_too`: a VM restored with
+    --discard), and the directory if that leaves it empty."""
     try:
         entries = list(directory.iterdir())
     except OSError:
         return
     for p in entries:
         try:
-            if p.suffix == ".raw" and p.is_file() and p.stat().st_mtime_ns == _STAMP_NS:
+            if p.suffix == ".raw" and p.is_file() and (written_too or p.stat().st_mtime_ns == _STAMP_NS):
                 p.unlink()
         except OSError:
             pass

@@ -172,3 +172,39 @@ def test_light_commands_do_not_load_numba_and_agree_on_defaults():
     probe = "import sys, pocketvm.cli, pocketvm.control; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_discard_throws_written_disk_copies_away(ticker_forever, tmp_path):
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    snap = tmp_path / "snap"
+    with Pocket("run", "--bios", "none", "--kernel", ticker_forever, "--name", "src", "--disk", disk) as p:
+        p.wait_for("round 0000000000000001", START)
+        assert pocket("snapshot", "src", snap, "--stop").returncode == 0
+        assert p.wait(30) == 0
+    copies = Path(os.environ["XDG_STATE_HOME"]) / "pocketvm" / "disks"
+
+    def restore_and_write(name: str, *extra: str) -> Pocket:
+        r = Pocket("restore", snap, "--name", name, *extra)
+        r.wait_for("round", START)
+        copy = copies / name / "disk0.raw"
+        os.utime(copy)  # what a guest write does to the copy: the ticker itself never writes
+        return r
+
+    # Without --discard the written copy is kept (and said so); with it, it is gone.
+    with restore_and_write("keep") as r:
+        r.send("q")
+        assert r.wait(30) == 0
+    assert "kept in" in r.err and (copies / "keep" / "disk0.raw").exists()
+    with restore_and_write("gone", "--discard") as r:
+        r.send("q")
+        assert r.wait(30) == 0
+    assert "kept in" not in r.err and not (copies / "gone").exists()
+    # Also when the VM is killed outright: the next `pocket ls` deletes it.
+    with restore_and_write("killed", "--discard") as r:
+        r.kill()
+    assert (copies / "killed" / "disk0.raw").exists()
+    assert ls() == []
+    assert not (copies / "killed").exists()
+    assert (copies / "keep" / "disk0.raw").exists()
