@@ -209,6 +209,9 @@ def start(idle_timeout: float | None = None, wait: float = 600.0) -> tuple[dict[
                   file=sys.stderr, flush=True)  # fmt: skip
             told = True
         if proc.poll() is not None:
+            info = request("ping", timeout=1.0)
+            if info is not None:  # another `launcher start` won the race
+                return info, False
             raise LauncherError(f"the launcher did not start: {_last_log_line()} (log: {log_path()})")
         info = request("ping", timeout=1.0)
         if info is not None and info.get("pid") == proc.pid:

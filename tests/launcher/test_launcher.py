@@ -183,6 +183,16 @@ def test_a_launcher_with_outdated_sources_steps_aside(launcher, ticker):
     wait_until(lambda: status() is None)  # it stopped itself rather than serve old code
 
 
+def test_starts_at_the_same_time_agree_on_one_launcher(runtime):
+    pocket("launcher", "stop")
+    starts = [subprocess.Popen(pocket_cmd("launcher", "start"), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    results = [(p.wait(600), p.stdout.read().decode(), p.stderr.read().decode()) for p in starts]
+    assert all(code == 0 for code, _, _ in results), results
+    pids = {int(re.search(r"pid (\d+)", out).group(1)) for _, out, _ in results}
+    assert pids == {status()["pid"]}
+    assert pocket("launcher", "stop").returncode == 0
+
+
 def test_start_twice_and_stop_twice(runtime):
     first = pocket("launcher", "start", timeout=600)
     again = pocket("launcher", "start", timeout=600)
