@@ -250,8 +250,10 @@ class Launcher:
             return "malformed command line"
         if not isinstance(req.get("env"), dict) or not isinstance(req.get("cwd"), str):
             return "malformed request"
-        if req.get("python") != sys.executable or req.get("prefix") != sys.prefix:
-            return f"another Python ({req.get('python')}); this launcher runs {sys.executable}"
+        python = req.get("python")
+        # .venv/bin/python and .venv/bin/python3 are one interpreter in one environment.
+        if not isinstance(python, str) or os.path.realpath(python) != os.path.realpath(sys.executable) or req.get("prefix") != sys.prefix:
+            return f"another Python ({python}); this launcher runs {sys.executable}"
         if frozen_env(req["env"]) != self.env:
             return "other NUMBA_/PYTHON settings in the environment"
         reason = _limits_reason(req)

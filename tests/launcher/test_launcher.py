@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import subprocess
+import sys
 
 import pytest
 from snaptools import Pocket, one_line_error, pocket_cmd
@@ -324,3 +325,13 @@ def test_malformed_requests_do_not_take_the_launcher_down(launcher):
     info = status()
     assert info is not None and info["pid"] == pid and info["running"] == []
     assert "internal error" not in (launcher / ".launcher.log").read_text()
+
+
+def test_the_pocket_script_and_python_m_pocketvm_share_a_launcher(launcher, ticker):
+    script = Path(sys.executable).parent / "pocket"  # its #! names python3, the launcher runs python
+    if not script.exists():
+        pytest.skip("no pocket script next to this Python")
+    before = launched()
+    run = subprocess.run([str(script), "run", "--bios", "none", "--kernel", str(ticker)], capture_output=True, timeout=120)
+    assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40, run.stderr
+    assert launched() == before + 1
