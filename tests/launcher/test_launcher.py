@@ -9,11 +9,10 @@ import os
 import re
 import resource
 import signal
-import time
-from pathlib import Path
-
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from snaptools import Pocket, one_line_error, pocket_cmd
@@ -26,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def pocket(*args: object, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        pocket_cmd(*map(str, args)), env={**os.environ, **(env or {})}, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+        pocket_cmd(*map(str, args)),
+        env={**os.environ, **(env or {})}, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def status() -> dict | None:
