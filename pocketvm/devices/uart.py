@@ -58,6 +58,12 @@ MSR_DSR = 0x20
 MSR_RI = 0x40
 MSR_DCD = 0x80
 
+# A 16550A's receive FIFO. Host input is kept whatever its length, but a byte
+# the guest loops back to itself is lost when this many are waiting, as on
+# the real part: otherwise a guest transmitting in loopback mode would grow
+# host memory without end.
+RX_FIFO_SIZE = 16
+
 # Compact the input buffer once this many consumed bytes sit at its front;
 # popping from the front of a bytearray one byte at a time would be O(n^2).
 _COMPACT_AT = 4096
@@ -166,7 +172,10 @@ class Uart16550:
 
     def _transmit(self, byte: int) -> None:
         if self.mcr & MCR_LOOP:
-            self._rx.append(byte)
+            if len(self._rx) - self._rx_pos < RX_FIFO_SIZE:
+                self._rx.append(byte)
+            else:
+                guest_error(log, "uart: loopback byte lost, receive FIFO full", level=logging.DEBUG)
         else:
             self.output(bytes((byte,)))
         # The byte leaves at once, so THR is empty again: re-arm THRE.
