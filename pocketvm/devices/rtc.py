@@ -39,6 +39,11 @@ class GoldfishRtc:
         self.irq = irq
         self.clock = clock
         self.offset = 0  # guest time - host time, in ns
+        self.reset()
+
+    def reset(self) -> None:
+        """A machine reset disarms the alarm and quiets the interrupt, as on
+        QEMU; the clock keeps the time the guest set, like a battery-backed one."""
         self.time_high = 0  # latched by a TIME_LOW read
         self.set_high = 0  # staged high half for a guest time write
         self.alarm_high = 0  # staged high half of the next alarm
@@ -46,6 +51,7 @@ class GoldfishRtc:
         self.alarm_running = False
         self.irq_enabled = False
         self.irq_pending = False
+        self._update_irq()
 
     def now(self, host_ns: int | None = None) -> int:
         """Guest time in ns, from the host clock (or the host time given)."""

@@ -3,8 +3,12 @@ its review found, each built to fail on the device as it was before the fix."""
 
 from __future__ import annotations
 
+from virtio_guest import Wire
+
+from pocketvm.devices import rtc as r
 from pocketvm.devices import uart as u
 from pocketvm.devices.base import IrqLine
+from pocketvm.devices.rtc import GoldfishRtc
 from pocketvm.devices.uart import Uart16550
 
 
@@ -28,3 +32,26 @@ def test_uart_host_input_is_still_never_dropped(irq: IrqLine) -> None:
     while uart.read(u.LSR, 1) & u.LSR_DR:
         received.append(uart.read(u.RBR_THR_DLL, 1))
     assert received == list(range(200))
+
+
+def test_rtc_reset_disarms_the_alarm_and_lowers_its_interrupt(wire: Wire) -> None:
+    # Before: the RTC had no reset, so after a guest reboot the new kernel
+    # found the old alarm armed and its interrupt asserted.
+    host = [10**18]
+    rtc = GoldfishRtc(IrqLine(wire, 11), clock=lambda: host[0])
+    guest_time = 5 * 10**18
+    rtc.write(r.TIME_LOW, 8, guest_time)
+    rtc.write(r.IRQ_ENABLED, 4, 1)
+    rtc.write(r.ALARM_LOW, 8, guest_time - 1)  # in the past: fires at once
+    rtc.write(r.ALARM_LOW, 8, guest_time + 10**9)  # and the next one armed
+    assert wire.history[-1] is True and rtc.read(r.ALARM_STATUS, 4) == 1
+
+    rtc.reset()
+    assert wire.history[-1] is False
+    assert rtc.read(r.ALARM_STATUS, 4) == 0 and rtc.read(r.IRQ_ENABLED, 4) == 0
+    assert rtc.next_deadline() is None
+    assert rtc.read(r.TIME_LOW, 8) == guest_time  # the clock keeps the guest's time
+    host[0] += 2 * 10**9
+    rtc.poll()
+    rtc.write(r.IRQ_ENABLED, 4, 1)
+    assert wire.history[-1] is False
