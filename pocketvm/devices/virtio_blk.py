@@ -20,6 +20,7 @@ from pocketvm.backends.disk import SECTOR_SIZE, DiskError, DiskImage
 from pocketvm.devices import virtio as v
 from pocketvm.devices.guestlog import guest_error
 from pocketvm.devices.virtqueue import Chain
+from pocketvm.memory import GuestRAM
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class VirtioBlk(v.VirtioDevice):
                 n = min(data_in, ID_BYTES)
                 written += chain.write(ram, 0, self.serial.ljust(ID_BYTES, b"\0")[:n])
             elif rtype in (T_DISCARD, T_WRITE_ZEROES):
-                self._discard_or_zero(rtype, chain.read(ram, _HEADER.size, data_out))
+                self._discard_or_zero(rtype, ram, chain, data_out)
             else:
                 raise _RequestError(S_UNSUPP, f"unsupported request type {rtype}")
             status = S_OK
@@ -183,16 +184,20 @@ class VirtioBlk(v.VirtioDevice):
         if sector * SECTOR_SIZE + length > self.disk.size:
             raise _RequestError(S_IOERR, f"sectors {sector}+{length // SECTOR_SIZE} beyond capacity {self.disk.sectors}")
 
-    def _discard_or_zero(self, rtype: int, payload: bytes) -> None:
+    def _discard_or_zero(self, rtype: int, ram: GuestRAM, chain: Chain, length: int) -> None:
+        """`length` bytes of ranges follow the header in `chain`."""
         discard = rtype == T_DISCARD
         if self.disk.readonly:
             raise _RequestError(S_IOERR, "discard or write-zeroes on a read-only disk")
         if discard and not self.disk.supports_discard:
             raise _RequestError(S_UNSUPP, "discard not supported by this image")
-        if not payload or len(payload) % _RANGE.size:
-            raise _RequestError(S_IOERR, f"bad discard/write-zeroes payload of {len(payload)} bytes")
-        if len(payload) // _RANGE.size > MAX_DISCARD_SEG:
+        # Checked before anything is copied: descriptors may all alias the
+        # same RAM, so a chain can claim far more bytes than the host has.
+        if not length or length % _RANGE.size:
+            raise _RequestError(S_IOERR, f"bad discard/write-zeroes payload of {length} bytes")
+        if length // _RANGE.size > MAX_DISCARD_SEG:
             raise _RequestError(S_UNSUPP, "too many discard/write-zeroes segments")
+        payload = chain.read(ram, _HEADER.size, length)
         ranges = [_RANGE.unpack_from(payload, i) for i in range(0, len(payload), _RANGE.size)]
         for sector, count, flags in ranges:
             if flags & ~FLAG_UNMAP or (discard and flags & FLAG_UNMAP):

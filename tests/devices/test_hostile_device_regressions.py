@@ -3,13 +3,21 @@ its review found, each built to fail on the device as it was before the fix."""
 
 from __future__ import annotations
 
-from virtio_guest import Wire
+import struct
+import tracemalloc
 
+from virtio_guest import GuestDriver, Wire
+
+from pocketvm.backends.disk import DiskImage
 from pocketvm.devices import rtc as r
 from pocketvm.devices import uart as u
+from pocketvm.devices import virtio_blk as b
 from pocketvm.devices.base import IrqLine
 from pocketvm.devices.rtc import GoldfishRtc
 from pocketvm.devices.uart import Uart16550
+from pocketvm.devices.virtio_blk import VirtioBlk
+from pocketvm.devices.virtio_mmio import VirtioMmio
+from pocketvm.memory import RAM_BASE, GuestRAM
 
 
 def test_uart_loopback_keeps_a_fifo_of_bytes_not_all_of_them(irq: IrqLine) -> None:
@@ -55,3 +63,27 @@ def test_rtc_reset_disarms_the_alarm_and_lowers_its_interrupt(wire: Wire) -> Non
     rtc.poll()
     rtc.write(r.IRQ_ENABLED, 4, 1)
     assert wire.history[-1] is False
+
+
+def test_discard_payload_is_size_checked_before_it_is_copied(tmp_path, ram: GuestRAM) -> None:
+    # Before: the whole device-readable part of the chain was copied first.
+    # Descriptors may all alias the same RAM, so 100 of them claim 100 times
+    # RAM; with indirect tables a guest made the host allocate terabytes.
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(64 * 1024))
+    with DiskImage(path) as disk:
+        drv = GuestDriver(VirtioMmio(ram, IrqLine(), VirtioBlk(disk)), ram, qsize=128)
+        drv.start()
+        header = drv.alloc(struct.pack("<IIQ", b.T_WRITE_ZEROES, 0, 0))
+        status = drv.alloc(b"\xee")
+        everything = [(RAM_BASE, ram.size, False)] * 100
+        drv.post_chain([(header, 16, False), *everything, (status, 1, True)])
+        tracemalloc.start()
+        try:
+            drv.notify()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert drv.used() == [(0, 1)]
+    assert ram.read(status, 1) == bytes([b.S_UNSUPP])  # more ranges than max_discard_seg
+    assert peak < ram.size
