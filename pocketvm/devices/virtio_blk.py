@@ -125,7 +125,7 @@ class VirtioBlk(v.VirtioDevice):
         assert self.transport is not None
         queue = self.transport.queues[q]
         done = False
-        while (chain := queue.pop()) is not None:
+        for chain in queue.pop_available():
             queue.push(chain.head, self._handle(chain))
             done = True
         if done:

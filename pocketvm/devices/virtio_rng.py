@@ -29,7 +29,7 @@ class VirtioRng(v.VirtioDevice):
         assert self.transport is not None
         queue = self.transport.queues[q]
         done = False
-        while (chain := queue.pop()) is not None:
+        for chain in queue.pop_available():
             queue.push(chain.head, self._fill(chain))
             done = True
         if done:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,22 @@ class VirtQueue:
         if chain.error:
             guest_error(log, "virtqueue %d: malformed chain at head %d: %s", self.index, head, chain.error)
         return chain
+
+    def pop_available(self) -> Iterator[Chain]:
+        """The chains available now, at most a queue's worth.
+
+        A driver cannot have more outstanding than the queue holds. More can
+        only appear while they are served if the device's own writes land
+        on the available ring (a disk read into it, say): then each request
+        can make the next one available, and as requests are served
+        synchronously the monitor would never get back to the guest or to
+        anything else. Those wait for the next notification.
+        """
+        for _ in range(self.num):
+            chain = self.pop()
+            if chain is None:
+                return
+            yield chain
 
     def _desc(self, table: int, idx: int) -> tuple[int, int, int, int]:
         return _DESC.unpack_from(self.ram.view(table + 16 * idx, 16))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import struct
 import tracemalloc
 
-from virtio_guest import GuestDriver, Wire
+from virtio_guest import NEXT, WRITE, GuestDriver, Wire
 
-from pocketvm.backends.disk import DiskImage
+from pocketvm.backends.disk import SECTOR_SIZE, DiskImage
 from pocketvm.devices import rtc as r
 from pocketvm.devices import uart as u
 from pocketvm.devices import virtio_blk as b
@@ -87,3 +87,35 @@ def test_discard_payload_is_size_checked_before_it_is_copied(tmp_path, ram: Gues
     assert drv.used() == [(0, 1)]
     assert ram.read(status, 1) == bytes([b.S_UNSUPP])  # more ranges than max_discard_seg
     assert peak < ram.size
+
+
+def test_a_notification_serves_at_most_a_queue_of_requests(tmp_path, ram: GuestRAM) -> None:
+    # Each request reads a sector over its own available ring and header:
+    # the read makes one more request available and points it at the next
+    # sector. Before: one QUEUE_NOTIFY store served them all in a row (with
+    # 65536 such sectors, forever), never returning to the guest or the run loop.
+    qsize, chained = 16, 200
+    readbuf = GuestDriver.AVAIL  # the sector lands on the available ring...
+    header = readbuf + 0x100  # ...and on the request's own header
+    sectors = []
+    for k in range(chained):
+        sector = bytearray(SECTOR_SIZE)
+        struct.pack_into("<HH", sector, 0, 0, k + 2)  # avail flags, idx: one more available
+        struct.pack_into("<IIQ", sector, header - readbuf, b.T_IN, 0, k + 1)  # ring entries stay 0
+        sectors.append(bytes(sector))
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"".join(sectors) + bytes(64 * SECTOR_SIZE))
+    with DiskImage(path) as disk:
+        drv = GuestDriver(VirtioMmio(ram, IrqLine(), VirtioBlk(disk)), ram, qsize=qsize)
+        drv.start()
+        status = drv.alloc(1)
+        ram.write(header, struct.pack("<IIQ", b.T_IN, 0, 0))
+        drv.write_desc(0, header, 16, NEXT, 1)
+        drv.write_desc(1, readbuf, SECTOR_SIZE, WRITE | NEXT, 2)
+        drv.write_desc(2, status, 1, WRITE, 0)
+        drv.make_available(0)
+        drv.notify()
+        assert len(drv.used()) == qsize
+        drv.notify()  # the rest were left waiting, not dropped
+        assert len(drv.used()) == qsize
+    assert ram.read(status, 1) == bytes([b.S_OK])
