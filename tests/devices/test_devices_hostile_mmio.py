@@ -18,6 +18,7 @@ round trip, and the machine still works after a reset.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import mmap
 import random
@@ -428,10 +429,12 @@ def vm(
     monkeypatch.setattr(virtio_rng, "os", SimpleNamespace(urandom=entropy.randbytes))
     rw, ro = images
     config = VMConfig(
-        memory=MEMORY, cpus=CPUS, kernel=program, bios=None, rng=True,
+        memory=MEMORY, cpus=CPUS, kernel=program, bios=None, rng=True, deterministic=True,
         disks=[DiskSpec(rw), DiskSpec(ro, readonly=True)],
     )
     machine = VirtualMachine(config, CapturedConsole(), ram_backing=backing)
+    # Wall-clock time that moves 1 ms per look, so alarms fire at the same points in every run.
+    machine.rtc.clock = itertools.count(1_700_000_000 * 10**9, 10**6).__next__
     yield machine
     machine.close()
 
