@@ -28,6 +28,7 @@ from pocketvm.cpu import state as S
 from pocketvm.cpu.hart import Hart
 from pocketvm.devices.base import IrqLine
 from pocketvm.devices.clint import Clint
+from pocketvm.devices.guestlog import guest_error
 from pocketvm.devices.plic import Plic, hart_irq_setter
 from pocketvm.devices.rtc import GoldfishRtc
 from pocketvm.devices.testdev import TestDevice
@@ -409,7 +410,7 @@ class VirtualMachine:
         found = bus.find(addr)
         store = reason == S.EXIT_MMIO_STORE
         if found is None:
-            log.warning("hart %d: %s at %#x hits no device", hart.id, "store" if store else "load", addr)
+            guest_error(log, "hart %d: %s at %#x hits no device", hart.id, "store" if store else "load", addr)
             hart.raise_access_fault(store)
             return
         dev, offset = found
