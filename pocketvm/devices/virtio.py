@@ -10,12 +10,14 @@ calls back through `self.transport` (`queues`, `ram`, `notify_used(q)`,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pocketvm.devices.guestlog import guest_error
 
 if TYPE_CHECKING:
     from pocketvm.devices.virtio_mmio import VirtioMmio
+    from pocketvm.devices.virtqueue import Chain
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,19 @@ class VirtioDevice:
 
     def queue_notify(self, q: int) -> None:
         """The driver made buffers available in queue `q` (already checked to exist and be ready)."""
+
+    def serve_queue(self, q: int, handle: Callable[[Chain], int]) -> None:
+        """Answer the requests available in queue `q` (at most a queue's worth,
+        see `VirtQueue.pop_available`), each with `handle`, which returns the
+        byte count for the used ring; then interrupt the driver once."""
+        assert self.transport is not None
+        queue = self.transport.queues[q]
+        done = False
+        for chain in queue.pop_available():
+            queue.push(chain.head, handle(chain))
+            done = True
+        if done:
+            self.transport.notify_used(q)
 
     def reset(self) -> None:
         """The driver reset the device; forget any in-flight state."""

@@ -122,14 +122,7 @@ class VirtioBlk(v.VirtioDevice):
     # --- requests -------------------------------------------------------------------
 
     def queue_notify(self, q: int) -> None:
-        assert self.transport is not None
-        queue = self.transport.queues[q]
-        done = False
-        for chain in queue.pop_available():
-            queue.push(chain.head, self._handle(chain))
-            done = True
-        if done:
-            self.transport.notify_used(q)
+        self.serve_queue(q, self._handle)
 
     def _handle(self, chain: Chain) -> int:
         """Carry out one request; returns the byte count for the used ring."""

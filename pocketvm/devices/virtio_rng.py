@@ -26,14 +26,7 @@ class VirtioRng(v.VirtioDevice):
     queue_num_max = 64
 
     def queue_notify(self, q: int) -> None:
-        assert self.transport is not None
-        queue = self.transport.queues[q]
-        done = False
-        for chain in queue.pop_available():
-            queue.push(chain.head, self._fill(chain))
-            done = True
-        if done:
-            self.transport.notify_used(q)
+        self.serve_queue(q, self._fill)
 
     def _fill(self, chain: Chain) -> int:
         assert self.transport is not None
