@@ -153,3 +153,28 @@ def test_restores_through_the_launcher_answer_and_are_isolated(saved, tmp_path):
         pocket("launcher", "stop")
     cat = subprocess.run(["debugfs", "-R", "cat /marker", str(tmp_path / "a" / "disk0.raw")], capture_output=True)
     assert cat.stdout == b"disk-from-a\n"
+
+
+def test_a_two_hart_guest_continues_on_both_harts(tmp_path):
+    """Every hart's state, its timer and pending IPIs are in the snapshot:
+    a counter loop pinned to each hart goes on after the restore."""
+    snap = tmp_path / "smp"
+    with Pocket("run", "--cpus", "2", "--name", "smp") as vm:
+        vm.wait_for(PROMPT, BOOT)
+        vm.send("(i=0; while true; do i=$((i+1)); echo H0-$i-K; sleep 1; done) &\n")
+        vm.send("taskset 2 sh -c 'i=0; while true; do i=$((i+1)); echo H1-$i-K; sleep 1; done' &\n")
+        vm.wait_for("H1-2-K", 60)
+        run = pocket("snapshot", "smp", snap, "--stop", timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert vm.wait(60) == 0
+        before = {h: max(map(int, re.findall(rf"H{h}-(\d+)-K", vm.out))) for h in (0, 1)}
+    with Pocket("restore", snap, "--name", "smp-back", "--discard") as vm:
+        for h in (0, 1):
+            vm.wait_for(f"H{h}-{before[h] + 3}-K", 60)
+        out = _cmd(vm, "taskset 2 sh -c 'echo ON-$(cat /sys/devices/system/cpu/online)-CPU1-$((3+3))='", "CPU1-6=", RESTORE)
+        assert "ON-0-1-CPU1-6=" in out
+        for h in (0, 1):
+            got = [int(n) for n in re.findall(rf"H{h}-(\d+)-K", vm.out)]
+            assert got[0] == before[h] + 1 and got == list(range(got[0], got[0] + len(got))), (h, got)
+        vm.send("poweroff\n")
+        assert vm.wait(120) == 0, vm.err
