@@ -178,13 +178,15 @@ class VirtioNet(v.VirtioDevice):
                 self._backend_more = False
                 return
             if len(frame) > MAX_FRAME:
-                log.warning("virtio-net: backend produced a frame of %d bytes; dropped", len(frame))
+                # Rate-limited: what the backend relays may come from anyone on the network.
+                guest_error(log, "virtio-net: backend produced a frame of %d bytes; dropped", len(frame))
                 self.stats["rx_dropped"] += 1
                 continue
             if len(self._held) >= HELD_MAX:
+                # Counted, not logged: a guest that does not read would
+                # otherwise use up the log budget meant for its real mistakes.
                 self._held.popleft()
                 self.stats["rx_dropped"] += 1
-                guest_error(log, "virtio-net: no receive buffers; oldest frame dropped", level=logging.DEBUG)
             self._held.append(frame)
         self._backend_more = True
 

@@ -260,6 +260,14 @@ def test_oversized_frame_is_dropped_not_truncated(nic):
     assert nic.net.stats == {"tx_frames": 0, "rx_frames": 1, "rx_dropped": 1, "tx_dropped": 0}
 
 
+def test_backend_frame_beyond_ethernet_size_is_not_held(nic):
+    nic.start()
+    nic.backend.arrive(bytes(65536), frame(22))
+    nic.net.deliver()
+    assert nic.net.held_frames == 1
+    assert nic.net.stats["rx_dropped"] == 1
+
+
 def test_readable_rx_buffer_is_returned_and_the_frame_kept(nic):
     nic.start()
     ro = nic.rx.alloc(RX_BUF)
