@@ -246,14 +246,14 @@ class UserNet:
                     self._warn("user network: wake callback failed")
 
     def _drain_kicks(self) -> None:
-        # Cleared before the inbox is drained, so a frame queued after this
-        # point kicks again.
-        self._kicked = False
         try:
             while self._kick_r.recv(4096):
                 pass
         except OSError:
             pass
+        # Only now, with no wake-up byte left, may the next send() write one;
+        # frames queued before this point are drained from the inbox next.
+        self._kicked = False
 
     def _run_timers(self) -> None:
         now = self.now

@@ -289,6 +289,8 @@ class GuestTcp:
     fin: bool = False
     rst: bool = False
     drop: int = 0  # incoming data segments to lose, as a full receive ring would
+    drop_fin: int = 0  # incoming FIN segments to lose
+    fin_segments: list[int] = field(default_factory=list)  # seq of every FIN seen
     data_segments: list[tuple[int, int]] = field(default_factory=list)  # (seq, length) of every one seen
     beyond_window: int = 0  # data the backend sent past the window this end advertised
     right_edge: int = 0
@@ -348,6 +350,11 @@ class GuestTcp:
                 self.snd_una = seg.ack
             self.peer_wnd = seg.window
         length = len(seg.payload) + (1 if seg.flags & FIN else 0)
+        if seg.flags & FIN:
+            self.fin_segments.append(seg.seq)
+            if self.drop_fin:
+                self.drop_fin -= 1
+                return
         if seg.payload:
             self.data_segments.append((seg.seq, len(seg.payload)))
             end = (seg.seq + len(seg.payload)) & 0xFFFFFFFF
