@@ -102,11 +102,11 @@ def arp_request(target: str, sender: str = GUEST_IP, sender_mac: bytes = GUEST_M
 
 
 def dhcp_frame(msg_type: int, xid: int, options: bytes = b"", flags: int = 0, ciaddr: str = "0.0.0.0",
-               src: str = "0.0.0.0", dst: str = "255.255.255.255") -> bytes:
+               src: str = "0.0.0.0", dst: str = "255.255.255.255", end: bool = True) -> bytes:
     bootp = struct.pack(
         "!BBBBIHH4s4s4s4s16s64s128sI", 1, 1, 6, 0, xid, 0, flags, aton(ciaddr), bytes(4), bytes(4), bytes(4),
         GUEST_MAC + bytes(10), bytes(64), bytes(128), 0x63825363,
-    ) + bytes((53, 1, msg_type)) + options + b"\xff"
+    ) + bytes((53, 1, msg_type)) + options + (b"\xff" if end else b"")
     dst_mac = BCAST_MAC if dst == "255.255.255.255" else GW_MAC
     return udp_frame(dst, 68, 67, bootp, src=src, dst_mac=dst_mac)
 

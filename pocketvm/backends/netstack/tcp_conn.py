@@ -331,8 +331,10 @@ class TcpConn:
         length = len(payload) + fin
         offset = seq_diff(self.rcv_nxt, seg.seq)  # bytes of it we already have
         if length == 0:
-            if offset > 0:
-                self._want_ack()  # a window probe
+            if offset != 0:
+                # A window probe, or the guest is ahead of what we took
+                # (RFC 9293: an unacceptable segment is answered with an ACK).
+                self._want_ack()
             return
         if self.guest_fin or offset < 0 or offset >= length:
             # A repeat, or beyond a gap (out-of-order segments are not kept):
