@@ -46,6 +46,8 @@ ZERO_IP = bytes(4)
 GATEWAY_MAC = bytes.fromhex("52550a000202")
 LEASE_SECONDS = 86400
 MTU = 1500
+# The largest IPv4 packet behind an Ethernet header; anything longer is no frame a NIC sends.
+MAX_FRAME = 14 + 65535
 
 _NET_PREFIX = GATEWAY_IP[:3]
 _SERVICES = (GATEWAY_IP, DNS_IP)
@@ -144,7 +146,7 @@ class UserNet:
     def send(self, frame: bytes) -> None:
         if self._closed:
             return
-        if len(self._inbox) >= self.max_queued_frames:
+        if len(self._inbox) >= self.max_queued_frames or len(frame) > MAX_FRAME:
             self._dropped_in += 1
             return
         self._inbox.append(bytes(frame))
@@ -400,7 +402,7 @@ class UserNet:
         datagram = udp.parse(packet.src, packet.dst, packet.payload)
         if datagram is None:
             return
-        if datagram.dst_port == dhcp.SERVER_PORT and packet.dst in (LIMITED_BROADCAST, GATEWAY_IP):
+        if datagram.dst_port == dhcp.SERVER_PORT and packet.dst in (LIMITED_BROADCAST, BROADCAST_IP, GATEWAY_IP):
             self._on_dhcp(datagram)
             return
         if packet.src == ZERO_IP:

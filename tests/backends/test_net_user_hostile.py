@@ -185,9 +185,10 @@ def test_queues_toward_and_from_the_guest_are_bounded():
     net.max_queued_frames = 100
     try:
         ping = icmp_echo(GW_IP, 1, 1, b"x")
+        net.send(bytes(14 + 65536))  # longer than any frame can be
         for _ in range(250):  # not attached yet: nothing drains the inbox
             net.send(ping)
-        assert net.counts()["inbox"] == 100 and net.counts()["dropped_in"] == 150
+        assert net.counts()["inbox"] == 100 and net.counts()["dropped_in"] == 151
         woken = threading.Event()
         net.attach(woken.set)  # a guest that never takes its frames
         wait_for(lambda: net.counts()["inbox"] == 0)
