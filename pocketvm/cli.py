@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from pocketvm.machine import DiskSpec, VMConfig
+    from pocketvm.machine import DiskSpec, NicSpec, VMConfig
 
 # cryptomgr.notests: the Debian kernel self-tests every crypto algorithm it
 # registers, ~40% of its boot time at emulated speed (6.6 s -> 4.0 s to a
@@ -106,6 +106,24 @@ def _parse_disk(text: str) -> DiskSpec:
     return DiskSpec(Path(path), readonly)
 
 
+def _parse_nic(text: str) -> NicSpec:
+    """`user` or `user,hostfwd=tcp::HOSTPORT-:GUESTPORT[,hostfwd=...]` (QEMU's spelling)."""
+    import re
+
+    from pocketvm.machine import NicSpec, VMError
+
+    kind, *opts = text.split(",")
+    if kind != "user":
+        raise VMError(f"--nic {text!r}: unknown network kind {kind!r} (supported: user)")
+    spec = NicSpec(kind)
+    for opt in opts:
+        m = re.fullmatch(r"hostfwd=tcp:(?:127\.0\.0\.1)?:(\d{1,5})-(?:10\.0\.2\.15)?:(\d{1,5})", opt)
+        if m is None or not all(0 < int(p) < 65536 for p in m.groups()):
+            raise VMError(f"--nic {text!r}: bad option {opt!r} (use hostfwd=tcp::HOSTPORT-:GUESTPORT)")
+        spec.forwards.append(("tcp", int(m.group(1)), int(m.group(2))))
+    return spec
+
+
 def _existing_file(path: Path, what: str) -> Path:
     from pocketvm.machine import VMError
 
@@ -126,11 +144,13 @@ def build_config(
     disks: tuple[str, ...],
     name: str = "",
     mirror: str | None = None,
+    nics: tuple[str, ...] = (),
 ) -> VMConfig:
     from pocketvm.machine import VMConfig, VMError, parse_memory
 
     mem = parse_memory(memory)
     disk_specs = [_parse_disk(d) for d in disks]
+    nic_specs = [_parse_nic(n) for n in nics]
     for d in disk_specs:
         _existing_file(d.path, "disk")
     bare_metal = bios is not None and bios.lower() == "none"
@@ -170,6 +190,7 @@ def build_config(
         bios=bios_path,
         append=append if append is not None else DEFAULT_APPEND,
         disks=disk_specs,
+        nics=nic_specs,
         name=name,
     )
 
@@ -182,6 +203,7 @@ def build_config(
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
 @click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a raw disk image as virtio-blk (repeatable; ',ro' = read-only).")
+@click.option("--nic", "nics", multiple=True, metavar="user[,hostfwd=tcp::HOST-:GUEST]", help="Attach a virtio network interface (repeatable). 'user': NAT behind the host, no privileges; the guest is 10.0.2.15 (DHCP), the host 10.0.2.2. hostfwd forwards a TCP port of the host's 127.0.0.1 to the guest.")
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
@@ -193,6 +215,7 @@ def run(
     bios: str | None,
     append: str | None,
     disks: tuple[str, ...],
+    nics: tuple[str, ...],
     name: str,
     mirror: str | None,
     deterministic: bool,
@@ -204,7 +227,7 @@ def run(
     A guest poweroff exits with status 0; a guest panic or failure exits non-zero.
     While it runs, `pocket snapshot NAME DIR` saves it and `pocket ls` lists it.
     """
-    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror)
+    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror, nics)
     config.deterministic = deterministic
     sys.exit(run_vm(config))
 

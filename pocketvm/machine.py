@@ -56,6 +56,21 @@ class DiskSpec:
 
 
 @dataclass
+class NicSpec:
+    """A virtio network interface and what it is connected to."""
+
+    kind: str = "user"  # user-mode NAT: 10.0.2.15 behind the host, like QEMU's -nic user
+    forwards: list[tuple[str, int, int]] = field(default_factory=list)  # (proto, host port, guest port)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "forwards": [list(f) for f in self.forwards]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NicSpec:
+        return cls(str(d["kind"]), [(str(p), int(h), int(g)) for p, h, g in d.get("forwards", [])])
+
+
+@dataclass
 class VMConfig:
     memory: int = DEFAULT_MEMORY
     cpus: int = 1
@@ -64,6 +79,7 @@ class VMConfig:
     bios: Path | None = None  # None: bare metal, the kernel is started in M-mode
     append: str = ""
     disks: list[DiskSpec] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)
     rng: bool = True
     deterministic: bool = False
     name: str = ""
@@ -131,6 +147,8 @@ class VirtualMachine:
         self._calls_lock = threading.Lock()  # only between submit() and the end of run()
         self._stop_status: ExitStatus | None = None
         self._ended = False
+        # Set by whatever has news for an idle VM: console input, network frames.
+        self.io_event: threading.Event = getattr(console, "event", None) or threading.Event()
         self._build_devices()
 
     # --- board ---------------------------------------------------------------
@@ -154,6 +172,10 @@ class VirtualMachine:
         backends: list[Any] = []
         for spec in cfg.disks:
             backends.append(self._make_disk(spec))
+        self.nics: list[Any] = []
+        for i, nic in enumerate(cfg.nics):
+            self.nics.append(self._make_nic(i, nic))
+        backends += self.nics
         if cfg.rng:
             from pocketvm.devices.virtio_rng import VirtioRng
 
@@ -166,6 +188,22 @@ class VirtualMachine:
             self.virtio.append(transport)
             self.bus.add(mm.VIRTIO_BASE + slot * mm.VIRTIO_STRIDE, mm.VIRTIO_STRIDE, transport)
         self.virtio_slots = list(range(len(backends)))
+
+    def _make_nic(self, index: int, spec: NicSpec) -> Any:
+        from pocketvm.devices.virtio_net import VirtioNet, default_mac
+
+        if spec.kind != "user":
+            raise VMError(f"unknown network kind {spec.kind!r} (supported: user)")
+        from pocketvm.backends.net_user import UserNet
+
+        try:
+            backend = UserNet(host_forwards=spec.forwards)
+        except OSError as e:
+            raise VMError(f"network interface {index}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise VMError(f"network interface {index}: {e}") from None
+        backend.attach(self._wake_io)
+        return VirtioNet(backend, default_mac(index))
 
     def _make_disk(self, spec: DiskSpec) -> Any:
         from pocketvm.backends.disk import DiskError, DiskImage
@@ -358,6 +396,8 @@ class VirtualMachine:
             if max_instructions is not None and executed >= max_instructions:
                 return ExitStatus(124, "limit", f"instruction limit of {max_instructions} reached")
             self._pump_input()
+            for nic in self.nics:
+                nic.deliver()
             self.rtc.poll()
             # Input just fed or an RTC alarm may have raised an interrupt
             # that wakes a hart: then there is no reason to sleep.
@@ -386,19 +426,24 @@ class VirtualMachine:
         timeout = min(timeout, 0.05)
         if timeout <= 0:
             return
-        event = getattr(self.console, "event", None)
         # The event says "something arrived since it was cleared". Input the
         # guest does not read yet, or the end of stdin, would leave it set
         # and turn every idle wait into a busy loop: clear it first, then
         # look, then wait.
-        if event is not None:
-            event.clear()
+        self.io_event.clear()
         if self.console.quit_requested or self._input_deliverable():
             return
-        if event is not None:
-            event.wait(timeout)
-        else:
-            time.sleep(timeout)
+        if self.nics:
+            from pocketvm.cpu.trap import current_mip
+
+            for nic in self.nics:  # frames that arrived before the clear
+                nic.deliver()
+            if self._interrupt_wakes_a_hart(current_mip) or any(n.wants_attention() for n in self.nics):
+                return
+        self.io_event.wait(timeout)
+
+    def _wake_io(self) -> None:
+        self.io_event.set()
 
     def _input_deliverable(self) -> bool:
         return self.uart.wants_input() and self.console.has_input() and self._guest_reads_console()
@@ -449,6 +494,8 @@ class VirtualMachine:
     def close(self) -> None:
         for d in self.disks:
             d.close()
+        for nic in self.nics:
+            nic.backend.close()
 
 
 def load_cpu_core() -> None:

@@ -78,6 +78,14 @@ load {mods("base")}
 has_virtio 0x0002 && load {mods("disk")}
 has_virtio 0x0001 && load {mods("net")}
 [ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
+ip link set lo up
+# Every network interface asks for an address (pocketvm's user network
+# answers at once; a network without DHCP costs two seconds).
+for dev in /sys/class/net/eth*; do
+    [ -e "$dev" ] || continue
+    udhcpc -i "${{dev##*/}}" -q -n -t 2 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1 ||
+        echo "pocketvm: no DHCP answer on ${{dev##*/}}"
+done
 
 # BusyBox's poweroff/reboot/halt applets (which its ash runs directly,
 # whatever PATH says) ask PID 1 by signal: USR2, TERM, USR1. Honour them.
@@ -97,6 +105,26 @@ shell=$!
 while kill -0 $shell 2>/dev/null; do wait $shell; done
 power poweroff
 while :; do /bin/busybox sleep 3600; done
+"""
+
+
+# What BusyBox's udhcpc runs on a lease: configure the interface, the
+# default route and the resolver from the variables it sets.
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    ip link set "$interface" up
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+esac
 """
 
 
@@ -141,6 +169,7 @@ def build_initramfs(
     w.add_file("etc/hostname", f"{HOSTNAME}\n".encode())
     w.add_file("etc/profile", _profile().encode())
     w.add_symlink("etc/mtab", "/proc/mounts")
+    w.add_file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
 
     moddir = f"lib/modules/{kernel_release}"
     w.add_dir(moddir)

@@ -167,6 +167,22 @@ def _safe_name(name: str) -> bool:
     return bool(name) and name == os.path.basename(name) and name not in (".", "..")
 
 
+def _valid_nics(nics: Any) -> bool:
+    """A list of {"kind": str, "forwards": [[proto, host port, guest port], ...]}."""
+
+    def forward(f: Any) -> bool:
+        return (
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
+            and all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in f[1:])
+        )  # fmt: skip
+
+    return isinstance(nics, list) and all(
+        isinstance(n, dict) and isinstance(n.get("kind"), str)
+        and isinstance(n.get("forwards", []), list) and all(map(forward, n.get("forwards", [])))
+        for n in nics
+    )  # fmt: skip
+
+
 def parse_manifest(data: bytes, where: str) -> Manifest:
     """Validate a manifest; SnapshotError with a one-line reason otherwise."""
     try:
@@ -196,6 +212,8 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         for key in ("kernel", "initrd", "bios"):
             if key not in vm or not (vm[key] is None or isinstance(vm[key], str)):
                 raise _Invalid(f"vm.{key} is missing or has the wrong type")
+        if not _valid_nics(vm.get("nics", [])):
+            raise _Invalid("vm.nics has the wrong shape")
         cpu = _get(obj, "cpu", dict, "")
         ram = _get(obj, "ram", dict, "")
         files_obj = _get(obj, "files", dict, "")

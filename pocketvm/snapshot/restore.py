@@ -49,10 +49,13 @@ class Snapshot:
     ram_extents: list[tuple[int, int]]  # where ram.raw has data (the rest are holes)
 
     def config(self, name: str, disk_paths: list[Path]) -> VMConfig:
-        from pocketvm.machine import DiskSpec, VMConfig
+        from pocketvm.machine import DiskSpec, NicSpec, VMConfig
 
         vm = self.manifest.vm
         disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
+        # A network interface comes back connected anew: the old VM's
+        # connections belonged to its process and ended with it.
+        nics = [NicSpec.from_dict(n) for n in vm.get("nics", [])]
         return VMConfig(
             memory=vm["memory"],
             cpus=vm["cpus"],
@@ -61,6 +64,7 @@ class Snapshot:
             bios=Path(vm["bios"]) if vm["bios"] else None,
             append=vm["append"],
             disks=disks,
+            nics=nics,
             rng=vm["rng"],
             deterministic=vm["deterministic"],
             name=name,

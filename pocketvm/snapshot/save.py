@@ -237,6 +237,7 @@ def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
                 "append": cfg.append,
                 "rng": cfg.rng,
                 "deterministic": cfg.deterministic,
+                "nics": [n.as_dict() for n in cfg.nics],
             },
             harts=len(vm.harts),
             state_size=S.STATE_SIZE,

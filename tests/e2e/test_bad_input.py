@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import pocket
+from e2etools import pocket
 
 
 def _assert_one_line_error(run, *needles: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import BOOT_TIMEOUT, debugfs_cat, make_ext4, pocket
+from e2etools import BOOT_TIMEOUT, debugfs_cat, make_ext4, pocket
 
 pytestmark = pytest.mark.slow
 
