@@ -65,6 +65,15 @@ def test_dhcp_ping_and_http_from_the_guest(http_server, guest_image):
     assert "REFUSED-6" in out
 
 
+def _read_to_prompt(proc: subprocess.Popen) -> bytes:
+    out = b""
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while PROMPT not in out and time.monotonic() < deadline and proc.poll() is None:
+        out += proc.stdout.read1(65536)
+    assert PROMPT in out, out[-2000:]
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,12 +86,8 @@ def test_a_forwarded_port_reaches_a_server_in_the_guest(guest_image):
         [sys.executable, "-m", "pocketvm", "run", "--nic", f"user,hostfwd=tcp::{host_port}-:8080"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    out = b""
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while PROMPT not in out and time.monotonic() < deadline and proc.poll() is None:
-            out += proc.stdout.read1(65536)
-        assert PROMPT in out, out[-2000:]
+        out = _read_to_prompt(proc)
         proc.stdin.write(b"mkdir -p /www && echo served-by-the-guest > /www/index.html && httpd -p 8080 -h /www && echo UP-$((4+4))\n")
         proc.stdin.flush()
         while b"UP-8" not in out and proc.poll() is None:
@@ -117,12 +122,8 @@ def test_a_restored_guest_is_on_the_network_again(http_server, guest_image, tmp_
         [sys.executable, "-m", "pocketvm", "run", "--nic", "user", "--name", "netsnap"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    out = b""
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while PROMPT not in out and time.monotonic() < deadline and proc.poll() is None:
-            out += proc.stdout.read1(65536)
-        assert PROMPT in out, out[-2000:]
+        _read_to_prompt(proc)
         saved = pocket("snapshot", "netsnap", str(snap), "--stop", timeout=300)
         assert saved.returncode == 0, saved.stderr
         assert proc.wait(60) == 0

@@ -130,7 +130,8 @@ def test_snapshot_errors_leave_the_vm_running(ticking, tmp_path):
     assert ticking.proc.poll() is None
 
 
-def test_stopped_or_killed_restored_vms_leak_no_disk_copies(ticker_forever, tmp_path):
+def _snapshot_with_a_disk(ticker_forever: Path, tmp_path: Path) -> Path:
+    """A snapshot of the ticker with a (never written) 1 MiB disk attached."""
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(1 << 20)
@@ -139,6 +140,11 @@ def test_stopped_or_killed_restored_vms_leak_no_disk_copies(ticker_forever, tmp_
         p.wait_for("round 0000000000000001", START)
         assert pocket("snapshot", "src", snap, "--stop").returncode == 0
         assert p.wait(30) == 0
+    return snap
+
+
+def test_stopped_or_killed_restored_vms_leak_no_disk_copies(ticker_forever, tmp_path):
+    snap = _snapshot_with_a_disk(ticker_forever, tmp_path)
     copies = Path(os.environ["XDG_STATE_HOME"]) / "pocketvm" / "disks"
     # SIGTERM: the VM cleans up itself. (The ticker never writes its disk.)
     with Pocket("restore", snap, "--name", "term") as r:
@@ -175,14 +181,7 @@ def test_light_commands_do_not_load_numba_and_agree_on_defaults():
 
 
 def test_discard_throws_written_disk_copies_away(ticker_forever, tmp_path):
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(1 << 20)
-    snap = tmp_path / "snap"
-    with Pocket("run", "--bios", "none", "--kernel", ticker_forever, "--name", "src", "--disk", disk) as p:
-        p.wait_for("round 0000000000000001", START)
-        assert pocket("snapshot", "src", snap, "--stop").returncode == 0
-        assert p.wait(30) == 0
+    snap = _snapshot_with_a_disk(ticker_forever, tmp_path)
     copies = Path(os.environ["XDG_STATE_HOME"]) / "pocketvm" / "disks"
 
     def restore_and_write(name: str, *extra: str) -> Pocket:
