@@ -31,7 +31,6 @@ def http_server(tmp_path):
     (tmp_path / "hello.txt").write_text("hello from the host\n")
     (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4096)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
