@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from virtio_guest import GuestDriver
+from virtio_guest import PER_DESCRIPTOR, GuestDriver, scramble_rings
 
 from pocketvm.backends.disk import DiskImage
 from pocketvm.cpu.state import new_hart_state, new_shared_state
@@ -34,14 +34,10 @@ def test_random_rings_and_registers(tmp_path, caplog):
         for _ in range(150):
             drv.start()
             # Garbage descriptors and available ring, mostly near-valid so they get deep.
-            for i in range(16):
-                addr = rnd.choice([0, RAM_BASE, RAM_BASE + 0x10000 + 16 * i, RAM_BASE + (1 << 20) - 8, 2**64 - 1])
-                length = rnd.choice([0, 1, 16, 17, 512, 4096, 0x10_0000, 2**32 - 1])
-                drv.write_desc(i, addr, length, rnd.randrange(8), rnd.randrange(18))
-            for slot in range(16):
-                ram.write_int(GuestDriver.AVAIL + 4 + 2 * slot, 2, rnd.randrange(17))
-            ram.write_int(GuestDriver.AVAIL, 2, rnd.randrange(2))
-            ram.write_int(GuestDriver.AVAIL + 2, 2, rnd.randrange(0, 18))
+            scramble_rings(
+                drv, rnd, [0, RAM_BASE, PER_DESCRIPTOR, RAM_BASE + (1 << 20) - 8, 2**64 - 1],
+                [0, 1, 16, 17, 512, 4096, 0x10_0000, 2**32 - 1],
+            )  # fmt: skip
             ram.write(RAM_BASE + 0x10000, rnd.randbytes(256))
             drv.notify()
             off = rnd.randrange(0, 0x200)

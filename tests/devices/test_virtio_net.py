@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable
 
 import pytest
-from virtio_guest import NEXT, WRITE, GuestDriver
+from virtio_guest import NEXT, PER_DESCRIPTOR, WRITE, GuestDriver, scramble_rings
 
 from pocketvm.devices import virtio as v
 from pocketvm.devices import virtio_mmio as m
@@ -368,14 +368,10 @@ def test_random_rings_never_raise(ram, caplog):
     for _ in range(300):
         nic.start()
         for drv in (nic.rx, nic.tx):
-            for i in range(16):
-                addr = rnd.choice([0, RAM_BASE, RAM_BASE + 0x10000 + 16 * i, RAM_BASE + ram.size - 8, 2**64 - 1])
-                length = rnd.choice([0, 1, 12, 13, 26, 60, 1526, 0x10_0000, 2**32 - 1])
-                drv.write_desc(i, addr, length, rnd.randrange(8), rnd.randrange(18))
-            for slot in range(16):
-                ram.write_int(drv.AVAIL + 4 + 2 * slot, 2, rnd.randrange(17))
-            ram.write_int(drv.AVAIL, 2, rnd.randrange(2))
-            ram.write_int(drv.AVAIL + 2, 2, rnd.randrange(0, 18))
+            scramble_rings(
+                drv, rnd, [0, RAM_BASE, PER_DESCRIPTOR, RAM_BASE + ram.size - 8, 2**64 - 1],
+                [0, 1, 12, 13, 26, 60, 1526, 0x10_0000, 2**32 - 1],
+            )  # fmt: skip
         ram.write(RAM_BASE + 0x10000, rnd.randbytes(4096))
         nic.backend.arrive(*(rnd.randbytes(rnd.choice([0, 14, 60, 1514, 70000])) for _ in range(rnd.randrange(40))))
         for _ in range(3):

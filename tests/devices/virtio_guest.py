@@ -8,6 +8,8 @@ exercise the devices exactly as a guest would.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 from pocketvm.devices import virtio as v
 from pocketvm.devices import virtio_mmio as m
@@ -131,3 +133,20 @@ class GuestDriver:
         status = self.reg(m.INTERRUPT_STATUS)
         self.set(m.INTERRUPT_ACK, status)
         return status
+
+
+PER_DESCRIPTOR = -1  # in scramble_rings' addrs: a distinct data address for each descriptor
+
+
+def scramble_rings(drv: GuestDriver, rnd: Any, addrs: Sequence[int], lengths: Sequence[int], qsize: int = 16) -> None:
+    """Fill `drv`'s descriptor table and available ring with random, mostly
+    near-valid garbage (so a device under test gets deep into it)."""
+    for i in range(qsize):
+        addr = rnd.choice(addrs)
+        if addr == PER_DESCRIPTOR:
+            addr = drv.DATA + 16 * i
+        drv.write_desc(i, addr, rnd.choice(lengths), rnd.randrange(8), rnd.randrange(qsize + 2))
+    for slot in range(qsize):
+        drv.ram.write_int(drv.AVAIL + 4 + 2 * slot, 2, rnd.randrange(qsize + 1))
+    drv.ram.write_int(drv.AVAIL, 2, rnd.randrange(2))
+    drv.ram.write_int(drv.AVAIL + 2, 2, rnd.randrange(0, qsize + 2))
