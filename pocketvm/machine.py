@@ -149,7 +149,13 @@ class VirtualMachine:
         self._ended = False
         # Set by whatever has news for an idle VM: console input, network frames.
         self.io_event: threading.Event = getattr(console, "event", None) or threading.Event()
-        self._build_devices()
+        self.disks: list[Any] = []
+        self.nics: list[Any] = []
+        try:
+            self._build_devices()
+        except BaseException:
+            self.close()  # the disks and network backends made before the failure
+            raise
 
     # --- board ---------------------------------------------------------------
     def _build_devices(self) -> None:
@@ -166,13 +172,11 @@ class VirtualMachine:
         self.bus.add(mm.PLIC_BASE, mm.PLIC_SIZE, self.plic)
         self.bus.add(mm.UART_BASE, mm.UART_SIZE, self.uart)
         self.virtio: list[Any] = []
-        self.disks: list[Any] = []
         from pocketvm.devices.virtio_mmio import VirtioMmio
 
         backends: list[Any] = []
         for spec in cfg.disks:
             backends.append(self._make_disk(spec))
-        self.nics: list[Any] = []
         for i, nic in enumerate(cfg.nics):
             self.nics.append(self._make_nic(i, nic))
         backends += self.nics
@@ -202,8 +206,9 @@ class VirtualMachine:
             raise VMError(f"network interface {index}: {e.strerror or e}") from None
         except ValueError as e:
             raise VMError(f"network interface {index}: {e}") from None
-        backend.attach(self._wake_io)
-        return VirtioNet(backend, default_mac(index))
+        device = VirtioNet(backend, default_mac(index))
+        backend.attach(self._wake_io)  # its thread starts only once nothing else can fail
+        return device
 
     def _make_disk(self, spec: DiskSpec) -> Any:
         from pocketvm.backends.disk import DiskError, DiskImage

@@ -1,0 +1,52 @@
+"""Network interfaces in a VM's configuration: what fails is said in one
+line, and a VM that cannot be built leaves no thread or socket behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from pocketvm.console import CapturedConsole
+from pocketvm.machine import NicSpec, VirtualMachine, VMConfig, VMError
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "nics, message",
+    [
+        ("busy", "cannot listen on 127.0.0.1"),
+        ([NicSpec("user")] * 9, "at most 8 virtio devices"),
+        ([NicSpec("tap")], "unknown network kind 'tap'"),
+    ],
+)
+def test_a_vm_that_cannot_be_built_leaves_nothing_behind(busy_port, nics, message):
+    if nics == "busy":
+        nics = [NicSpec("user"), NicSpec("user", [("tcp", busy_port, 80)])]
+    threads, fds = threading.active_count(), _open_fds()
+    with pytest.raises(VMError, match=message):
+        VirtualMachine(VMConfig(nics=nics), CapturedConsole())
+    assert threading.active_count() == threads
+    assert _open_fds() == fds
+
+
+def test_a_vm_with_nics_closes_their_backends():
+    threads, fds = threading.active_count(), _open_fds()
+    vm = VirtualMachine(VMConfig(nics=[NicSpec("user"), NicSpec("user", [("tcp", 0, 80)])]), CapturedConsole())
+    assert [n.device_id for n in vm.nics] == [1, 1]
+    vm.close()
+    assert threading.active_count() == threads
+    assert _open_fds() == fds
