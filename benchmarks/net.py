@@ -104,6 +104,15 @@ def sink_server(size: int) -> int:
 
 
 def measure(guest: Guest, http_port: int, sink_port: int, size: int) -> dict[str, float]:
+    try:
+        return _measure(guest, http_port, sink_port, size)
+    finally:
+        if guest.proc.poll() is None:  # a failed step must not leave the VM running
+            guest.proc.kill()
+            guest.proc.wait()
+
+
+def _measure(guest: Guest, http_port: int, sink_port: int, size: int) -> dict[str, float]:
     guest.wait_for(PROMPT, 900)
     addr = guest.run("ip -4 -o addr show eth0")
     if "10.0.2.15" not in addr:
