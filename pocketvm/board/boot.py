@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,25 +112,28 @@ def _align_down(value: int, align: int) -> int:
     return value // align * align
 
 
-def _read(path: Path, what: str) -> bytes:
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn a failure to open or read `path` into a one-line BootError."""
     try:
-        data = Path(path).read_bytes()
+        yield
     except FileNotFoundError:
         raise BootError(f"{what} {path}: no such file") from None
     except OSError as exc:
         raise BootError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _read(path: Path, what: str) -> bytes:
+    with _reading(path, what):
+        data = Path(path).read_bytes()
     if not data:
         raise BootError(f"{what} {path}: file is empty")
     return data
 
 
 def _file_size(path: Path, what: str) -> int:
-    try:
+    with _reading(path, what):
         size = Path(path).stat().st_size
-    except FileNotFoundError:
-        raise BootError(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise BootError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
     if size == 0:
         raise BootError(f"{what} {path}: file is empty")
     return size
@@ -149,13 +154,8 @@ _INITRD_MAGICS = (
 
 def check_initrd(path: Path) -> None:
     """Refuse a file the kernel could not unpack, before booting a doomed guest."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise BootError(f"initrd {path}: no such file") from None
-    except OSError as exc:
-        raise BootError(f"initrd {path}: cannot read ({exc.strerror or exc})") from None
+    with _reading(path, "initrd"), open(path, "rb") as f:
+        head = f.read(8)
     if not head:
         raise BootError(f"initrd {path}: file is empty")
     if not head.startswith(_INITRD_MAGICS):
