@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketvm.board import memmap
 from pocketvm.board.elf import ElfImage, is_elf, parse_elf, write_segments
 from pocketvm.board.errors import BootError
 from pocketvm.board.fdt import BoardConfig, build_dtb
