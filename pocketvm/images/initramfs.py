@@ -42,7 +42,8 @@ class InitramfsModule:
     data: bytes
     # When /init loads it: "base" always; "disk" only when a virtio disk is
     # attached (the ext4 stack is most of the module bytes, and the kernel
-    # hashes every byte to check its signature); "net" only with a NIC.
+    # hashes every byte to check its signature); "net" only with a NIC;
+    # "display" only with a virtio-gpu.
     group: str = "base"
 
 
@@ -54,6 +55,8 @@ def init_script(kernel_release: str, module_paths: Sequence[str], banner: str,
     def mods(group: str) -> str:
         return " ".join(shlex.quote(p) for p, g in zip(module_paths, groups) if g == group)
     install = "/bin/busybox --install -s /bin\n" if install_applets else ""
+    # A display (virtio-gpu, id 16): its framebuffer console gets a shell of its own on tty1.
+    display_load = f'has_virtio 0x0010 && load {mods("display")}\n' if mods("display") else ""
     return f"""#!/bin/sh
 # pocketvm initramfs /init. This script is PID 1: it must never exit, or
 # the kernel panics. When the shell ends, the machine powers off.
@@ -77,7 +80,7 @@ load {mods("base")}
 # Disk and network stacks only when such a device is there (virtio ids 2, 1).
 has_virtio 0x0002 && load {mods("disk")}
 has_virtio 0x0001 && load {mods("net")}
-[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
+{display_load}[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
 ip link set lo up
 # Every network interface asks for an address (pocketvm's user network
 # answers at once; a network without DHCP costs two seconds).
@@ -102,6 +105,9 @@ cd /root
 # this script's `wait` can be interrupted by the signals above.
 setsid cttyhack /bin/sh -l </dev/console >/dev/console 2>&1 &
 shell=$!
+if has_virtio 0x0010; then
+    ( while :; do setsid cttyhack /bin/sh -l </dev/tty1 >/dev/tty1 2>&1; sleep 1; done ) &
+fi
 while kill -0 $shell 2>/dev/null; do wait $shell; done
 power poweroff
 while :; do /bin/busybox sleep 3600; done

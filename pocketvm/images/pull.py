@@ -44,9 +44,12 @@ KERNEL_META = "linux-image-riscv64"
 BUSYBOX_PACKAGE = "busybox-static"
 OPENSBI_PACKAGE = "opensbi"
 # What the guest needs as modules (those built into the kernel are skipped).
-WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virtio_console", "ext4")
+WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virtio_console", "ext4",
+                  "virtio_gpu", "virtio_input", "evdev")
 DISK_MODULES = ("ext4",)  # loaded by /init only when a virtio disk is attached
 NET_MODULES = ("virtio_net",)  # ... only when a virtio NIC is attached
+# ... only with a display: the GPU (DRM, fbdev emulation, framebuffer console), keyboard and tablet.
+DISPLAY_MODULES = ("virtio_gpu", "virtio_input", "evdev")
 # Kernel features the initramfs itself relies on: these must be built in.
 REQUIRED_BUILTIN = ("CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
 OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
@@ -54,7 +57,7 @@ OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
 BUSYBOX_PATHS = ("usr/bin/busybox", "bin/busybox")
 # Bump when the assembled output changes for the same packages (new /init,
 # other modules...): older images then count as incomplete and are rebuilt.
-RECIPE = 4
+RECIPE = 5
 
 KERNEL_FILE = "Image"
 INITRD_FILE = "initrd.img"
@@ -235,8 +238,10 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             order = kmod.resolve_load_order(WANTED_MODULES, index.depends, index)
             disk_stack = set(kmod.resolve_load_order(DISK_MODULES, index.depends, index))
             net_stack = set(kmod.resolve_load_order(NET_MODULES, index.depends, index))
-            base_stack = set(kmod.resolve_load_order(tuple(set(WANTED_MODULES) - set(DISK_MODULES) - set(NET_MODULES)),
-                                                     index.depends, index))
+            display_stack = set(kmod.resolve_load_order(DISPLAY_MODULES, index.depends, index))
+            base_stack = set(kmod.resolve_load_order(
+                tuple(set(WANTED_MODULES) - set(DISK_MODULES) - set(NET_MODULES) - set(DISPLAY_MODULES)),
+                index.depends, index))
             kmod.check_complete(order, infos)
         except kmod.ModuleError as exc:
             raise ImageError(f"kernel {release}: {exc}") from None
@@ -250,7 +255,8 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             except Exception as exc:  # lzma/gzip/OS errors alike: a broken package file
                 raise ImageError(f"cannot read kernel module {rel}: {exc}") from None
             plain = rel.removesuffix(".xz").removesuffix(".gz")
-            group = "base" if name in base_stack else "disk" if name in disk_stack else "net" if name in net_stack else "base"
+            group = ("base" if name in base_stack else "disk" if name in disk_stack else "net" if name in net_stack
+                     else "display" if name in display_stack else "base")
             modules.append(InitramfsModule(name, plain, data, group))
         update(40.0)
         busybox = find_file(trees["busybox"], BUSYBOX_PATHS, packages["busybox"].name, "busybox binary").read_bytes()

@@ -114,6 +114,10 @@ def trees(tmp_path, make_ko, fake_busybox):
         "kernel/fs/jbd2/jbd2.ko.xz": ["depends="],
         "kernel/crypto/crc32c_generic.ko.xz": ["alias=crypto-crc32c", "depends="],
         "kernel/sound/unrelated.ko.xz": ["depends="],
+        "kernel/drivers/gpu/drm/virtio/virtio-gpu.ko.xz": ["depends=drm"],
+        "kernel/drivers/gpu/drm/drm.ko.xz": ["depends="],
+        "kernel/drivers/virtio/virtio_input.ko.xz": ["depends="],
+        "kernel/drivers/input/evdev.ko.xz": ["depends="],
     }
     for rel, pairs in mods.items():
         (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +151,8 @@ def test_assemble_offline_from_package_trees(trees, tmp_path):
     assert (out / "fw_dynamic.bin").read_bytes() == b"\x97\x02\x00\x00opensbi"
     order = manifest["modules"]
     assert set(order) == {"virtio_mmio", "virtio_blk", "virtio_rng", "net_failover", "virtio_net",
-                          "crc32c_generic", "jbd2", "ext4"}
+                          "crc32c_generic", "jbd2", "ext4", "drm", "virtio_gpu", "virtio_input", "evdev"}
+    assert order.index("drm") < order.index("virtio_gpu")
     assert order.index("net_failover") < order.index("virtio_net")
     assert order.index("crc32c_generic") < order.index("ext4") and order.index("jbd2") < order.index("ext4")
     assert manifest["builtin_modules"] == ["virtio_console"]
