@@ -56,7 +56,10 @@ PRIV_M = 3
 FW_DYNAMIC_MAGIC = 0x4942534F  # "OSBI"
 FW_DYNAMIC_VERSION = 2
 FW_DYNAMIC_NEXT_MODE_S = 1
-FW_DYNAMIC_BOOT_HART = 0  # a fixed cold-boot hart keeps runs repeatable (no lottery)
+# The hart OpenSBI relocates itself on (as QEMU sets it). It does not fix the
+# cold-boot hart: sbi_init still lets the first hart to arrive win, so which
+# hart enters the kernel depends on how the harts are scheduled.
+FW_DYNAMIC_BOOT_HART = 0
 # magic, version, next_addr, next_mode, options, boot_hart: unsigned long each.
 FW_DYNAMIC_INFO = struct.Struct("<6Q")
 
