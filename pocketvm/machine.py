@@ -71,6 +71,14 @@ class NicSpec:
 
 
 @dataclass
+class DisplaySpec:
+    """A virtio-gpu screen of this size, with a virtio keyboard and tablet."""
+
+    width: int = 1024
+    height: int = 768
+
+
+@dataclass
 class VMConfig:
     memory: int = DEFAULT_MEMORY
     cpus: int = 1
@@ -80,6 +88,7 @@ class VMConfig:
     append: str = ""
     disks: list[DiskSpec] = field(default_factory=list)
     nics: list[NicSpec] = field(default_factory=list)
+    display: DisplaySpec | None = None
     rng: bool = True
     deterministic: bool = False
     name: str = ""
@@ -151,6 +160,8 @@ class VirtualMachine:
         self.io_event: threading.Event = getattr(console, "event", None) or threading.Event()
         self.disks: list[Any] = []
         self.nics: list[Any] = []
+        self.screen: Any = None  # the display's Screen, with a display
+        self.inputs: list[Any] = []  # virtio keyboard and tablet, with a display
         try:
             self._build_devices()
         except BaseException:
@@ -180,6 +191,8 @@ class VirtualMachine:
         for i, nic in enumerate(cfg.nics):
             self.nics.append(self._make_nic(i, nic))
         backends += self.nics
+        if cfg.display is not None:
+            backends += self._make_display(cfg.display)
         if cfg.rng:
             from pocketvm.devices.virtio_rng import VirtioRng
 
@@ -209,6 +222,20 @@ class VirtualMachine:
         device = VirtioNet(backend, default_mac(index))
         backend.attach(self._wake_io)  # its thread starts only once nothing else can fail
         return device
+
+    def _make_display(self, spec: DisplaySpec) -> list[Any]:
+        from pocketvm.backends.display.screen import Screen
+        from pocketvm.devices.virtio_gpu import VirtioGpu
+        from pocketvm.devices.virtio_input import keyboard, tablet
+
+        try:
+            self.screen = Screen(spec.width, spec.height)
+        except ValueError as e:
+            raise VMError(str(e)) from None
+        self.inputs = [keyboard(), tablet()]
+        for dev in self.inputs:
+            dev.wake = self._wake_io  # events come from the viewer's thread
+        return [VirtioGpu(self.screen), *self.inputs]
 
     def _make_disk(self, spec: DiskSpec) -> Any:
         from pocketvm.backends.disk import DiskError, DiskImage
@@ -403,6 +430,8 @@ class VirtualMachine:
             self._pump_input()
             for nic in self.nics:
                 nic.deliver()
+            for dev in self.inputs:
+                dev.deliver()
             self.rtc.poll()
             # Input just fed or an RTC alarm may have raised an interrupt
             # that wakes a hart: then there is no reason to sleep.
@@ -444,6 +473,13 @@ class VirtualMachine:
             for nic in self.nics:  # frames that arrived before the clear
                 nic.deliver()
             if self._interrupt_wakes_a_hart(current_mip) or any(n.wants_attention() for n in self.nics):
+                return
+        if self.inputs:
+            from pocketvm.cpu.trap import current_mip
+
+            for dev in self.inputs:  # events posted before the clear
+                dev.deliver()
+            if self._interrupt_wakes_a_hart(current_mip) or any(d.wants_attention() for d in self.inputs):
                 return
         self.io_event.wait(timeout)
 

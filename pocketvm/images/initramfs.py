@@ -55,7 +55,7 @@ def init_script(kernel_release: str, module_paths: Sequence[str], banner: str,
     def mods(group: str) -> str:
         return " ".join(shlex.quote(p) for p, g in zip(module_paths, groups) if g == group)
     install = "/bin/busybox --install -s /bin\n" if install_applets else ""
-    # A display (virtio-gpu, id 16): its framebuffer console gets a shell of its own on tty1.
+    # Display drivers (virtio-gpu is device id 16).
     display_load = f'has_virtio 0x0010 && load {mods("display")}\n' if mods("display") else ""
     return f"""#!/bin/sh
 # pocketvm initramfs /init. This script is PID 1: it must never exit, or
@@ -81,6 +81,26 @@ load {mods("base")}
 has_virtio 0x0002 && load {mods("disk")}
 has_virtio 0x0001 && load {mods("net")}
 {display_load}[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
+
+# root=DEV on the kernel command line: mount that disk and hand over to its
+# init (init=PATH, default /sbin/init), which then owns networking too.
+root= rinit=/sbin/init rflags=rw
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${{arg#root=}}" ;;
+        init=*) rinit="${{arg#init=}}" ;;
+        ro) rflags=ro ;;
+    esac
+done
+if [ -n "$root" ]; then
+    mkdir -p /newroot
+    if mount -t ext4 -o "$rflags" "$root" /newroot && [ -x "/newroot$rinit" ] || [ -L "/newroot$rinit" ]; then
+        umount /tmp
+        for fs in /dev /proc /sys; do mount --move $fs /newroot$fs; done
+        exec switch_root /newroot "$rinit"
+    fi
+    echo "pocketvm: cannot start $rinit on root $root; here is the initramfs shell"
+fi
 ip link set lo up
 # Every network interface asks for an address (pocketvm's user network
 # answers at once; a network without DHCP costs two seconds).
@@ -105,8 +125,11 @@ cd /root
 # this script's `wait` can be interrupted by the signals above.
 setsid cttyhack /bin/sh -l </dev/console >/dev/console 2>&1 &
 shell=$!
+# With a display, the framebuffer console (tty1) gets a shell of its own. Not
+# through cttyhack, which would pick the serial console again: the shell
+# opens tty1 itself as a session leader, which makes it its controlling tty.
 if has_virtio 0x0010; then
-    ( while :; do setsid cttyhack /bin/sh -l </dev/tty1 >/dev/tty1 2>&1; sleep 1; done ) &
+    ( while :; do setsid /bin/sh -c 'exec /bin/sh -l </dev/tty1 >/dev/tty1 2>&1'; sleep 1; done ) &
 fi
 while kill -0 $shell 2>/dev/null; do wait $shell; done
 power poweroff
