@@ -243,6 +243,8 @@ def run_vm(config: VMConfig) -> int:
         vm = VirtualMachine(config, console)
         try:
             vm.load_boot_files()
+            for warning in vm.boot_plan.warnings:
+                click.echo(f"pocket: warning: {warning}", err=True)
             return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting")
         finally:
             vm.close()

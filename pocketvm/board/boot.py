@@ -104,6 +104,7 @@ class BootPlan:
     fw_info_addr: int | None = None
     kernel_addr: int | None = None
     initrd_range: tuple[int, int] | None = None
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user
 
 
 def _align_up(value: int, align: int) -> int:
@@ -192,6 +193,7 @@ class _Placed:
         self.regions: list[Region] = []
         self.writes: list[tuple[int, bytes]] = []
         self.elf_writes: list[tuple[bytes, ElfImage]] = []
+        self.warnings: list[str] = []
 
     @property
     def end(self) -> int:
@@ -200,9 +202,10 @@ class _Placed:
 
 def _place_elf(placed: _Placed, ram: GuestRAM, data: bytes, name: str, label: str) -> int:
     image = parse_elf(data, ram, name)
-    for i, seg in enumerate(image.segments):
-        placed.regions.append(Region(f"{label}[{i}]", seg.paddr, seg.memsz))
+    for seg in image.segments:
+        placed.regions.append(Region(f"{label}[{seg.index}]", seg.paddr, seg.memsz))
     placed.elf_writes.append((data, image))
+    placed.warnings += image.warnings
     return image.entry
 
 
@@ -346,4 +349,5 @@ def prepare_boot(
         fw_info_addr=fw_info_addr,
         kernel_addr=kernel_addr,
         initrd_range=initrd_range,
+        warnings=placed.warnings,
     )

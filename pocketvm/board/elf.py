@@ -5,12 +5,20 @@ program runs with translation off, and linkers that separate virtual from
 load addresses (AT() in a linker script) mean the physical one for loading.
 The file is checked completely before RAM is touched, so a bad file never
 leaves a half-loaded guest behind.
+
+A segment wholly outside RAM is skipped, with a warning, when it is
+read-only (neither writable nor executable): a program linked the quick way
+(`gcc -nostdlib -static -Wl,-Ttext=0x80000000`) has one at 0x10000 that
+only holds the ELF headers and the build-id note, and QEMU runs such a
+program (it drops every segment outside RAM without a word). A segment that
+is executable or writable, or only partly in RAM, holds something the
+program needs, so it stays an error, as does an entry point outside RAM.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pocketvm.board.errors import BootError
 from pocketvm.memory import GuestRAM
@@ -25,6 +33,8 @@ ET_EXEC = 2
 ET_DYN = 3
 EM_RISCV = 243
 PT_LOAD = 1
+PF_X = 1
+PF_W = 2
 
 # e_ident(16) e_type e_machine e_version e_entry e_phoff e_shoff e_flags
 # e_ehsize e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
@@ -39,6 +49,7 @@ class ElfSegment:
     offset: int  # of the segment's bytes in the file
     filesz: int
     memsz: int
+    index: int = 0  # in the program header table, for messages
 
     @property
     def end(self) -> int:
@@ -48,7 +59,9 @@ class ElfSegment:
 @dataclass(frozen=True)
 class ElfImage:
     entry: int
-    segments: list[ElfSegment]  # PT_LOAD segments with memsz > 0
+    segments: list[ElfSegment]  # PT_LOAD segments with memsz > 0, all in RAM
+    skipped: list[ElfSegment] = field(default_factory=list)  # read-only, wholly outside RAM
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user
 
     @property
     def low(self) -> int:
@@ -87,8 +100,9 @@ def parse_elf(data: bytes, ram: GuestRAM, name: str = "ELF file") -> ElfImage:
         raise BootError(f"{name}: truncated file (program headers end past {len(data)} bytes)")
 
     segments = []
+    skipped = []
     for i in range(phnum):
-        p_type, _pflags, offset, _vaddr, paddr, filesz, memsz, _align = _PHDR.unpack_from(
+        p_type, pflags, offset, _vaddr, paddr, filesz, memsz, _align = _PHDR.unpack_from(
             data, phoff + i * phentsize
         )
         if p_type != PT_LOAD or memsz == 0:
@@ -100,17 +114,37 @@ def parse_elf(data: bytes, ram: GuestRAM, name: str = "ELF file") -> ElfImage:
                 f"{name}: truncated file (segment {i} needs bytes up to {offset + filesz:#x}, "
                 f"file has {len(data):#x})"
             )
-        if not ram.contains(paddr, memsz):
+        seg = ElfSegment(paddr, offset, filesz, memsz, i)
+        if ram.contains(paddr, memsz):
+            segments.append(seg)
+        elif _wholly_outside(ram, paddr, memsz) and not pflags & (PF_X | PF_W):
+            skipped.append(seg)
+        else:
+            kind = "executable " if pflags & PF_X else "writable " if pflags & PF_W else ""
+            part = "" if _wholly_outside(ram, paddr, memsz) else "partly "
             raise BootError(
-                f"{name}: segment {i} at {paddr:#x}..{paddr + memsz:#x} is outside RAM "
+                f"{name}: {kind}segment {i} at {paddr:#x}..{paddr + memsz:#x} is {part}outside RAM "
                 f"({ram.base:#x}..{ram.base + ram.size:#x})"
             )
-        segments.append(ElfSegment(paddr, offset, filesz, memsz))
-    if not segments:
+    if not segments and not skipped:
         raise BootError(f"{name}: ELF has no loadable segments")
     if not ram.contains(entry):
         raise BootError(f"{name}: entry point {entry:#x} is outside RAM")
-    return ElfImage(entry, segments)
+    if not segments:
+        raise BootError(f"{name}: ELF has no loadable segments in RAM")
+    warnings = []
+    if skipped:
+        where = ", ".join(f"{s.index} at {s.paddr:#x}..{s.end:#x}" for s in skipped)
+        plural = "s" if len(skipped) > 1 else ""
+        warnings.append(
+            f"{name}: not loading read-only segment{plural} {where}: outside RAM "
+            f"({ram.base:#x}..{ram.base + ram.size:#x})"
+        )
+    return ElfImage(entry, segments, skipped, warnings)
+
+
+def _wholly_outside(ram: GuestRAM, addr: int, size: int) -> bool:
+    return addr + size <= ram.base or addr >= ram.base + ram.size
 
 
 def write_segments(ram: GuestRAM, data: bytes, image: ElfImage) -> None:

@@ -46,6 +46,16 @@ def cross_build(src: str, out: Path, text_addr: int, defines: dict[str, int] | N
     return out
 
 
+def quick_link(src: str, out: Path, text_addr: int) -> Path:
+    """Build tests/board/guest/<src> the way a user types it, with the linker's
+    default layout: read-only ELF headers and build-id note in a segment of
+    their own at 0x10000, far below RAM."""
+    cc = need_tool(CROSS + "gcc")
+    subprocess.run([cc, "-nostdlib", "-static", f"-Wl,-Ttext={text_addr:#x}", "-o", str(out), str(GUEST_DIR / src)],
+                   check=True, capture_output=True)
+    return out
+
+
 def objcopy_binary(elf: Path, out: Path) -> Path:
     subprocess.run([need_tool(CROSS + "objcopy"), "-O", "binary", str(elf), str(out)], check=True)
     return out
@@ -155,10 +165,12 @@ def tree_of(dtb: bytes, tmp_path: Path) -> dict[str, dict[str, bytes]]:
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
+PF_X, PF_W, PF_R = 1, 2, 4
+PF_RWX = PF_R | PF_W | PF_X
 
 
 def make_elf(
-    segments: list[tuple[int, bytes, int]],
+    segments: list[tuple[int, bytes, int]] | list[tuple[int, bytes, int, int]],
     entry: int,
     *,
     klass: int = 2,
@@ -167,16 +179,16 @@ def make_elf(
     e_type: int = 2,
     vaddr_offset: int = 0,
 ) -> bytes:
-    """An ELF with one PT_LOAD per (paddr, bytes, memsz)."""
+    """An ELF with one PT_LOAD per (paddr, bytes, memsz[, p_flags]); p_flags is RWX unless given."""
     ident = b"\x7fELF" + bytes([klass, data, 1]) + bytes(9)
     phoff = EHDR.size
     body_off = phoff + PHDR.size * len(segments)
     header = EHDR.pack(ident, e_type, machine, 1, entry, phoff, 0, 0, EHDR.size, PHDR.size, len(segments), 0, 0, 0)
     phdrs = b""
     body = b""
-    for paddr, blob, memsz in segments:
+    for paddr, blob, memsz, *flags in segments:
         off = body_off + len(body)
-        phdrs += PHDR.pack(1, 7, off, paddr + vaddr_offset, paddr, len(blob), memsz, 8)
+        phdrs += PHDR.pack(1, flags[0] if flags else PF_RWX, off, paddr + vaddr_offset, paddr, len(blob), memsz, 8)
         body += blob
     return header + phdrs + body
 

@@ -4,9 +4,12 @@ for the same bare-metal program and the same OpenSBI there."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
-from board_testlib import OPENSBI, cells, cross_build, decompile, objcopy_binary, parse_dts, run_qemu, strings, tree_of
+from board_testlib import (OPENSBI, cells, cross_build, decompile, objcopy_binary, parse_dts, quick_link, run_qemu,
+                           strings, tree_of)
 
 from pocketvm.board.boot import prepare_boot
 from pocketvm.board.fdt import BoardConfig, build_dtb
@@ -28,6 +31,27 @@ def test_bare_metal_program_gets_our_dtb_under_qemu(tmp_path, nharts, initrd):
                     "-dtb", str(tmp_path / "our.dtb"), "-nographic", "-monitor", "none"], timeout=30)
     assert "DTB OK" in res.stdout, (res.stdout, res.stderr)
     assert res.returncode == 0
+
+
+def test_quick_linked_program_runs_as_under_qemu(tmp_path):
+    """A program linked with just -Ttext has a read-only segment at 0x10000
+    (ELF headers, build-id note). QEMU ignores it and runs the program;
+    `pocket run` must too, with the same output and exit code, plus one
+    warning line."""
+    elf = quick_link("uart_hello.S", tmp_path / "hello.elf", BASE)
+    theirs = run_qemu(["-M", "virt", "-m", "128M", "-bios", "none", "-kernel", str(elf), "-nographic",
+                       "-monitor", "none"], timeout=30)
+    ours = subprocess.run([sys.executable, "-m", "pocketvm", "run", "-m", "128M", "--bios", "none",
+                           "--kernel", str(elf)], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert theirs.stdout == "hello from a quick-linked program\n", theirs
+    assert theirs.returncode == 7, theirs
+    assert ours.stdout == theirs.stdout, ours
+    assert ours.returncode == theirs.returncode, ours
+    assert "Traceback" not in ours.stderr
+    warnings = [line for line in ours.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, ours.stderr
+    assert warnings[0].startswith(f"pocket: warning: program {elf}: not loading read-only segment 1 at 0x10000.."), \
+        ours.stderr
 
 
 TRAMPOLINE = 0x8800_0000
