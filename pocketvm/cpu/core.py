@@ -40,15 +40,13 @@ from pocketvm.cpu.alu import (
     sext32,
     srl,
 )
-from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty
+from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty, retire
 from pocketvm.cpu.fpu import fp_execute
 from pocketvm.cpu.jit import core_jit
 from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, mode_bits, translate
 from pocketvm.cpu.state import (
     CSR,
-    CSR_MCYCLE,
     CSR_MIE,
-    CSR_MINSTRET,
     CSR_MSTATUS,
     CSR_SATP,
     EXIT_ADDR,
@@ -186,23 +184,16 @@ def _data_mode(st):
 
 @core_jit
 def _access(st, ram64, ram_size, addr, size, acc):
-    """Translate an access of `size` bytes.
+    """Translate an access of `size` bytes that stays within one page.
 
     Returns (ram_offset, physical_address, fault_cause): ram_offset is -1 for
     an address outside RAM (an MMIO access); fault_cause is -1 when there is
-    no fault. An access that crosses a page boundary must map to contiguous
-    RAM; otherwise it faults as an access fault.
+    no fault, and a fault's trap value is `addr`. Accesses that cross a page
+    go through `_cross_page`, which knows which half faulted.
     """
     pa = translate(st, ram64, ram_size, addr, acc)
     if pa < 0:
         return -1, 0, -pa - 1
-    last = addr + size - 1
-    if (last ^ addr) & ~0xFFF:  # crosses a page: both halves must be contiguous RAM
-        pa2 = translate(st, ram64, ram_size, last, acc)
-        if pa2 < 0:
-            return -1, 0, -pa2 - 1
-        if pa2 != pa + size - 1:
-            return -1, 0, _CAUSE_LOAD_ACCESS if acc == ACC_LOAD else _CAUSE_STORE_ACCESS
     off = pa - RAM_BASE
     if off >= 0 and off + size <= ram_size:
         return off, pa, -1
@@ -226,60 +217,71 @@ def _cross_page(st, ram64, ram_size, addr, size, acc):
     The two virtual pages may map to unrelated physical pages, so each half is
     translated on its own; both must be RAM (a split MMIO access faults), and
     both translations succeed before anything is written.
-    Returns (offset of the first half, offset of the second, length of the first, fault cause or -1).
+    Returns (offset of the first half, offset of the second, length of the
+    first, fault cause or -1, trap value). The privileged spec wants the
+    trap value to be the virtual address of the portion that faulted: when
+    the second page faults that is its first byte, not `addr`. (With `addr`,
+    Linux finds the first page mapped, fixes nothing and the access faults
+    again forever.)
     """
     len1 = 0x1000 - (addr & 0xFFF)
+    addr2 = addr + len1
     pa1 = translate(st, ram64, ram_size, addr, acc)
     if pa1 < 0:
-        return -1, -1, len1, -pa1 - 1
-    pa2 = translate(st, ram64, ram_size, addr + len1, acc)
+        return -1, -1, len1, -pa1 - 1, addr
+    pa2 = translate(st, ram64, ram_size, addr2, acc)
     if pa2 < 0:
-        return -1, -1, len1, -pa2 - 1
+        return -1, -1, len1, -pa2 - 1, addr2
     off1 = pa1 - RAM_BASE
     off2 = pa2 - RAM_BASE
-    if off1 < 0 or off1 + len1 > ram_size or off2 < 0 or off2 + size - len1 > ram_size:
-        return -1, -1, len1, _CAUSE_LOAD_ACCESS if acc == ACC_LOAD else _CAUSE_STORE_ACCESS
-    return off1, off2, len1, -1
+    access_fault = _CAUSE_LOAD_ACCESS if acc == ACC_LOAD else _CAUSE_STORE_ACCESS
+    if off1 < 0 or off1 + len1 > ram_size:
+        return -1, -1, len1, access_fault, addr
+    if off2 < 0 or off2 + size - len1 > ram_size:
+        return -1, -1, len1, access_fault, addr2
+    return off1, off2, len1, -1, 0
 
 
 @core_jit
 def _load_slow(st, ram, ram16, ram32, ram64, addr, size):
-    """A load the fast path could not do: (MEM_*, unsigned value | cause | physical address)."""
+    """A load the fast path could not do: (MEM_*, unsigned value | cause | physical address,
+    trap value of a fault)."""
     if ((addr + size - 1) ^ addr) & ~0xFFF:
-        off1, off2, len1, fault = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
+        off1, off2, len1, fault, tval = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
         if fault >= 0:
-            return MEM_FAULT, fault
+            return MEM_FAULT, fault, tval
         v = 0
         for i in range(size):
             o = off1 + i if i < len1 else off2 + (i - len1)
             v |= np.int64(ram[o]) << (8 * i)
-        return MEM_OK, v
+        return MEM_OK, v, 0
     off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_LOAD)
     if fault >= 0:
-        return MEM_FAULT, fault
+        return MEM_FAULT, fault, addr
     if off < 0:
-        return MEM_MMIO, pa
-    return MEM_OK, _read_ram(ram, ram16, ram32, ram64, off, size)
+        return MEM_MMIO, pa, addr
+    return MEM_OK, _read_ram(ram, ram16, ram32, ram64, off, size), 0
 
 
 @core_jit
 def _store_slow(st, ram, ram16, ram32, ram64, addr, size, value):
-    """A store the fast path could not do: (MEM_*, 0 | cause | physical address)."""
+    """A store the fast path could not do: (MEM_*, 0 | cause | physical address,
+    trap value of a fault)."""
     if ((addr + size - 1) ^ addr) & ~0xFFF:
-        off1, off2, len1, fault = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_STORE)
+        off1, off2, len1, fault, tval = _cross_page(st, ram64, ram.shape[0], addr, size, ACC_STORE)
         if fault >= 0:
-            return MEM_FAULT, fault
+            return MEM_FAULT, fault, tval
         for i in range(size):
             o = off1 + i if i < len1 else off2 + (i - len1)
             ram[o] = (value >> (8 * i)) & 0xFF
-        return MEM_OK, 0
+        return MEM_OK, 0, 0
     off, pa, fault = _access(st, ram64, ram.shape[0], addr, size, ACC_STORE)
     if fault >= 0:
-        return MEM_FAULT, fault
+        return MEM_FAULT, fault, addr
     if off < 0:
-        return MEM_MMIO, pa
+        return MEM_MMIO, pa, addr
     _write_ram(ram, ram16, ram32, ram64, off, size, value)
-    return MEM_OK, 0
+    return MEM_OK, 0, 0
 
 
 @core_jit
@@ -568,10 +570,10 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                         else:
                             v = np.int64(ram[_u(off)])
                     else:
-                        kind, v = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
+                        kind, v, tval = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
                         if kind == MEM_FAULT:
                             trap_cause = v
-                            trap_tval = addr
+                            trap_tval = tval
                         elif kind == MEM_MMIO:
                             _record_mmio(st, pc, npc, addr, v, size)
                             st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
@@ -604,10 +606,10 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                         else:
                             ram[_u(off)] = v & 0xFF
                     else:
-                        kind, pa = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
+                        kind, pa, tval = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
                         if kind == MEM_FAULT:
                             trap_cause = pa
-                            trap_tval = addr
+                            trap_tval = tval
                         elif kind == MEM_MMIO:
                             _record_mmio(st, pc, npc, addr, pa, size)
                             st[EXIT_VALUE] = v
@@ -799,10 +801,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     if off >= 0:
                         v = ram64[off >> 3] if size == 8 else np.int64(ram32[off >> 2])
                     else:
-                        kind, v = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
+                        kind, v, tval = _load_slow(st, ram, ram16, ram32, ram64, addr, size)
                         if kind != MEM_OK:
+                            # FP accesses to devices are not offered: an access fault.
                             trap_cause = v if kind == MEM_FAULT else _CAUSE_LOAD_ACCESS
-                            trap_tval = addr
+                            trap_tval = tval
                     if trap_cause < 0:
                         if size == 4:
                             v = (v & MASK32) | (-1 << 32)
@@ -822,10 +825,10 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                         else:
                             ram32[off >> 2] = v & MASK32
                     else:
-                        kind, pa = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
+                        kind, pa, tval = _store_slow(st, ram, ram16, ram32, ram64, addr, size, v)
                         if kind != MEM_OK:
                             trap_cause = pa if kind == MEM_FAULT else _CAUSE_STORE_ACCESS
-                            trap_tval = addr
+                            trap_tval = tval
             elif opcode == 0x53 or opcode == 0x43 or opcode == 0x47 or opcode == 0x4B or opcode == 0x4F:
                 if fs_off(st) or fp_execute(st, stf64, stf32, insn & MASK32) != 0:
                     illegal = True
@@ -853,7 +856,6 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
     if reason == EXIT_SLICE:
         st[PC] = pc
     st[EXIT_REASON] = reason
-    st[CSR + CSR_MINSTRET] += n
-    st[CSR + CSR_MCYCLE] = st[CSR + CSR_MINSTRET]
+    retire(st, n)
     sh[SH_SLICE_INSNS] += n
     return reason

@@ -2,7 +2,10 @@
 
 `n` is the number of instructions the core has retired in the current run()
 call and not yet added to minstret/mcycle; counter reads add it in and
-counter writes subtract it, so the core only touches memory at exit.
+counter writes subtract it, so the core only touches memory at exit
+(`retire`). A cycle is one instruction here, but mcycle and minstret are
+separate registers: each can be written and inhibited (mcountinhibit) on
+its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pocketvm.cpu.state import (
     CSR_FFLAGS,
     CSR_FRM,
     CSR_MCOUNTEREN,
+    CSR_MCOUNTINHIBIT,
     CSR_MCYCLE,
     CSR_MIDELEG,
     CSR_MIE,
@@ -49,6 +53,48 @@ def fs_off(st):
 @core_jit(inline="always")
 def mark_fs_dirty(st):
     st[CSR + CSR_MSTATUS] |= FS_DIRTY
+
+
+@core_jit(inline="always")
+def _counting(st, counter):
+    """Whether mcycle (0xB00) or minstret (0xB02) counts: mcountinhibit bit 0 / 2 clear."""
+    return ((st[CSR + CSR_MCOUNTINHIBIT] >> (counter & 31)) & 1) == 0
+
+
+@core_jit(inline="always")
+def _counter_value(st, counter, n):
+    return st[CSR + counter] + (n if _counting(st, counter) else 0)
+
+
+@core_jit(inline="always")
+def _counter_write(st, counter, value, n):
+    # The written value replaces this instruction's own increment: the next
+    # instruction reads exactly `value`. Retiring adds n + 1 (this one too).
+    st[CSR + counter] = value - (n + 1 if _counting(st, counter) else 0)
+
+
+@core_jit
+def _inhibit_write(st, value, n):
+    """mcountinhibit takes effect after the writing instruction, which still
+    counts under the old setting; a counter that stops or starts is rebased
+    so that reads stay continuous."""
+    for counter in (CSR_MCYCLE, CSR_MINSTRET):
+        was = _counting(st, counter)
+        now = ((value >> (counter & 31)) & 1) == 0
+        if was and not now:
+            st[CSR + counter] += n + 1
+        elif now and not was:
+            st[CSR + counter] -= n + 1
+    st[CSR + CSR_MCOUNTINHIBIT] = value
+
+
+@core_jit(inline="always")
+def retire(st, n):
+    """Add the instructions retired in a run() call to the counters that count."""
+    if _counting(st, CSR_MINSTRET):
+        st[CSR + CSR_MINSTRET] += n
+    if _counting(st, CSR_MCYCLE):
+        st[CSR + CSR_MCYCLE] += n
 
 
 @core_jit
@@ -86,11 +132,11 @@ def csr_read(st, sh, csr, n):
             return False, 0
         if csr == 0xC01:
             return True, update_mtime(sh, n)
-        if csr == 0xC00 or csr == 0xC02:
-            return True, st[CSR + CSR_MINSTRET] + n
+        if csr == 0xC00 or csr == 0xC02:  # cycle / instret: read-only shadows
+            return True, _counter_value(st, csr - 0x100, n)
         return True, 0
     if csr == CSR_MCYCLE or csr == CSR_MINSTRET:
-        return True, st[CSR + CSR_MINSTRET] + n
+        return True, _counter_value(st, csr, n)
     if 0xB03 <= csr <= 0xB1F or 0x323 <= csr <= 0x33F:
         return True, 0  # hpm counters and events: hardwired to zero
     if csr == 0x100:  # sstatus
@@ -137,7 +183,10 @@ def csr_write(st, sh, csr, value, n):
         mark_fs_dirty(st)
         return True
     if csr == CSR_MCYCLE or csr == CSR_MINSTRET:
-        st[CSR + CSR_MINSTRET] = value - n
+        _counter_write(st, csr, value, n)
+        return True
+    if csr == CSR_MCOUNTINHIBIT:
+        _inhibit_write(st, value, n)
         return True
     if 0xB03 <= csr <= 0xB1F or 0x323 <= csr <= 0x33F:
         return True
@@ -197,7 +246,7 @@ def csr_write(st, sh, csr, value, n):
     if 0x3A0 <= csr <= 0x3AF:  # pmpcfg
         st[CSR + csr] = value
         return True
-    if csr == 0x320 or csr == 0x140 or csr == 0x142 or csr == 0x143 or csr == 0x340 or csr == 0x342 or csr == 0x343:
+    if csr == 0x140 or csr == 0x142 or csr == 0x143 or csr == 0x340 or csr == 0x342 or csr == 0x343:
         st[CSR + csr] = value
         return True
     # misa and the read-only ID registers ignore writes.
