@@ -82,6 +82,25 @@ has_virtio 0x0002 && load {mods("disk")}
 has_virtio 0x0001 && load {mods("net")}
 {display_load}[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
 
+# root=DEV on the kernel command line: mount that disk and hand over to its
+# init (init=PATH, default /sbin/init), which then owns networking too.
+root= rinit=/sbin/init rflags=rw
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${{arg#root=}}" ;;
+        init=*) rinit="${{arg#init=}}" ;;
+        ro) rflags=ro ;;
+    esac
+done
+if [ -n "$root" ]; then
+    mkdir -p /newroot
+    if mount -t ext4 -o "$rflags" "$root" /newroot && [ -x "/newroot$rinit" ] || [ -L "/newroot$rinit" ]; then
+        umount /tmp
+        for fs in /dev /proc /sys; do mount --move $fs /newroot$fs; done
+        exec switch_root /newroot "$rinit"
+    fi
+    echo "pocketvm: cannot start $rinit on root $root; here is the initramfs shell"
+fi
 ip link set lo up
 # Every network interface asks for an address (pocketvm's user network
 # answers at once; a network without DHCP costs two seconds).

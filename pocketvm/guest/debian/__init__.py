@@ -1,0 +1,1 @@
+"""Files installed into the Debian guest image (see pocketvm.images.rootfs)."""
