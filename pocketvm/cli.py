@@ -33,6 +33,7 @@ _USER_ERRORS = (
     ("pocketvm.snapshot.format", "SnapshotError"),
     ("pocketvm.control", "ControlError"),
     ("pocketvm.launcher.client", "LauncherError"),
+    ("pocketvm.backends.disk", "DiskError"),
 )
 
 
@@ -65,15 +66,20 @@ class _Group(click.Group):
                 fail(str(e))
             raise
 
-    # `pocket image ...` lives in pocketvm.images, loaded only when used.
+    # `pocket image ...` lives in pocketvm.images, `pocket disk ...` in
+    # pocketvm.disk_cli, loaded only when used.
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), "image"])
+        return sorted({*super().list_commands(ctx), "image", "disk"})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "image" and name not in self.commands:
             from pocketvm.images.cli import image
 
             self.add_command(image)
+        if name == "disk" and name not in self.commands:
+            from pocketvm.disk_cli import disk
+
+            self.add_command(disk)
         return super().get_command(ctx, name)
 
 
@@ -202,8 +208,9 @@ def build_config(
 @click.option("--initrd", metavar="PATH", help="Initramfs (default: the pulled guest's).")
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
 @click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
-@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a raw disk image as virtio-blk (repeatable; ',ro' = read-only).")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a disk image (raw or qcow2, told apart by content) as virtio-blk (repeatable; ',ro' = read-only).")
 @click.option("--nic", "nics", multiple=True, metavar="user[,hostfwd=tcp::HOST-:GUEST]", help="Attach a virtio network interface (repeatable). 'user': NAT behind the host, no privileges; the guest is 10.0.2.15 (DHCP), the host 10.0.2.2. hostfwd forwards a TCP port of the host's 127.0.0.1 to the guest.")
+@click.option("--vsock", default="", metavar="PATH|none", help="Unix socket of the VM's virtio-vsock device (default: NAME.vsock beside its control socket; `pocket ls --json` shows it). A host program connects and writes 'CONNECT <port>\\n' to reach a guest port; the guest reaches host port P at PATH_P. 'none': no vsock device.")
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")

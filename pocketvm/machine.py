@@ -238,11 +238,12 @@ class VirtualMachine:
         return [VirtioGpu(self.screen), *self.inputs]
 
     def _make_disk(self, spec: DiskSpec) -> Any:
-        from pocketvm.backends.disk import DiskError, DiskImage
+        from pocketvm.backends.disk import DiskError
+        from pocketvm.backends.open_disk import open_disk
         from pocketvm.devices.virtio_blk import VirtioBlk
 
         try:
-            image = DiskImage(spec.path, readonly=spec.readonly)
+            image = open_disk(spec.path, readonly=spec.readonly)  # raw or qcow2, by content
         except DiskError as e:
             raise VMError(str(e)) from None
         self.disks.append(image)

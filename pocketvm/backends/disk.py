@@ -68,29 +68,48 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def open_locked(path: str, readonly: bool) -> int:
+    """Open an image file O_RDONLY or O_RDWR and flock it (shared when
+    read-only, exclusive when writable); DiskError (one line) otherwise."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DiskError(f"disk image not found: {path}") from None
+    except OSError as e:
+        raise DiskError(f"cannot access disk image {path}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DiskError(f"disk image {path} is a directory")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise DiskError(f"disk image {path} is not a regular file or block device")
+    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        hint = " (open it read-only?)" if not readonly and e.errno in (errno.EACCES, errno.EROFS) else ""
+        raise DiskError(f"cannot open disk image {path}: {e.strerror}{hint}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DiskError(f"disk image {path} is in use by another process") from None
+    except OSError as e:
+        # Some filesystems (old NFS, FUSE) cannot lock; run unprotected.
+        log.warning("cannot lock disk image %s: %s", path, e.strerror)
+    return fd
+
+
 class DiskImage:
+    """A raw disk image (see the module docstring)."""
+
+    format = "raw"
+    backing: Any = None  # raw images have no backing file
+
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False):
         self.path = os.fspath(path)
         self.readonly = readonly
         self.fd = -1
+        self.fd = open_locked(self.path, readonly)
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise DiskError(f"disk image not found: {self.path}") from None
-        except OSError as e:
-            raise DiskError(f"cannot access disk image {self.path}: {e.strerror}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise DiskError(f"disk image {self.path} is a directory")
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise DiskError(f"disk image {self.path} is not a regular file or block device")
-        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
-        try:
-            self.fd = os.open(self.path, flags)
-        except OSError as e:
-            hint = " (open it read-only?)" if not readonly and e.errno in (errno.EACCES, errno.EROFS) else ""
-            raise DiskError(f"cannot open disk image {self.path}: {e.strerror}{hint}") from None
-        try:
-            self._lock()
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             if self.size % SECTOR_SIZE:
                 raise DiskError(f"disk image {self.path} is {self.size} bytes, not a multiple of {SECTOR_SIZE}")
@@ -103,15 +122,6 @@ class DiskImage:
             self.close()
             raise
         self.supports_discard = self._probe_discard()
-
-    def _lock(self) -> None:
-        try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if self.readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DiskError(f"disk image {self.path} is in use by another process") from None
-        except OSError as e:
-            # Some filesystems (old NFS, FUSE) cannot lock; run unprotected.
-            log.warning("cannot lock disk image %s: %s", self.path, e.strerror)
 
     def _probe_discard(self) -> bool:
         if self.readonly:
@@ -228,67 +238,76 @@ class DiskImage:
     # --- snapshots ----------------------------------------------------------------------
 
     def copy_to(self, dest: str | os.PathLike[str]) -> str:
-        """Copy the image to a new file `dest`; returns "reflink" or "copy".
+        """Copy the image to a new file `dest`; returns "reflink" or "copy" (see `copy_file`)."""
+        return copy_file(self.fd, self.path, dest)
 
-        A reflink shares the data blocks copy-on-write (instant, no space);
-        otherwise only the allocated extents are copied, so holes stay holes.
-        `dest` must not exist.
-        """
-        dest = os.fspath(dest)
-        try:
-            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise DiskError(f"cannot create {dest}: {e.strerror}") from None
-        try:
-            try:
-                fcntl.ioctl(out, FICLONE, self.fd)
-                method = "reflink"
-            except OSError as e:
-                if e.errno not in _UNSUPPORTED:
-                    raise
-                self._sparse_copy(out)
-                method = "copy"
-            os.fsync(out)
-        except OSError as e:
-            os.close(out)
-            os.unlink(dest)
-            raise DiskError(f"copy of {self.path} to {dest} failed: {e.strerror}") from None
-        os.close(out)
-        return method
 
-    def _sparse_copy(self, out: int) -> None:
-        os.ftruncate(out, self.size)
-        for start, end in self._data_extents():
-            pos = start
-            while pos < end:
-                chunk = os.pread(self.fd, min(_COPY_CHUNK, end - pos), pos)
-                if not chunk:
-                    break
-                # Zero blocks inside allocated extents become holes too.
-                if chunk != _ZERO_CHUNK[: len(chunk)]:
-                    _pwrite_all(out, chunk, pos)
-                pos += len(chunk)
+def copy_file(fd: int, path: str, dest: str | os.PathLike[str]) -> str:
+    """Copy the open file `fd` (named `path` in messages) to a new file `dest`;
+    returns "reflink" or "copy".
 
-    def _data_extents(self) -> list[tuple[int, int]]:
-        """Allocated (start, end) ranges; the whole file if holes cannot be found."""
-        extents = []
-        pos = 0
+    A reflink shares the data blocks copy-on-write (instant, no space);
+    otherwise only the allocated extents are copied, so holes stay holes.
+    `dest` must not exist.
+    """
+    dest = os.fspath(dest)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise DiskError(f"cannot create {dest}: {e.strerror}") from None
+    try:
         try:
-            while pos < self.size:
-                try:
-                    start = os.lseek(self.fd, pos, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:  # only a hole remains
-                        break
-                    raise
-                end = os.lseek(self.fd, start, os.SEEK_HOLE)
-                extents.append((start, min(end, self.size)))
-                pos = end
+            fcntl.ioctl(out, FICLONE, fd)
+            method = "reflink"
         except OSError as e:
             if e.errno not in _UNSUPPORTED:
                 raise
-            return [(0, self.size)]
-        return extents
+            _sparse_copy(fd, out)
+            method = "copy"
+        os.fsync(out)
+    except OSError as e:
+        os.close(out)
+        os.unlink(dest)
+        raise DiskError(f"copy of {path} to {dest} failed: {e.strerror}") from None
+    os.close(out)
+    return method
+
+
+def _sparse_copy(fd: int, out: int) -> None:
+    size = os.lseek(fd, 0, os.SEEK_END)
+    os.ftruncate(out, size)
+    for start, end in data_extents(fd, size):
+        pos = start
+        while pos < end:
+            chunk = os.pread(fd, min(_COPY_CHUNK, end - pos), pos)
+            if not chunk:
+                break
+            # Zero blocks inside allocated extents become holes too.
+            if chunk != _ZERO_CHUNK[: len(chunk)]:
+                _pwrite_all(out, chunk, pos)
+            pos += len(chunk)
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """Allocated (start, end) ranges of an open file; the whole file if holes cannot be found."""
+    extents = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, min(end, size)))
+            pos = end
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED:
+            raise
+        return [(0, size)]
+    return extents
 
 
 def _advance(views: list[memoryview], n: int) -> list[memoryview]:
