@@ -151,8 +151,9 @@ def build_config(
     name: str = "",
     mirror: str | None = None,
     nics: tuple[str, ...] = (),
+    vsock: str = "",
 ) -> VMConfig:
-    from pocketvm.machine import VMConfig, VMError, parse_memory
+    from pocketvm.machine import VMConfig, VMError, VsockSpec, parse_memory
 
     mem = parse_memory(memory)
     disk_specs = [_parse_disk(d) for d in disks]
@@ -197,6 +198,7 @@ def build_config(
         append=append if append is not None else DEFAULT_APPEND,
         disks=disk_specs,
         nics=nic_specs,
+        vsock=None if vsock == "none" else VsockSpec(path=Path(vsock).absolute() if vsock else None),
         name=name,
     )
 
@@ -223,6 +225,7 @@ def run(
     append: str | None,
     disks: tuple[str, ...],
     nics: tuple[str, ...],
+    vsock: str,
     name: str,
     mirror: str | None,
     deterministic: bool,
@@ -234,7 +237,7 @@ def run(
     A guest poweroff exits with status 0; a guest panic or failure exits non-zero.
     While it runs, `pocket snapshot NAME DIR` saves it and `pocket ls` lists it.
     """
-    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror, nics)
+    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
     sys.exit(run_vm(config))
 
@@ -274,6 +277,8 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     def terminate(signum: int, frame: Any) -> None:
         raise _Terminated(signum)
 
+    if vm.vsock is not None:
+        info = {**info, "vsock": str(vm.vsock.host.path)}
     server.start(vm, info)
     click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
     # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control

@@ -71,6 +71,15 @@ class NicSpec:
 
 
 @dataclass
+class VsockSpec:
+    """A virtio-vsock device; its host side is the Unix socket `path`
+    (None: `NAME.vsock` in the runtime directory, beside the control socket)."""
+
+    cid: int = 3
+    path: Path | None = None
+
+
+@dataclass
 class DisplaySpec:
     """A virtio-gpu screen of this size, with a virtio keyboard and tablet."""
 
@@ -89,6 +98,7 @@ class VMConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     nics: list[NicSpec] = field(default_factory=list)
     display: DisplaySpec | None = None
+    vsock: VsockSpec | None = None
     rng: bool = True
     deterministic: bool = False
     name: str = ""
@@ -162,6 +172,7 @@ class VirtualMachine:
         self.nics: list[Any] = []
         self.screen: Any = None  # the display's Screen, with a display
         self.inputs: list[Any] = []  # virtio keyboard and tablet, with a display
+        self.vsock: Any = None
         try:
             self._build_devices()
         except BaseException:
@@ -197,6 +208,9 @@ class VirtualMachine:
             from pocketvm.devices.virtio_rng import VirtioRng
 
             backends.append(VirtioRng())
+        if cfg.vsock is not None:
+            self.vsock = self._make_vsock(cfg.vsock)
+            backends.append(self.vsock)
         if len(backends) > mm.VIRTIO_SLOTS:
             raise VMError(f"at most {mm.VIRTIO_SLOTS} virtio devices")
         for slot in range(mm.VIRTIO_SLOTS):
@@ -205,6 +219,8 @@ class VirtualMachine:
             self.virtio.append(transport)
             self.bus.add(mm.VIRTIO_BASE + slot * mm.VIRTIO_STRIDE, mm.VIRTIO_STRIDE, transport)
         self.virtio_slots = list(range(len(backends)))
+        if self.vsock is not None:
+            self.vsock.host.attach(self._wake_io)  # its thread starts only once nothing else can fail
 
     def _make_nic(self, index: int, spec: NicSpec) -> Any:
         from pocketvm.devices.virtio_net import VirtioNet, default_mac
@@ -222,6 +238,23 @@ class VirtualMachine:
         device = VirtioNet(backend, default_mac(index))
         backend.attach(self._wake_io)  # its thread starts only once nothing else can fail
         return device
+
+    def _make_vsock(self, spec: VsockSpec) -> Any:
+        from pocketvm.backends.vsock_unix import VsockHostError, VsockUnixHost
+        from pocketvm.devices.virtio_vsock import MAX_GUEST_CID, MIN_GUEST_CID, VirtioVsock
+        from pocketvm.paths import runtime_dir
+
+        if not MIN_GUEST_CID <= spec.cid <= MAX_GUEST_CID:
+            raise VMError(f"vsock guest CID must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}")
+        path = spec.path
+        if path is None:
+            if not self.config.name:
+                raise VMError("a vsock device needs a socket path or a VM name")
+            path = runtime_dir() / f"{self.config.name}.vsock"
+        try:
+            return VirtioVsock(VsockUnixHost(path), spec.cid)
+        except VsockHostError as e:
+            raise VMError(str(e)) from None
 
     def _make_display(self, spec: DisplaySpec) -> list[Any]:
         from pocketvm.backends.display.screen import Screen
@@ -433,6 +466,8 @@ class VirtualMachine:
                 nic.deliver()
             for dev in self.inputs:
                 dev.deliver()
+            if self.vsock is not None:
+                self.vsock.poll()
             self.rtc.poll()
             # Input just fed or an RTC alarm may have raised an interrupt
             # that wakes a hart: then there is no reason to sleep.
@@ -475,6 +510,15 @@ class VirtualMachine:
                 nic.deliver()
             if self._interrupt_wakes_a_hart(current_mip) or any(n.wants_attention() for n in self.nics):
                 return
+        if self.vsock is not None:
+            from pocketvm.cpu.trap import current_mip
+
+            self.vsock.poll()  # sockets that became ready before the clear
+            if self._interrupt_wakes_a_hart(current_mip) or self.vsock.wants_attention():
+                return
+            vsock_deadline = self.vsock.next_deadline()
+            if vsock_deadline is not None:
+                timeout = min(timeout, max(0.0, vsock_deadline - time.monotonic()))
         if self.inputs:
             from pocketvm.cpu.trap import current_mip
 
@@ -538,6 +582,8 @@ class VirtualMachine:
             d.close()
         for nic in self.nics:
             nic.backend.close()
+        if self.vsock is not None:
+            self.vsock.close()
 
 
 def load_cpu_core() -> None:

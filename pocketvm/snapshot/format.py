@@ -214,6 +214,11 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
                 raise _Invalid(f"vm.{key} is missing or has the wrong type")
         if not _valid_nics(vm.get("nics", [])):
             raise _Invalid("vm.nics has the wrong shape")
+        vsock = vm.get("vsock")
+        if vsock is not None:
+            cid = vsock.get("cid") if isinstance(vsock, dict) else None
+            if not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= 0xFFFF_FFFE:
+                raise _Invalid("vm.vsock has the wrong shape")
         cpu = _get(obj, "cpu", dict, "")
         ram = _get(obj, "ram", dict, "")
         files_obj = _get(obj, "files", dict, "")

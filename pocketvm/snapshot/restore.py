@@ -49,7 +49,7 @@ class Snapshot:
     ram_extents: list[tuple[int, int]]  # where ram.raw has data (the rest are holes)
 
     def config(self, name: str, disk_paths: list[Path]) -> VMConfig:
-        from pocketvm.machine import DiskSpec, NicSpec, VMConfig
+        from pocketvm.machine import DiskSpec, NicSpec, VMConfig, VsockSpec
 
         vm = self.manifest.vm
         disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
@@ -65,6 +65,9 @@ class Snapshot:
             append=vm["append"],
             disks=disks,
             nics=nics,
+            # A vsock comes back with its CID and a socket named after the
+            # new VM; the old connections ended with the old VM.
+            vsock=VsockSpec(cid=vm["vsock"]["cid"]) if vm.get("vsock") else None,
             rng=vm["rng"],
             deterministic=vm["deterministic"],
             name=name,

@@ -238,6 +238,8 @@ def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
                 "rng": cfg.rng,
                 "deterministic": cfg.deterministic,
                 "nics": [n.as_dict() for n in cfg.nics],
+                # The CID only: a restored VM gets a socket of its own name.
+                "vsock": {"cid": cfg.vsock.cid} if cfg.vsock is not None else None,
             },
             harts=len(vm.harts),
             state_size=S.STATE_SIZE,
