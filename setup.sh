@@ -20,7 +20,8 @@ for arg in "$@"; do
 done
 
 debs=(python3-venv qemu-system-misc qemu-user gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-      e2fsprogs device-tree-compiler cpio xz-utils)
+      e2fsprogs device-tree-compiler cpio xz-utils
+      novnc chromium)  # the web display's client; the browser its end-to-end test drives
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

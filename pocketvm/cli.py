@@ -31,6 +31,8 @@ _USER_ERRORS = (
     ("pocketvm.machine", "VMError"),
     ("pocketvm.images.errors", "ImageError"),
     ("pocketvm.snapshot.format", "SnapshotError"),
+    ("pocketvm.web.attach", "DisplayOptionError"),
+    ("pocketvm.web.server", "DisplayServerError"),
     ("pocketvm.control", "ControlError"),
     ("pocketvm.launcher.client", "LauncherError"),
     ("pocketvm.backends.disk", "DiskError"),
@@ -216,6 +218,8 @@ def build_config(
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
+@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900).")
+@click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
 def run(
     memory: str,
     cpus: int,
@@ -229,6 +233,8 @@ def run(
     name: str,
     mirror: str | None,
     deterministic: bool,
+    display: str,
+    display_size: str,
 ) -> None:
     """Boot a VM with the console attached.
 
@@ -239,10 +245,17 @@ def run(
     """
     config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
-    sys.exit(run_vm(config))
+    from pocketvm.web.attach import parse_display, parse_size
+
+    shown = parse_display(display)
+    if shown.kind != "none":
+        from pocketvm.machine import DisplaySpec
+
+        config.display = DisplaySpec(*parse_size(display_size))
+    sys.exit(run_vm(config, shown))
 
 
-def run_vm(config: VMConfig) -> int:
+def run_vm(config: VMConfig, display: Any = None) -> int:
     from pocketvm.console import HostConsole
     from pocketvm.control import ControlServer, check_name, generate_name
     from pocketvm.machine import VirtualMachine
@@ -255,7 +268,7 @@ def run_vm(config: VMConfig) -> int:
             vm.load_boot_files()
             for warning in vm.boot_plan.warnings:
                 click.echo(f"pocket: warning: {warning}", err=True)
-            return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting")
+            return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting", display)
         finally:
             vm.close()
 
@@ -268,8 +281,10 @@ class _Terminated(BaseException):
         self.signum = signum
 
 
-def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str) -> int:
-    """Serve the control socket, run the VM with the console attached, report how it ended."""
+def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str, display: Any = None) -> int:
+    """Serve the control socket, run the VM with the console attached, report how it ended.
+
+    `display` (a pocketvm.web.attach.DisplayChoice) puts the screen and console on the web or VNC."""
     import signal
 
     from pocketvm.machine import ExitStatus
@@ -279,8 +294,16 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
 
     if vm.vsock is not None:
         info = {**info, "vsock": str(vm.vsock.host.path)}
+    viewer = None
+    if display is not None and display.kind != "none":
+        from pocketvm.web.attach import start_display
+
+        viewer = start_display(vm, display)
     server.start(vm, info)
     click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
+    if viewer is not None:
+        where = viewer.url if viewer.url else "VNC on {}:{}".format(*viewer.vnc_address)
+        click.echo(f"pocket: display: {where}", err=True)
     # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control
     # socket, console mode, a restored VM's disk copies) still happens.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -292,6 +315,10 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if viewer is not None:
+            ended = locals().get("status")
+            viewer.vm_stopped((ended.message or ended.reason) if ended is not None else "the monitor failed")
+            viewer.close()
     if status.code != 0 or status.reason not in ("poweroff", "quit"):
         click.echo(f"\npocket: {status.message or status.reason}", err=True)
     return status.code
@@ -306,7 +333,8 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     help="Where the VM's private disk copies go (default: ~/.local/state/pocketvm/disks/NAME).",
 )
 @click.option("--discard", is_flag=True, help="Throw the VM away when it ends: delete its disk copies even if the guest wrote to them.")
-def restore(directory: str, name: str, disk_dir: str | None, discard: bool) -> None:
+@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
+def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
 
     The snapshot is checked first and never changed: it can be restored any
@@ -319,6 +347,9 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool) -> N
     """
     import threading
 
+    from pocketvm.web.attach import parse_display
+
+    shown = parse_display(display)
     # Loading numba and the compiled CPU core takes longer than checking the
     # snapshot, and the check mostly runs outside the GIL (hashing, numpy):
     # do both at once, starting the load before anything else.
@@ -340,7 +371,7 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool) -> N
             core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(
-                restored.vm, console, server, {"origin": "restore", "snapshot": origin}, f"restored from {origin}"
+                restored.vm, console, server, {"origin": "restore", "snapshot": origin}, f"restored from {origin}", shown
             )
         finally:
             restored.vm.close()
