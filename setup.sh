@@ -20,7 +20,7 @@ for arg in "$@"; do
 done
 
 debs=(python3-venv qemu-system-misc qemu-user gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-      e2fsprogs device-tree-compiler cpio xz-utils
+      e2fsprogs device-tree-compiler cpio xz-utils debootstrap
       novnc chromium)  # the web display's client; the browser its end-to-end test drives
 missing=()
 for p in "${debs[@]}"; do

@@ -206,8 +206,9 @@ def build_config(
 
 
 @main.command()
-@click.option("-m", "--memory", default=DEFAULT_MEMORY, show_default=True, help="Guest RAM, e.g. 512M or 1G.")
-@click.option("-c", "--cpus", default=1, show_default=True, type=click.IntRange(1, 8), help="Number of harts.")
+@click.option("-m", "--memory", default=None, help=f"Guest RAM, e.g. 512M or 1G (default {DEFAULT_MEMORY}; with --image, the template's).")
+@click.option("-c", "--cpus", default=None, type=click.IntRange(1, 8), help="Number of harts (default 1; with --image, the template's).")
+@click.option("--image", metavar="NAME", help="Run a system built by `pocket image build` (e.g. debian) on a fresh overlay of its root disk: restored from its template in a fraction of a second, or booted when --memory/--cpus/--disk differ from the template.")
 @click.option("--kernel", metavar="PATH", help="Linux Image, or with --bios none a bare-metal ELF. Default: the pulled Debian guest.")
 @click.option("--initrd", metavar="PATH", help="Initramfs (default: the pulled guest's).")
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
@@ -221,8 +222,9 @@ def build_config(
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900).")
 @click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
 def run(
-    memory: str,
-    cpus: int,
+    memory: str | None,
+    cpus: int | None,
+    image: str | None,
     kernel: str | None,
     initrd: str | None,
     bios: str | None,
@@ -242,8 +244,17 @@ def run(
     is fed to the guest console, e.g. `printf 'uname -m\\npoweroff\\n' | pocket run`.
     A guest poweroff exits with status 0; a guest panic or failure exits non-zero.
     While it runs, `pocket snapshot NAME DIR` saves it and `pocket ls` lists it.
+    With --image, the VM's root disk is a qcow2 overlay of the image's base;
+    if the guest wrote to it, it is kept and its path printed at the end.
     """
-    config = build_config(memory, cpus, kernel, initrd, bios, append, disks, name, mirror, nics, vsock)
+    if image is not None:
+        from pocketvm.imagevm import run_image
+
+        if kernel or initrd or bios or append:
+            raise click.UsageError("--image brings its own kernel, initrd, firmware and command line")
+        sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size))
+    config = build_config(memory or DEFAULT_MEMORY, cpus or 1, kernel, initrd, bios, append, disks, name, mirror,
+                          nics, vsock)
     config.deterministic = deterministic
     from pocketvm.web.attach import parse_display, parse_size
 
@@ -345,11 +356,16 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
     unless --discard says to throw them away too.
     stdin works as for `pocket run`.
     """
-    import threading
-
     from pocketvm.web.attach import parse_display
 
-    shown = parse_display(display)
+    sys.exit(restore_snapshot(directory, name, Path(disk_dir) if disk_dir else None, discard, parse_display(display)))
+
+
+def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, discard: bool, shown: Any = None,
+                     what: str | None = None, nics: list[NicSpec] | None = None) -> int:
+    """Restore the snapshot in directory as VM `name` with the console attached; its exit status."""
+    import threading
+
     # Loading numba and the compiled CPU core takes longer than checking the
     # snapshot, and the check mostly runs outside the GIL (hashing, numpy):
     # do both at once, starting the load before anything else.
@@ -364,14 +380,15 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
     with ControlServer(vm_name) as server:
         snap = open_snapshot(directory)
         console = HostConsole()
-        restored = restore_vm(snap, console, vm_name, Path(disk_dir) if disk_dir else None)
+        restored = restore_vm(snap, console, vm_name, disk_dir, nics)
         try:
             if restored.disks.directory is not None:
                 server.note_disk_dir(restored.disks.directory, discard)
             core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(
-                restored.vm, console, server, {"origin": "restore", "snapshot": origin}, f"restored from {origin}", shown
+                restored.vm, console, server, {"origin": "restore", "snapshot": origin},
+                what or f"restored from {origin}", shown,
             )
         finally:
             restored.vm.close()
@@ -380,7 +397,7 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
             kept = restored.disks.finish()
             if kept is not None:
                 click.echo(f"pocket: the guest wrote to its disks; they are kept in {kept}", err=True)
-    sys.exit(code)
+    return code
 
 
 def _load_core() -> None:

@@ -225,6 +225,10 @@ class VirtualMachine:
     def _make_nic(self, index: int, spec: NicSpec) -> Any:
         from pocketvm.devices.virtio_net import VirtioNet, default_mac
 
+        if spec.kind == "none":  # a card with its cable out (a template's NIC when no network was asked for)
+            from pocketvm.backends.net import DisconnectedNet
+
+            return VirtioNet(DisconnectedNet(), default_mac(index), link_up=False)
         if spec.kind != "user":
             raise VMError(f"unknown network kind {spec.kind!r} (supported: user)")
         from pocketvm.backends.net_user import UserNet

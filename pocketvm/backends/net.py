@@ -27,3 +27,19 @@ class NetBackend(Protocol):
 
     def close(self) -> None:
         """Stop; release host resources. Idempotent."""
+
+
+class DisconnectedNet:
+    """The other end of a network card with no cable: frames go nowhere."""
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        pass
+
+    def send(self, frame: bytes) -> None:
+        pass
+
+    def receive(self) -> bytes | None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -80,10 +80,11 @@ class VirtioNet(v.VirtioDevice):
     num_queues = 2
     queue_num_max = QUEUE_SIZE
 
-    def __init__(self, backend: NetBackend, mac: bytes):
+    def __init__(self, backend: NetBackend, mac: bytes, link_up: bool = True):
         super().__init__()
         self.backend = backend
         self.mac = _check_mac(mac)
+        self.link_up = link_up  # False: a card with its cable out (the guest sees no carrier)
         self.stats: dict[str, int] = {"tx_frames": 0, "rx_frames": 0, "rx_dropped": 0, "tx_dropped": 0}
         self._held: deque[bytes] = deque()
         # The last deliver() stopped at PULL_MAX, so the backend may hold
@@ -94,7 +95,7 @@ class VirtioNet(v.VirtioDevice):
         return F_MAC | F_STATUS
 
     def config_bytes(self) -> bytes:
-        return _CONFIG.pack(self.mac, S_LINK_UP, 1)
+        return _CONFIG.pack(self.mac, S_LINK_UP if self.link_up else 0, 1)
 
     def config_write(self, offset: int, data: bytes) -> None:
         # The mac is only writable in legacy devices; nothing else ever is.

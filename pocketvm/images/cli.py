@@ -12,7 +12,7 @@ from .sources import MIRROR_ENV
 
 @click.group("image")
 def image() -> None:
-    """Guest boot images (Debian riscv64 kernel, initramfs, OpenSBI)."""
+    """Guest images: boot files (kernel, initramfs, OpenSBI) and Debian systems on qcow2 disks."""
 
 
 @image.command("pull")
@@ -40,3 +40,72 @@ def path() -> None:
     click.echo(default_image_dir())
     if load_default_image() is None:
         raise SystemExit(1)
+
+
+@image.command("build")
+@click.argument("distribution", type=click.Choice(["debian"]))
+@click.option("--name", default="", help="Name of the image (default: the distribution's name).")
+@click.option("--packages", metavar="PKG[,PKG...]", default="",
+              help="Extra Debian packages to install (comma-separated).")
+@click.option("--mirror", metavar="URL", help=f"Debian mirror (default: ${MIRROR_ENV}, else the host's apt sources). "
+              "It is also the mirror the guest's apt uses.")
+@click.option("--force", is_flag=True, help="Build again even if an image with the same inputs exists.")
+@click.option("--no-template", is_flag=True, help="Do not boot the result once to save a template snapshot.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def build(distribution: str, name: str, packages: str, mirror: str | None, force: bool, no_template: bool,
+          quiet: bool) -> None:
+    """Build a Debian trixie riscv64 system on a qcow2 root disk.
+
+    The first stage (debootstrap, download and unpack) runs on the host and
+    needs root; the second stage (package configuration) runs inside a
+    pocketvm VM. The result is a read-only qcow2 base image plus a template:
+    a snapshot of the system booted once, which `pocket run --image NAME`
+    restores in a fraction of a second. A second build with the same inputs
+    does nothing. Takes about 15-30 minutes the first time.
+    """
+    from .debian import build as build_debian
+
+    extra = [p.strip() for p in packages.split(",") if p.strip()]
+    try:
+        img = build_debian(name or distribution, extra, mirror=mirror, force=force, template=not no_template,
+                           quiet=quiet)
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.Abort() from None
+    if not quiet:
+        out = Console()
+        out.print(f"[bold]{img.name}[/bold]: Debian {img.manifest.get('suite')} {img.manifest.get('architecture')}, "
+                  f"{len(img.manifest.get('packages', []))} packages + minbase, Linux {img.manifest.get('kernel_release')}")
+        out.print(f"  base      {img.base}")
+        out.print(f"  template  {img.template or '(none)'}")
+        out.print(f"  run it:   pocket run --image {img.name}")
+
+
+@image.command("ls")
+def list_images() -> None:
+    """List the built images."""
+    from .catalog import list_images as images
+
+    rows = [("NAME", "KIND", "SIZE", "TEMPLATE", "BUILT")]
+    for info in images():
+        rows.append((info.name, info.kind, f"{info.size / (1 << 20):.0f}M", "yes" if info.template else "no",
+                     info.built))
+    if len(rows) == 1:
+        click.echo("no images: `pocket image pull` fetches the boot files, `pocket image build debian` a system")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@image.command("rm")
+@click.argument("name")
+def remove(name: str) -> None:
+    """Delete the built image NAME (its base disk and template)."""
+    from .catalog import remove_image
+
+    try:
+        remove_image(name)
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .apt import find_keyrings, sha256_file
+from .catalog import images_root
 from .errors import ImageError
 from .pull import SUITE, ARCH, BootFiles, cache_root, pull_default_image
 from .rootfs import BASE_PACKAGES, STAGE2, check_packages, first_stage, install_guest_files, \
@@ -60,10 +61,6 @@ class DebianImage:
     boot: BootFiles
     template: Path | None  # snapshot directory, None when not made
     manifest: dict
-
-
-def images_root() -> Path:
-    return cache_root() / "images"
 
 
 def image_dir(name: str) -> Path:
@@ -254,7 +251,7 @@ def _kernel_deb(boot: BootFiles) -> Path:
 
 def _to_qcow2(raw: Path, dest: Path) -> None:
     """raw -> qcow2, writing only clusters that hold data."""
-    from pocketvm.backends.qcow2 import convert_to_qcow2  # noqa: PLC0415 (backends loads on demand)
+    from pocketvm.backends.qcow2_create import convert_to_qcow2
 
     tmp = dest.with_suffix(".tmp")
     convert_to_qcow2(raw, tmp)

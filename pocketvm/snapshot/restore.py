@@ -30,7 +30,7 @@ from pocketvm.snapshot import format as F
 from pocketvm.snapshot.digest import BLOCK, ContentDigest, algorithm_of, digest_fd
 
 if TYPE_CHECKING:
-    from pocketvm.machine import VirtualMachine, VMConfig
+    from pocketvm.machine import NicSpec, VirtualMachine, VMConfig
 
 # Devices whose state others depend on are loaded first: the interrupt
 # controller before the devices that re-drive their lines into it.
@@ -48,14 +48,19 @@ class Snapshot:
     ram: mmap.mmap  # private copy-on-write mapping of ram.raw
     ram_extents: list[tuple[int, int]]  # where ram.raw has data (the rest are holes)
 
-    def config(self, name: str, disk_paths: list[Path]) -> VMConfig:
+    def config(self, name: str, disk_paths: list[Path], nics: list[NicSpec] | None = None) -> VMConfig:
+        """The VM to build; `nics` connects its network cards otherwise than when saved."""
         from pocketvm.machine import DiskSpec, NicSpec, VMConfig, VsockSpec
 
         vm = self.manifest.vm
         disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
         # A network interface comes back connected anew: the old VM's
         # connections belonged to its process and ended with it.
-        nics = [NicSpec.from_dict(n) for n in vm.get("nics", [])]
+        saved = [NicSpec.from_dict(n) for n in vm.get("nics", [])]
+        if nics is not None and len(nics) != len(saved):
+            raise F.SnapshotError(f"{F.describe(self.path)}: has {len(saved)} network interface(s), "
+                                  f"{len(nics)} asked for")
+        nics = saved if nics is None else nics
         return VMConfig(
             memory=vm["memory"],
             cpus=vm["cpus"],
@@ -242,7 +247,8 @@ class Restored:
 
 
 def restore_vm(
-    path: str | os.PathLike[str] | Snapshot, console: Any, name: str, disk_dir: Path | None = None
+    path: str | os.PathLike[str] | Snapshot, console: Any, name: str, disk_dir: Path | None = None,
+    nics: list[NicSpec] | None = None,
 ) -> Restored:
     """Build a VM, ready to run(), from the snapshot at `path` (verified
     here, or already by `open_snapshot`).
@@ -258,7 +264,7 @@ def restore_vm(
     directory = disk_dir if disk_dir is not None else workdisks.default_disk_dir(name)
     work = workdisks.prepare(snap.path, snap.manifest, Path(os.path.abspath(directory)))
     try:
-        vm = VirtualMachine(snap.config(name, work.paths), console, ram_backing=snap.ram)
+        vm = VirtualMachine(snap.config(name, work.paths, nics), console, ram_backing=snap.ram)
         vm.ram_file_ranges = snap.ram_extents
         try:
             apply_state(vm, snap)
