@@ -279,6 +279,8 @@ class Qcow2Image:
         used = std & (host != 0)
         if used.any():
             hosts = host[used]
+            if (hosts & np.uint64(self.cluster_size - 1)).any():
+                raise self._corrupt(f"{where} has an entry that is not cluster aligned")
             if int(hosts.max()) >= self._file_size:
                 raise self._corrupt(f"{where} points past the end of the file")
             if int(hosts.min()) < self.cluster_size:

@@ -119,10 +119,8 @@ def create_overlay(path: str | os.PathLike[str], backing: str | os.PathLike[str]
 def set_backing(path: str | os.PathLike[str], backing: str, backing_format: str | None) -> None:
     """Rewrite the backing file reference in the header of the qcow2 image
     at `path` (which nothing else may have open)."""
-    from pocketvm.backends.qcow2 import Qcow2Image
-
-    with Qcow2Image(path, readonly=True) as image:
-        h = image.header
+    path = os.fspath(path)
+    h = H.read(path)
     h.backing_file = backing
     h.backing_format = backing_format
     data = H.pack(h)

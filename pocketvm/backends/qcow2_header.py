@@ -10,6 +10,7 @@ numbers are big endian. Everything here is plain data: the image class
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -215,3 +216,19 @@ def pack(h: Header) -> bytes:
     if len(out) > h.cluster_size:
         raise DiskError("the qcow2 header and backing file name do not fit in the first cluster")
     return bytes(out)
+
+
+def read(path: str) -> Header:
+    """The header of the qcow2 file at `path` (nothing else is opened)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(_V2.size)
+            bits = struct.unpack_from(">I", first, 20)[0] if len(first) >= 24 else 16
+            f.seek(0)
+            data = f.read(1 << min(max(bits, MIN_CLUSTER_BITS), MAX_CLUSTER_BITS))
+    except FileNotFoundError:
+        raise DiskError(f"disk image not found: {path}") from None
+    except OSError as e:
+        raise DiskError(f"cannot read disk image {path}: {e.strerror}") from None
+    return parse(data, size, path)

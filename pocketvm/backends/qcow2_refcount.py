@@ -124,6 +124,10 @@ class Refcounts:
         (with its own refcount) before the table entry that points to it."""
         if index >= len(self.table):
             self._grow_table(index)
+            # Growing may have made this very block (for the new table's own refcounts).
+            arr = self._block(index, create=False)
+            if arr is not None:
+                return arr
         c = self._take_end(1)
         arr = np.zeros(self.block_entries, self.dtype)
         self.blocks[index] = arr
