@@ -31,6 +31,7 @@ from pocketvm.devices.clint import Clint
 from pocketvm.devices.guestlog import guest_error
 from pocketvm.devices.plic import Plic, hart_irq_setter
 from pocketvm.devices.rtc import GoldfishRtc
+from pocketvm.devices.vmgenid import VmGenId
 from pocketvm.devices.testdev import TestDevice
 from pocketvm.devices.uart import Uart16550
 from pocketvm.memory import GuestRAM
@@ -188,7 +189,9 @@ class VirtualMachine:
         self.uart = Uart16550(self.plic.irq_line(mm.IRQ_UART), self._console_output)
         self.rtc = GoldfishRtc(self.plic.irq_line(mm.IRQ_RTC))
         self.testdev = TestDevice()
+        self.vmgenid = VmGenId(self.plic.irq_line(mm.IRQ_VMGENID))
         self.bus.add(mm.TEST_BASE, mm.TEST_SIZE, self.testdev)
+        self.bus.add(mm.VMGENID_BASE, mm.VMGENID_SIZE, self.vmgenid)
         self.bus.add(mm.RTC_BASE, mm.RTC_SIZE, self.rtc)
         self.bus.add(mm.CLINT_BASE, mm.CLINT_SIZE, self.clint)
         self.bus.add(mm.PLIC_BASE, mm.PLIC_SIZE, self.plic)
@@ -294,6 +297,7 @@ class VirtualMachine:
             "uart": self.uart,
             "rtc": self.rtc,
             "test": self.testdev,
+            "vmgenid": self.vmgenid,
         }
         for i, t in enumerate(self.virtio):
             named[f"virtio{i}"] = t

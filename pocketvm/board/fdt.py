@@ -185,6 +185,15 @@ def _soc(cfg: BoardConfig, intc: list[int], plic_ph: int, test_ph: int) -> libfd
     )
     soc.append(
         _node(
+            f"vmgenid@{memmap.VMGENID_BASE:x}",
+            libfdt.PropStrings("compatible", "microsoft,vmgenid"),
+            _reg(memmap.VMGENID_BASE, 16),
+            libfdt.PropWords("interrupts", memmap.IRQ_VMGENID),
+            libfdt.PropWords("interrupt-parent", plic_ph),
+        )
+    )
+    soc.append(
+        _node(
             f"test@{memmap.TEST_BASE:x}",
             libfdt.PropStrings("compatible", "sifive,test1", "sifive,test0", "syscon"),
             _reg(memmap.TEST_BASE, memmap.TEST_SIZE),

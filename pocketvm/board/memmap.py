@@ -8,6 +8,8 @@ TEST_BASE = 0x0010_0000  # sifive,test1 (poweroff / reboot)
 TEST_SIZE = 0x1000
 RTC_BASE = 0x0010_1000  # google,goldfish-rtc
 RTC_SIZE = 0x1000
+VMGENID_BASE = 0x0010_2000  # microsoft,vmgenid (a pocketvm addition; free on QEMU virt)
+VMGENID_SIZE = 0x1000
 CLINT_BASE = 0x0200_0000
 CLINT_SIZE = 0x1_0000
 PLIC_BASE = 0x0C00_0000
@@ -23,6 +25,7 @@ RAM_BASE = 0x8000_0000
 IRQ_VIRTIO_FIRST = 1  # slot i uses source 1 + i
 IRQ_UART = 10
 IRQ_RTC = 11
+IRQ_VMGENID = 12
 PLIC_NUM_SOURCES = 96
 
 CLINT_MSIP = 0x0000  # + 4 * hart

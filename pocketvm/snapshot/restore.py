@@ -227,16 +227,23 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     vm.sh[:] = shared
     saved = snap.state["devices"]
     devices = vm.devices()
-    missing = [name for name in devices if name not in saved]
+    # Snapshots from before the vmgenid device restore without it (their
+    # guests never saw one).
+    missing = [name for name in devices if name not in saved and name != "vmgenid"]
     if missing:
         raise F.SnapshotError(f"{where}: no saved state for device(s) {', '.join(missing)}")
     order = [n for n in _LOAD_FIRST if n in devices] + [n for n in devices if n not in _LOAD_FIRST]
     for name in order:
+        if name not in saved:
+            continue
         try:
             devices[name].load(saved[name])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise F.SnapshotError(f"{where}: saved state of device {name} is invalid ({e!r})") from None
     vm.set_guest_time(int(snap.state["mtime"]))
+    # Every restored VM is a new instance: a new generation ID makes the
+    # guest reseed its RNG (and, in pocketvm's Debian image, take a new identity).
+    vm.vmgenid.new_generation()
 
 
 @dataclass

@@ -128,6 +128,26 @@ def test_two_restores_at_once_are_isolated(saved, tmp_path):
     assert cat.stdout == b"disk-at-snapshot\n"
 
 
+def test_restored_vms_reseed_their_random_numbers(saved, tmp_path):
+    """Each restore gets a new VM generation ID: the guest kernel reseeds its
+    RNG, so two VMs from one snapshot never produce the same random bytes."""
+    snap, _, _, _ = saved
+    with Pocket("restore", snap, "--name", "rng-a", "--discard", "--disk-dir", tmp_path / "a") as a, Pocket(
+        "restore", snap, "--name", "rng-b", "--discard", "--disk-dir", tmp_path / "b"
+    ) as b:
+        got = []
+        for vm in (a, b):
+            out = _cmd(vm, "echo R-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')-"
+                           "$(dmesg | grep -c 'virtual machine fork')=$((4*4))=", "=16=", RESTORE)
+            got.append(re.search(r"R-([0-9a-f]{32})-(\d+)=16=", out).groups())
+        assert got[0][0] != got[1][0]
+        assert got[0][1] == got[1][1] == "1"  # "crng reseeded due to virtual machine fork", once
+        for vm in (a, b):
+            vm.send("umount /mnt; poweroff\n")
+        for vm in (a, b):
+            assert vm.wait(120) == 0, vm.err
+
+
 def test_restores_through_the_launcher_answer_and_are_isolated(saved, tmp_path):
     """The same snapshot, restored twice at once by a running launcher:
     each VM is a forked child with its own RAM and disk copy."""
