@@ -30,7 +30,10 @@ def inflate_exact(data: bytes, size: int) -> bytes:
     import zlib
 
     d = zlib.decompressobj()
-    out = d.decompress(data, size)
+    try:
+        out = d.decompress(data, size)
+    except zlib.error as e:
+        raise ValueError(f"compressed pixels are damaged ({e})") from None
     if len(out) != size or d.unconsumed_tail or not d.eof:
         raise ValueError(f"compressed pixels do not hold {size} bytes")
     return out
