@@ -8,7 +8,11 @@
                         input, RTC, test device, virtio transports and queues)
     DIR/ram.raw         guest RAM, byte N = guest physical RAM_BASE + N; zero
                         pages are holes, so it is mapped (not read) on restore
-    DIR/diskN.raw       each attached disk as it was at that instant
+    DIR/diskN.raw       each attached raw disk as it was at that instant
+    DIR/diskN.qcow2     each attached qcow2 disk: only its top image (for an
+                        overlay, what that VM wrote), its backing files
+                        referenced by absolute path and checksum (format
+                        version 2; see `basechain`)
 
 Every file's digest is a `digest.ContentDigest` (XXH3-128 over its non-zero
 4 KiB blocks; older snapshots' digests are SHA-256 and say so in their
@@ -33,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "pocketvm-snapshot"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 1  # snapshots with raw disks only
+VERSION_QCOW2 = 2  # with a qcow2 disk: an older pocketvm must not take it for raw
+SUPPORTED_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 CPU_FILE = "cpu.bin"
@@ -42,8 +47,8 @@ STATE_FILE = "state.json"
 RAM_FILE = "ram.raw"
 
 
-def disk_file(index: int) -> str:
-    return f"disk{index}.raw"
+def disk_file(index: int, fmt: str = "raw") -> str:
+    return f"disk{index}.{'qcow2' if fmt == 'qcow2' else 'raw'}"
 
 
 class SnapshotError(Exception):
@@ -113,10 +118,32 @@ class FileEntry:
 
 
 @dataclass
+class BackingEntry:
+    """A backing file below a snapshot's qcow2 disk."""
+
+    path: str  # absolute
+    format: str  # "raw" or "qcow2"
+    size: int  # file size
+    digest: str = ""  # filled in by basechain.seal (after the VM was let go)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "size": self.size, "digest": self.digest}
+
+
+@dataclass
 class DiskEntry:
     file: str
     readonly: bool
     source: str
+    format: str = "raw"
+    backing: list[BackingEntry] = field(default_factory=list)  # top-down, qcow2 only
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.file, "readonly": self.readonly, "source": self.source}
+        if self.format != "raw":  # version 1 manifests stay as they were
+            out["format"] = self.format
+            out["backing"] = [b.as_dict() for b in self.backing]
+        return out
 
 
 @dataclass
@@ -140,7 +167,7 @@ class Manifest:
             "vm": self.vm,
             "cpu": {"harts": self.harts, "state_size": self.state_size, "shared_size": self.shared_size},
             "ram": {"file": RAM_FILE, "size": self.ram_size},
-            "disks": [{"file": d.file, "readonly": d.readonly, "source": d.source} for d in self.disks],
+            "disks": [d.as_dict() for d in self.disks],
             "files": {name: {"size": f.size, "digest": f.digest} for name, f in sorted(self.files.items())},
             "stats": self.stats,
         }
@@ -227,11 +254,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
             if not _safe_name(name):
                 raise _Invalid(f"file name {name!r} is not allowed")
             files[name] = FileEntry(_get(entry, "size", int, f"files.{name}."), _get(entry, "digest", str, f"files.{name}."))
-        disks = []
-        for i, d in enumerate(_get(obj, "disks", list, "")):
-            disks.append(
-                DiskEntry(_get(d, "file", str, f"disks[{i}]."), _get(d, "readonly", bool, f"disks[{i}]."), str(d.get("source", "")))
-            )
+        disks = [_disk_entry(d, i, version) for i, d in enumerate(_get(obj, "disks", list, ""))]
         m = Manifest(
             version=version,
             created=str(obj.get("created", "")),
@@ -255,6 +278,24 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     except _Invalid as e:
         raise SnapshotError(f"{where}: {MANIFEST} is invalid: {e}") from None
     return m
+
+
+def _disk_entry(d: Any, i: int, version: int) -> DiskEntry:
+    where = f"disks[{i}]."
+    entry = DiskEntry(_get(d, "file", str, where), _get(d, "readonly", bool, where), str(d.get("source", "")))
+    entry.format = d.get("format", "raw")
+    if entry.format not in ("raw", "qcow2") or (entry.format == "qcow2" and version < VERSION_QCOW2):
+        raise _Invalid(f"{where}format is not allowed")
+    for j, b in enumerate(d.get("backing", []) if entry.format == "qcow2" else []):
+        at = f"{where}backing[{j}]."
+        path = _get(b, "path", str, at)
+        if not os.path.isabs(path):
+            raise _Invalid(f"{at}path is not absolute")
+        fmt = _get(b, "format", str, at)
+        if fmt not in ("raw", "qcow2"):
+            raise _Invalid(f"{at}format is not allowed")
+        entry.backing.append(BackingEntry(path, fmt, _get(b, "size", int, at), _get(b, "digest", str, at)))
+    return entry
 
 
 def describe(path: Path) -> str:

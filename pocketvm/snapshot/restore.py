@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pocketvm.snapshot import basechain
 from pocketvm.snapshot import format as F
 from pocketvm.snapshot.digest import BLOCK, ContentDigest, algorithm_of, digest_fd
 
@@ -150,14 +151,23 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         except (ValueError, KeyError, TypeError) as e:
             raise F.SnapshotError(f"{where}: {F.STATE_FILE} is invalid ({e})") from None
         for disk in m.disks:
-            if disk.readonly:  # attached in place, so checked here; writable ones are checked as copied
+            # Attached in place (read-only ones), or the backing file of the
+            # new VM's overlay (qcow2 ones), so checked here; writable raw
+            # ones are checked as they are copied. A qcow2 image's digest
+            # comes from the cache when the file is unchanged (see basechain).
+            if disk.format == "qcow2":
+                digest = basechain.cached_digest(path / disk.file, algorithm_of(m.files[disk.file].digest))
+                basechain.verify(disk.backing, where)
+            elif disk.readonly:
                 fd = os.open(path / disk.file, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     digest, _ = digest_fd(fd, m.files[disk.file].size, algorithm_of(m.files[disk.file].digest))
                 finally:
                     os.close(fd)
-                if digest != m.files[disk.file].digest:
-                    raise F.SnapshotError(f"{where}: {disk.file} checksum mismatch (the disk image was edited or corrupted)")
+            else:
+                continue
+            if digest != m.files[disk.file].digest:
+                raise F.SnapshotError(f"{where}: {disk.file} checksum mismatch (the disk image was edited or corrupted)")
         ram, ram_extents = _map_ram(path / F.RAM_FILE, m.files[F.RAM_FILE], where)
     except OSError as e:
         raise F.SnapshotError(f"{where}: cannot read it: {e.strerror or e}") from None

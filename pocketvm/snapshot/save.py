@@ -5,7 +5,8 @@
 instruction boundary and every device request has completed, so the state
 arrays, the device states, RAM and the disks are one consistent instant.
 It only copies: the non-zero RAM pages into a sparse file, the disks
-(reflink or sparse copy), the small state files.
+(reflink or sparse copy; of a qcow2 overlay only the overlay), the small
+state files.
 
 `Capture.finish()` may run on another thread while the VM goes on: it
 computes the digests of the copies, makes everything durable (fsync),
@@ -29,6 +30,8 @@ import numpy as np
 from pocketvm.backends.disk import DiskError
 from pocketvm.cpu import state as S
 from pocketvm.memory import GuestRAM
+from pocketvm.backends.qcow2_create import set_backing
+from pocketvm.snapshot import basechain
 from pocketvm.snapshot import format as F
 from pocketvm.snapshot.digest import BLOCK, ContentDigest, digest_file, nonzero_runs, true_runs
 from pocketvm.snapshot.pages import candidate_blocks, mark_ranges
@@ -164,6 +167,8 @@ class Capture:
         """Digests, fsync, manifest, rename into place; SnapshotError on failure."""
         m = self.manifest
         try:
+            for disk in m.disks:  # the backing files' digests, cached or computed now
+                basechain.seal(disk.backing)
             for name in [F.RAM_FILE] + [d.file for d in m.disks]:
                 digest, size = digest_file(self.tmp / name)
                 m.files[name] = F.FileEntry(size, digest)
@@ -176,6 +181,9 @@ class Capture:
             # rename(2) replaces an empty directory atomically; anything else was refused.
             os.rename(self.tmp, self.dest)
             _fsync_dir(self.dest.parent)
+            for disk in m.disks:  # restores then check a qcow2 image (maybe large) by a stat
+                if disk.format == "qcow2":
+                    basechain.remember(self.dest / disk.file, m.files[disk.file].digest)
         except OSError as e:
             self.abort()
             raise F.SnapshotError(f"cannot write a snapshot to {self.dest}: {e.strerror or e}") from None
@@ -193,6 +201,21 @@ class Capture:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _save_disk(image: Any, index: int, spec: Any, tmp: Path) -> F.DiskEntry:
+    """Copy one disk into the snapshot: a raw image whole (reflink or sparse
+    copy), a qcow2 image without its backing files, which are referenced
+    by absolute path (and checksum, in `Capture.finish`)."""
+    name = F.disk_file(index, image.format)
+    image.copy_to(tmp / name)
+    entry = F.DiskEntry(name, spec.readonly, str(spec.path), image.format)
+    if image.format == "qcow2" and image.backing is not None:
+        entry.backing = basechain.record(image)
+        below = entry.backing[0]
+        if image.header.backing_file != below.path:
+            set_backing(tmp / name, below.path, below.format)
+    return entry
 
 
 def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
@@ -219,13 +242,11 @@ def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
         disks = []
         disk_bytes = 0
         for i, (spec, image) in enumerate(zip(cfg.disks, vm.disks)):
-            name = F.disk_file(i)
-            image.copy_to(tmp / name)
-            disk_bytes += allocated_bytes(tmp / name)
-            disks.append(F.DiskEntry(name, spec.readonly, str(spec.path)))
+            disks.append(_save_disk(image, i, spec, tmp))
+            disk_bytes += allocated_bytes(tmp / disks[-1].file)
         pause = time.perf_counter() - t0
         manifest = F.Manifest(
-            version=F.VERSION,
+            version=F.VERSION_QCOW2 if any(d.format == "qcow2" for d in disks) else F.VERSION,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             vm={
                 "name": cfg.name,

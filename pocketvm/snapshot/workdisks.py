@@ -1,9 +1,12 @@
-"""The private disk copies of a VM restored from a snapshot.
+"""The private disks of a VM restored from a snapshot.
 
 A restore never writes to the snapshot, and restored VMs never see each
-other's writes, so each writable disk of the snapshot is copied for the new
-VM (a reflink where the filesystem can share blocks copy-on-write, a sparse
-copy otherwise) into a per-VM directory:
+other's writes, so each writable disk of the snapshot gets a private
+version for the new VM, in a per-VM directory: a raw disk is copied (a
+reflink where the filesystem can share blocks copy-on-write, a sparse copy
+otherwise); a qcow2 disk gets a new, empty qcow2 overlay whose backing file
+is the snapshot's image (a few hundred KiB, whatever the disk's size: a
+restore never copies a whole disk):
 
     --disk-dir DIR, or by default  $XDG_STATE_HOME/pocketvm/disks/NAME
                                    (~/.local/state/pocketvm/disks/NAME)
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketvm.backends.disk import DiskError, DiskImage
+from pocketvm.backends.qcow2_create import create_overlay
 from pocketvm.snapshot import format as F
 from pocketvm.snapshot.digest import algorithm_of, digest_file
 
@@ -101,7 +105,7 @@ def reap(directory: Path, written_too: bool = False) -> None:
         return
     for p in entries:
         try:
-            if p.suffix == ".raw" and p.is_file() and (written_too or p.stat().st_mtime_ns == _STAMP_NS):
+            if p.suffix in (".raw", ".qcow2") and p.is_file() and (written_too or p.stat().st_mtime_ns == _STAMP_NS):
                 p.unlink()
         except OSError:
             pass
@@ -130,7 +134,8 @@ def _prepare_dir(directory: Path) -> bool:
 
 
 def prepare(snapshot_dir: Path, manifest: F.Manifest, directory: Path) -> WorkDisks:
-    """Give a new VM its disks: private verified copies of the writable ones."""
+    """Give a new VM its disks: private verified copies of the writable raw
+    ones, private overlays on the writable qcow2 ones."""
     where = F.describe(snapshot_dir)
     writable = [d for d in manifest.disks if not d.readonly]
     work = WorkDisks(None, False)
@@ -144,6 +149,16 @@ def prepare(snapshot_dir: Path, manifest: F.Manifest, directory: Path) -> WorkDi
                 work.paths.append(src)  # digest already checked by open_snapshot
                 continue
             dest = directory / disk.file
+            if disk.format == "qcow2":
+                # The snapshot's image (checked by open_snapshot, with its
+                # backing files) becomes the read-only backing file of this VM's own overlay.
+                try:
+                    create_overlay(dest, src)
+                except DiskError as e:
+                    raise F.SnapshotError(f"{where}: {e}") from None
+                work.copies.append(dest)
+                work.paths.append(dest)
+                continue
             try:
                 with DiskImage(src, readonly=True) as image:
                     image.copy_to(dest)

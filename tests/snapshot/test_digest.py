@@ -247,14 +247,25 @@ def test_manifest_round_trip_and_self_checksum():
 
 def test_manifest_rejects_other_versions_and_unsafe_names():
     obj = json.loads(_manifest().to_json())
-    obj["version"] = 2
+    obj["version"] = max(F.SUPPORTED_VERSIONS) + 1
     obj["checksum"] = F.manifest_checksum(obj)
-    with pytest.raises(F.SnapshotError, match="format version 2 is not supported.*newer"):
+    with pytest.raises(F.SnapshotError, match=f"format version {obj['version']} is not supported.*newer"):
         F.parse_manifest(json.dumps(obj).encode(), "here")
     m = _manifest(disks=[F.DiskEntry("../../etc/passwd", False, "")])
     m.files["../../etc/passwd"] = F.FileEntry(1, "d")
     with pytest.raises(F.SnapshotError, match="not allowed"):
         F.parse_manifest(m.to_json(), "here")
+    # A qcow2 disk in a version 1 manifest (which an older pocketvm would take for raw) is refused.
+    m = _manifest(disks=[F.DiskEntry("disk0.qcow2", False, "", "qcow2")])
+    m.files["disk0.qcow2"] = F.FileEntry(1, "d")
+    with pytest.raises(F.SnapshotError, match="format is not allowed"):
+        F.parse_manifest(m.to_json(), "here")
+    m.version = F.VERSION_QCOW2
+    m.disks[0].backing = [F.BackingEntry("relative/base.qcow2", "qcow2", 1, "d")]
+    with pytest.raises(F.SnapshotError, match="path is not absolute"):
+        F.parse_manifest(m.to_json(), "here")
+    m.disks[0].backing[0].path = "/abs/base.qcow2"
+    assert F.parse_manifest(m.to_json(), "here").disks[0].backing[0].path == "/abs/base.qcow2"
     with pytest.raises(F.SnapshotError, match="not valid JSON"):
         F.parse_manifest(_manifest().to_json()[:50], "here")
 
