@@ -5,7 +5,7 @@
 #   ./setup.sh --no-boot   the same without booting (what CI does)
 #
 # It installs Debian packages (as root, or through sudo): the Python venv
-# module, and the tools the test suite compares against (QEMU, the riscv64
+# module, and the tools the test suite compares against (QEMU and qemu-img, the riscv64
 # cross compiler, e2fsprogs, dtc). pocketvm itself goes into ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,7 +19,7 @@ for arg in "$@"; do
     esac
 done
 
-debs=(python3-venv qemu-system-misc qemu-user gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+debs=(python3-venv qemu-system-misc qemu-user qemu-utils gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
       e2fsprogs device-tree-compiler cpio xz-utils debootstrap
       novnc chromium)  # the web display's client; the browser its end-to-end test drives
 missing=()
