@@ -405,6 +405,8 @@ async def serve_tcp(host: str, port: int, screen: Screen, keyboard: InputSink | 
             await session.run()
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as e:
             log.info("vnc client left: %s", e or type(e).__name__)
+        except asyncio.CancelledError:
+            pass  # the server is shutting down
         finally:
             writer.close()
 
