@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,17 @@ class ImageInfo:
     size: int  # bytes allocated on the host
     template: bool
     built: str
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_image_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise ImageError(f"invalid image name {name!r}: use 1-63 letters, digits, '.', '_' or '-'")
+    if name == IMAGE_NAME:
+        raise ImageError(f"{name} is the name of the boot files of `pocket image pull`; choose another")
+    return name
 
 
 def images_root() -> Path:
@@ -61,7 +73,7 @@ def list_images() -> list[ImageInfo]:
 
 def remove_image(name: str) -> None:
     d = images_root() / name
-    if "/" in name or name in ("", ".", "..") or not (d / "manifest.json").is_file():
+    if not _NAME_RE.fullmatch(name) or not (d / "manifest.json").is_file():
         raise ImageError(f"no image called {name!r} (see `pocket image ls`)")
     if name == IMAGE_NAME:
         raise ImageError(f"{name} holds the kernel and firmware every VM boots; `pocket image pull --force` "

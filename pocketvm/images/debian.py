@@ -1,20 +1,24 @@
 """`pocket image build debian`: a Debian system on a qcow2 root disk.
 
-Steps, each cached in <cache>/images/<name>/ once it succeeded:
+Steps, in <cache>/images/<name>/:
 
-1. first stage on the host: debootstrap --foreign (download, verify, unpack);
-   the booted kernel's modules and the pocketvm guest files are added;
+1. first stage on the host: debootstrap --foreign (download, verify, unpack,
+   nothing of the guest's architecture runs); the booted kernel's modules and
+   pocketvm's build scripts are added (pocketvm/guest/debian/boot);
 2. an ext4 filesystem of that tree in a raw image (mke2fs -d);
 3. second stage inside a pocketvm VM (today's kernel and initramfs, the raw
-   image as its root disk): every package is configured, then the tree is
-   made a pocketvm guest (pocketvm/guest/debian/configure.sh);
-4. the raw image becomes the read-only qcow2 base `root.qcow2`;
-5. the template: the system is booted once from a throw-away overlay and
-   snapshotted when its root shell is idle; `pocket run --image NAME`
-   restores that snapshot instead of booting.
+   image as its root disk): every package is configured. The result is kept
+   as `stage2.raw`, keyed by everything that went into it;
+4. finalize, in another short VM: pocketvm's guest files (the configuration
+   and the agent, pocketvm/guest/debian/config + pocketvm/guest/agent.py) on
+   a second disk are installed by their configure.sh. New guest files only
+   redo this step, not the second stage;
+5. the result becomes the read-only qcow2 base `root.qcow2`;
+6. the template (template.py): the system booted once and snapshotted idle,
+   which `pocket run --image NAME` restores instead of booting.
 
-The result is described by manifest.json. A build whose inputs (packages,
-mirror, kernel, recipe) match a complete image does nothing.
+manifest.json describes the result. A build whose inputs match a complete
+image does nothing.
 """
 
 from __future__ import annotations
@@ -34,21 +38,24 @@ from pathlib import Path
 from .apt import find_keyrings, sha256_file
 from .catalog import images_root
 from .errors import ImageError
-from .pull import SUITE, ARCH, BootFiles, cache_root, pull_default_image
-from .rootfs import BASE_PACKAGES, STAGE2, check_packages, first_stage, install_guest_files, \
-    install_kernel_modules, make_ext4
+from .pull import ARCH, SUITE, BootFiles, cache_root, load_default_image, pull_default_image
+from .rootfs import BASE_PACKAGES, FINALIZE, STAGE2, boot_scripts_digest, check_packages, first_stage, \
+    guest_files_digest, install_boot_scripts, install_kernel_modules, make_ext4, make_files_disk
 from .sources import resolve_mirror
 
 RECIPE = 1
 ROOT_SIZE = 4 << 30
 BASE_FILE = "root.qcow2"
+STAGE2_FILE = "stage2.raw"
+STAGE2_INFO = "stage2.json"
 TEMPLATE_DIR = "template"
 MANIFEST = "manifest.json"
-STAGE2_MEMORY = "1G"
-STAGE2_TIMEOUT = 3 * 3600  # seconds; about 10 minutes on a 2-core machine
+BUILD_MEMORY = "1G"
+STAGE2_TIMEOUT = 3 * 3600  # seconds; 10-20 minutes on a 2-core machine
+FINALIZE_TIMEOUT = 900
+BUILD_APPEND = "console=ttyS0 cryptomgr.notests root=/dev/vda rw"
 BOOT_APPEND = "console=ttyS0 cryptomgr.notests quiet root=/dev/vda rw"
-PROMPT = b"root@pocket"
-_STAGE2_MARK = "pocketvm-stage2: "
+_MARK = "pocketvm-build: "
 
 Note = Callable[[str], None]
 
@@ -62,14 +69,18 @@ class DebianImage:
     template: Path | None  # snapshot directory, None when not made
     manifest: dict
 
+    @property
+    def current(self) -> bool:
+        """Built with this pocketvm's guest files (agent, configuration)."""
+        return self.manifest.get("guest_files") == guest_files_digest()
+
 
 def image_dir(name: str) -> Path:
     return images_root() / name
 
 
-def build_key(packages: Sequence[str], mirror: str, kernel_release: str) -> str:
-    text = json.dumps([RECIPE, sorted(packages), mirror, kernel_release, SUITE, ARCH])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load(name: str) -> DebianImage | None:
@@ -81,16 +92,18 @@ def load(name: str) -> DebianImage | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("kind") != "debian-root" or not (d / BASE_FILE).is_file():
         return None
-    boot = pull_default_image()
-    if boot.version != manifest.get("kernel_release"):
+    boot = load_default_image()
+    if boot is None or boot.version != manifest.get("kernel_release"):
         return None
     template = d / TEMPLATE_DIR
     return DebianImage(name, d, d / BASE_FILE, boot, template if (template / "manifest.json").is_file() else None,
                        manifest)
 
 
-def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float) -> int:
-    """`pocket run ARGS` in its own process, console lines to on_line."""
+def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float) -> list[str]:
+    """`pocket run ARGS` in its own process, console lines to on_line; what
+    the build scripts reported ("step X", "exit N")."""
+    reports: list[str] = []
     env = dict(os.environ, POCKETVM_LAUNCHER="off")
     proc = subprocess.Popen([sys.executable, "-m", "pocketvm", "run", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -98,51 +111,79 @@ def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float)
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
-            on_line(raw.decode(errors="replace").rstrip("\r\n"))
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if line.startswith(_MARK):
+                reports.append(line[len(_MARK):])
+            on_line(line)
             if time.monotonic() > deadline:
                 raise ImageError(f"the build VM did not finish within {timeout / 60:.0f} minutes")
-        return proc.wait()
+        rc = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    exits = [r for r in reports if r.startswith("exit ")]
+    if not exits:
+        raise ImageError(f"the build VM ended (status {rc}) without reporting a result; see the build log")
+    if exits[-1] != "exit 0":
+        steps = [r[5:] for r in reports if r.startswith("step ")]
+        raise ImageError(f"the build VM failed in step {steps[-1] if steps else '?'} ({exits[-1]}); "
+                         f"see the build log")
+    return reports
 
 
-def second_stage(raw: Path, boot: BootFiles, progress: Callable[[float, str], None], log: Note) -> None:
-    """Boot the raw image with init=stage2.sh and check what it reports."""
-    result: list[str] = []
-    total = [0]
+def _vm_args(boot: BootFiles, init: str, disks: Sequence[str]) -> list[str]:
+    args = ["--kernel", str(boot.kernel), "--initrd", str(boot.initrd), "--bios", str(boot.bios),
+            "--memory", BUILD_MEMORY, "--append", f"{BUILD_APPEND} init={init}", "--vsock", "none"]
+    for d in disks:
+        args += ["--disk", d]
+    return args
+
+
+def second_stage(raw: Path, boot: BootFiles, packages: int, progress: Callable[[float, str], None],
+                 log: Note) -> None:
+    """Boot the raw image with init=stage2.sh: debootstrap --second-stage."""
     done = [0]
+    total = 2 * max(packages, 1)  # each package is unpacked, then configured
 
     def on_line(line: str) -> None:
         log(line)
-        if line.startswith(_STAGE2_MARK):
-            result.append(line[len(_STAGE2_MARK):])
-        elif line.startswith("I: Unpacking") or line.startswith("I: Configuring"):
+        if line.startswith(("I: Unpacking", "I: Configuring")):
             done[0] += 1
-            progress(min(99.0, 100.0 * done[0] / max(total[0], 1)), line[3:].rstrip("."))
+            progress(min(99.0, 100.0 * done[0] / total), line[3:].rstrip("."))
 
-    debs = [ln for ln in (raw.parent / "debpaths").read_text().splitlines() if ln.strip()] \
-        if (raw.parent / "debpaths").exists() else []
-    total[0] = 2 * max(len(debs), 1)
-    rc = _run_vm(["--kernel", str(boot.kernel), "--initrd", str(boot.initrd), "--bios", str(boot.bios),
-                  "--memory", STAGE2_MEMORY, "--disk", str(raw),
-                  "--append", f"console=ttyS0 cryptomgr.notests root=/dev/vda rw init={STAGE2}"],
-                 on_line, STAGE2_TIMEOUT)
-    exits = [r for r in result if r.startswith("exit ")]
-    if not exits:
-        raise ImageError(f"the second stage VM ended (status {rc}) without reporting a result; "
-                         f"see the build log")
-    if exits[-1] != "exit 0":
-        steps = [r[5:] for r in result if r.startswith("step ")]
-        raise ImageError(f"the second stage failed in step {steps[-1] if steps else '?'} ({exits[-1]}); "
-                         f"see the build log")
+    _run_vm(_vm_args(boot, STAGE2, [str(raw)]), on_line, STAGE2_TIMEOUT)
 
 
-def _write_manifest(d: Path, manifest: dict) -> None:
-    tmp = d / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, d / MANIFEST)
+def finalize(raw: Path, boot: BootFiles, log: Note) -> None:
+    """Boot the raw image with init=finalize.sh and the guest files on /dev/vdb."""
+    files = raw.parent / "guest-files.img"
+    make_files_disk(files)
+    try:
+        _run_vm(_vm_args(boot, FINALIZE, [str(raw), f"{files},ro"]), log, FINALIZE_TIMEOUT)
+    finally:
+        files.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _copy_sparse(src: Path, dst: Path) -> None:
+    proc = subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"cannot copy {src}: {proc.stderr.strip()}")
 
 
 def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None = None, force: bool = False,
@@ -151,14 +192,17 @@ def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, \
         TimeElapsedColumn
 
-    extra = check_packages(packages)
-    wanted = sorted(set(BASE_PACKAGES) | set(extra))
+    from .catalog import check_image_name
+
+    check_image_name(name)
+    wanted = sorted(set(BASE_PACKAGES) | set(check_packages(packages)))
     console = Console(stderr=True, quiet=quiet)
     boot = pull_default_image(mirror=mirror, quiet=quiet)
     mirror_url = resolve_mirror(mirror)
-    key = build_key(wanted, mirror_url, boot.version)
+    stage2_key = _key(RECIPE, wanted, mirror_url, boot.version, SUITE, ARCH, boot_scripts_digest())
+    final_key = _key(stage2_key, guest_files_digest())
     existing = load(name)
-    if existing is not None and not force and existing.manifest.get("key") == key:
+    if existing is not None and not force and existing.manifest.get("key") == final_key:
         if template and existing.template is None:
             make_template(existing, quiet=quiet)
             return load(name) or existing
@@ -166,73 +210,84 @@ def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None
 
     d = image_dir(name)
     d.mkdir(parents=True, exist_ok=True)
-    log_path = d / "build.log"
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                         TimeElapsedColumn(), console=console, disable=quiet)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=d))
-    with open(log_path, "w") as logf, progress:
+    stage2_raw = d / STAGE2_FILE
+    info = _read_json(d / STAGE2_INFO)
+    timings: dict[str, float] = dict(info.get("seconds", {}))
+    with open(d / "build.log", "a") as logf, progress:
         def log(line: str) -> None:
             logf.write(line + "\n")
             logf.flush()
 
         try:
-            tree = work / "tree"
-            t = progress.add_task(f"First stage: debootstrap {SUITE} {ARCH} ({len(wanted)} packages + minbase)",
-                                  total=None)
-            first_stage(tree, mirror_url, SUITE, ARCH, wanted, find_keyrings(SUITE), cache_root() / "debootstrap",
-                        log)
-            kernel_deb = _kernel_deb(boot)
-            install_kernel_modules(tree, kernel_deb, boot.version, "linux-image")
-            install_guest_files(tree)
-            shutil.copy(tree / "debootstrap" / "debpaths", work / "debpaths")
-            progress.update(t, total=1, completed=1)
+            if force or info.get("key") != stage2_key or not stage2_raw.is_file():
+                stage2_raw.unlink(missing_ok=True)
+                tree = work / "tree"
+                t = progress.add_task(f"First stage: debootstrap {SUITE} {ARCH} ({len(wanted)} packages + minbase)",
+                                      total=None)
+                started = time.monotonic()
+                first_stage(tree, mirror_url, SUITE, ARCH, wanted, find_keyrings(SUITE),
+                            cache_root() / "debootstrap", log)
+                install_kernel_modules(tree, _kernel_deb(boot), boot.version, "linux-image")
+                install_boot_scripts(tree)
+                debs = [ln for ln in (tree / "debootstrap" / "debpaths").read_text().splitlines() if ln.strip()]
+                raw = work / "root.raw"
+                make_ext4(tree, raw, ROOT_SIZE)
+                shutil.rmtree(tree)
+                timings["first_stage"] = round(time.monotonic() - started, 1)
+                progress.update(t, total=1, completed=1)
 
-            t = progress.add_task("Root filesystem (ext4)", total=None)
+                t = progress.add_task("Second stage in a pocketvm VM", total=100)
+
+                def stage_progress(pct: float, what: str) -> None:
+                    progress.update(t, completed=pct, description=f"Second stage in a pocketvm VM: {what[:40]}")
+
+                started = time.monotonic()
+                second_stage(raw, boot, len(debs), stage_progress, log)
+                timings["second_stage"] = round(time.monotonic() - started, 1)
+                os.replace(raw, stage2_raw)
+                _write_json(d / STAGE2_INFO, {"key": stage2_key, "packages": wanted, "mirror": mirror_url,
+                                              "kernel_release": boot.version, "seconds": timings})
+                progress.update(t, completed=100, description="Second stage in a pocketvm VM")
+
+            t = progress.add_task("pocketvm guest files and agent", total=None)
             raw = work / "root.raw"
-            make_ext4(tree, raw, ROOT_SIZE)
-            shutil.rmtree(tree)
-            progress.update(t, total=1, completed=1)
-
-            t = progress.add_task("Second stage in a pocketvm VM", total=100)
-
-            def stage_progress(pct: float, what: str) -> None:
-                progress.update(t, completed=pct, description=f"Second stage in a pocketvm VM: {what[:40]}")
-
+            _copy_sparse(stage2_raw, raw)
             started = time.monotonic()
-            second_stage(raw, boot, stage_progress, log)
-            stage2_seconds = time.monotonic() - started
-            progress.update(t, completed=100, description="Second stage in a pocketvm VM")
+            finalize(raw, boot, log)
+            timings["finalize"] = round(time.monotonic() - started, 1)
+            progress.update(t, total=1, completed=1)
 
             t = progress.add_task("qcow2 base image", total=None)
             base = d / BASE_FILE
+            shutil.rmtree(d / TEMPLATE_DIR, ignore_errors=True)  # it was made on the old base
+            (d / MANIFEST).unlink(missing_ok=True)
             if base.exists():
-                base.chmod(0o644)
                 base.unlink()
-            shutil.rmtree(d / TEMPLATE_DIR, ignore_errors=True)
             _to_qcow2(raw, base)
             base.chmod(0o444)  # the base never changes; every VM writes to its own overlay
             progress.update(t, total=1, completed=1)
-        except BaseException:
+        finally:
             shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(work, ignore_errors=True)
 
-    manifest = {
+    _write_json(d / MANIFEST, {
         "kind": "debian-root",
         "name": name,
         "recipe": RECIPE,
-        "key": key,
+        "key": final_key,
         "suite": SUITE,
         "architecture": ARCH,
         "mirror": mirror_url,
         "packages": wanted,
         "kernel_release": boot.version,
+        "guest_files": guest_files_digest(),
         "virtual_size": ROOT_SIZE,
         "base_sha256": sha256_file(d / BASE_FILE),
-        "stage2_seconds": round(stage2_seconds, 1),
+        "seconds": timings,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _write_manifest(d, manifest)
+    })
     image = load(name)
     if image is None:
         raise ImageError(f"the image written to {d} does not load")
@@ -253,7 +308,8 @@ def _to_qcow2(raw: Path, dest: Path) -> None:
     """raw -> qcow2, writing only clusters that hold data."""
     from pocketvm.backends.qcow2_create import convert_to_qcow2
 
-    tmp = dest.with_suffix(".tmp")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
     convert_to_qcow2(raw, tmp)
     os.replace(tmp, dest)
 

@@ -14,6 +14,7 @@ the tree with `mke2fs -d`, which needs no loop device and no mount.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "apt", "python3", "ca-certifica
 GUEST_FILES_PACKAGE = "pocketvm.guest.debian"
 GUEST_DIR = "pocketvm"  # in the root filesystem: /pocketvm holds the stage-2 files
 STAGE2 = f"/{GUEST_DIR}/stage2.sh"
+FINALIZE = f"/{GUEST_DIR}/finalize.sh"
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 Log = Callable[[str], None]
@@ -99,15 +101,62 @@ def install_kernel_modules(target: Path, kernel_deb: Path, release: str, package
         shutil.copytree(src, dest, symlinks=True)
 
 
-def install_guest_files(target: Path) -> None:
-    """pocketvm/guest/debian/* -> /pocketvm in the tree (stage 2 reads them there)."""
+def _guest_tree():
+    return resources.files(GUEST_FILES_PACKAGE)
+
+
+def _plain_files(folder) -> list:
+    return sorted((e for e in folder.iterdir() if e.is_file() and not e.name.endswith((".py", ".pyc"))),
+                  key=lambda e: e.name)
+
+
+def _mode(name: str) -> int:
+    return 0o755 if name.endswith(".sh") or "." not in name else 0o644
+
+
+def install_boot_scripts(target: Path) -> None:
+    """pocketvm/guest/debian/boot/* -> /pocketvm in the tree: what the build VMs run as init."""
     dest = target / GUEST_DIR
     dest.mkdir(mode=0o755, exist_ok=True)
-    for entry in resources.files(GUEST_FILES_PACKAGE).iterdir():
-        if entry.is_file() and not entry.name.endswith((".py", ".pyc")):
-            path = dest / entry.name
-            path.write_bytes(entry.read_bytes())
-            path.chmod(0o755 if entry.name.endswith(".sh") or "." not in entry.name else 0o644)
+    for entry in _plain_files(_guest_tree() / "boot"):
+        path = dest / entry.name
+        path.write_bytes(entry.read_bytes())
+        path.chmod(_mode(entry.name))
+
+
+def guest_files() -> dict[str, bytes]:
+    """What finalize.sh gets on its files disk: configure.sh, the files it
+    installs, and the guest agent (pocketvm/guest/agent.py) when there is one."""
+    files = {e.name: e.read_bytes() for e in _plain_files(_guest_tree() / "config")}
+    agent = resources.files("pocketvm.guest").joinpath("agent.py")
+    if agent.is_file():
+        files["agent.py"] = agent.read_bytes()
+    return files
+
+
+def boot_scripts_digest() -> str:
+    return _digest({e.name: e.read_bytes() for e in _plain_files(_guest_tree() / "boot")})
+
+
+def guest_files_digest() -> str:
+    return _digest(guest_files())
+
+
+def _digest(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return h.hexdigest()[:16]
+
+
+def make_files_disk(image: Path) -> None:
+    """A small ext4 image holding guest_files()."""
+    with tempfile.TemporaryDirectory(prefix="guest-files-", dir=image.parent) as tmp:
+        for name, data in guest_files().items():
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            path.chmod(_mode(name))
+        make_ext4(Path(tmp), image, 16 << 20, label="pocket-files")
 
 
 def make_ext4(tree: Path, image: Path, size: int, label: str = "pocket-root") -> None:

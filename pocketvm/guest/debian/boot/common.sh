@@ -1,0 +1,20 @@
+# Sourced by the scripts pocketvm runs as PID 1 in a Debian tree during an
+# image build: mounts what a system needs, and `finish N` reports N on the
+# console ("pocketvm-build: exit N", read by the host) and powers off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+
+finish() {
+    echo "pocketvm-build: exit $1"
+    sync
+    mount -o remount,ro / 2>/dev/null
+    sync
+    echo o > /proc/sysrq-trigger
+    while :; do sleep 3600; done
+}
+
+step() { echo "pocketvm-build: step $*"; }
