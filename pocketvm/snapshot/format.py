@@ -246,6 +246,12 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
             cid = vsock.get("cid") if isinstance(vsock, dict) else None
             if not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= 0xFFFF_FFFE:
                 raise _Invalid("vm.vsock has the wrong shape")
+        display = vm.get("display")
+        if display is not None and not (
+            isinstance(display, list) and len(display) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 16384 for n in display)
+        ):  # fmt: skip
+            raise _Invalid("vm.display has the wrong shape")
         cpu = _get(obj, "cpu", dict, "")
         ram = _get(obj, "ram", dict, "")
         files_obj = _get(obj, "files", dict, "")

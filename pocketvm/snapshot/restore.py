@@ -51,7 +51,7 @@ class Snapshot:
 
     def config(self, name: str, disk_paths: list[Path], nics: list[NicSpec] | None = None) -> VMConfig:
         """The VM to build; `nics` connects its network cards otherwise than when saved."""
-        from pocketvm.machine import DiskSpec, NicSpec, VMConfig, VsockSpec
+        from pocketvm.machine import DiskSpec, DisplaySpec, NicSpec, VMConfig, VsockSpec
 
         vm = self.manifest.vm
         disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
@@ -74,6 +74,7 @@ class Snapshot:
             # A vsock comes back with its CID and a socket named after the
             # new VM; the old connections ended with the old VM.
             vsock=VsockSpec(cid=vm["vsock"]["cid"]) if vm.get("vsock") else None,
+            display=DisplaySpec(*vm["display"]) if vm.get("display") else None,
             rng=vm["rng"],
             deterministic=vm["deterministic"],
             name=name,

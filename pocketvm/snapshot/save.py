@@ -261,6 +261,8 @@ def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
                 "nics": [n.as_dict() for n in cfg.nics],
                 # The CID only: a restored VM gets a socket of its own name.
                 "vsock": {"cid": cfg.vsock.cid} if cfg.vsock is not None else None,
+                # The screen's size; its pixels are in the GPU's device state.
+                "display": [cfg.display.width, cfg.display.height] if cfg.display is not None else None,
             },
             harts=len(vm.harts),
             state_size=S.STATE_SIZE,
