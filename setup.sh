@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Sets up pocketvm on a fresh Debian machine, then boots the default VM.
 #
-#   ./setup.sh             install everything, pull the Debian guest, boot it
+#   ./setup.sh             install everything, build the Debian guest, boot it
 #   ./setup.sh --no-boot   the same without booting (what CI does)
+#
+# The first run builds the Debian system image (pocket image build debian,
+# 15-30 minutes, cached in ~/.cache/pocketvm); later runs reuse it.
 #
 # It installs Debian packages (as root, or through sudo): the Python venv
 # module, and the tools the test suite compares against (QEMU and qemu-img, the riscv64
@@ -14,7 +17,7 @@ boot=1
 for arg in "$@"; do
     case "$arg" in
         --no-boot) boot=0 ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -38,10 +41,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-# The default guest: Debian trixie riscv64 kernel, BusyBox and OpenSBI.
+# The boot files (Debian trixie riscv64 kernel, BusyBox initramfs, OpenSBI),
+# then the Debian system on a qcow2 disk with its template.
 .venv/bin/pocket image pull
+.venv/bin/pocket image build debian
 
 if [ "$boot" -eq 1 ]; then
-    echo "setup.sh: booting the default VM (Ctrl-A x quits, 'poweroff' in the guest stops it)"
-    exec .venv/bin/pocket run
+    echo "setup.sh: starting the Debian VM (Ctrl-A x quits, 'poweroff' in the guest stops it)"
+    exec .venv/bin/pocket run --image debian --nic user
 fi
