@@ -34,8 +34,12 @@ from pocketvm.backends.qcow2_header import Header
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 _RT_RESERVED = 0x1FF
 _DTYPES = {3: ">u1", 4: ">u2", 5: ">u4", 6: ">u8"}
-_RESERVE_MIN = 1 << 20  # bytes reserved at once: at least this...
-_RESERVE_MAX = 32 << 20  # ...at most this (what a crash may leak)
+# Bytes reserved at once: half of what the file already holds, within these
+# bounds. Each reservation costs an fdatasync; reserved clusters take no
+# space on the host until written (the file is only extended), so the one
+# cost of a large reservation is what a crash may leave as leaked clusters.
+_RESERVE_MIN = 8 << 20
+_RESERVE_MAX = 256 << 20
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -258,7 +262,7 @@ class Refcounts:
 
     def _reserve(self, n: int) -> None:
         cs = self.cluster_size
-        want = max(n, min(_RESERVE_MAX // cs, max(_RESERVE_MIN // cs, self.end // 8)), 1)
+        want = max(n, min(_RESERVE_MAX // cs, max(_RESERVE_MIN // cs, self.end // 2)), 1)
         if self._free is None:
             self._free = self._scan_free()
         got: list[list[int]] = []
