@@ -1,0 +1,241 @@
+"""The Debian guest's kernel talks virtio-vsock to pocketvm.
+
+A small static program (vsock_tool.c, cross-compiled here) runs in the
+BusyBox guest, which has no vsock tool of its own. Bytes move both ways,
+in connections opened from either side, through the VM's Unix socket by
+Firecracker's convention: the host connects and writes `CONNECT <port>`,
+the guest reaches a host program listening on `PATH_<port>`.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2etools import BOOT_TIMEOUT
+
+from pocketvm.paths import cache_dir
+
+pytestmark = pytest.mark.slow
+
+PROMPT = b"pocket:~# "
+MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
+SIZE = int(os.environ.get("POCKETVM_VSOCK_E2E_BYTES", 64 << 20))
+HERE = Path(__file__).parent
+
+
+def _kernel_modules(dest: Path) -> dict[str, Path]:
+    """The vsock modules of the pulled Debian kernel, uncompressed."""
+    debs = sorted((cache_dir() / "debs").glob("linux-image-*riscv64*.deb"))
+    if not debs:
+        pytest.skip("no Debian kernel package in the cache")
+    tree = dest / "kernel"
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tree)], check=True)
+    found: dict[str, Path] = {}
+    for name in MODULES:
+        hits = list(tree.glob(f"usr/lib/modules/*/kernel/net/vmw_vsock/{name}.ko*"))
+        assert hits, f"{name} not in {debs[-1].name}"
+        data = hits[0].read_bytes()
+        if hits[0].suffix == ".xz":
+            data = lzma.decompress(data)
+        out = dest / f"{name}.ko"
+        out.write_bytes(data)
+        found[name] = out
+    return found
+
+
+def _disk_with(path: Path, files: dict[str, Path]) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "vsock", str(path)], check=True, capture_output=True)
+    for name, src in files.items():
+        subprocess.run(["debugfs", "-w", "-R", f"write {src} {name}", str(path)], check=True, capture_output=True)
+    subprocess.run(["debugfs", "-w", "-R", "sif vsock_tool mode 0100755", str(path)], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vsock_disk(tmp_path_factory, guest_image) -> Path:
+    tmp = tmp_path_factory.mktemp("vsock")
+    tool = tmp / "vsock_tool"
+    subprocess.run(
+        ["riscv64-linux-gnu-gcc", "-O2", "-static", "-o", str(tool), str(HERE / "vsock" / "vsock_tool.c")], check=True
+    )
+    files = {f"{n}.ko": p for n, p in _kernel_modules(tmp).items()}
+    files["vsock_tool"] = tool
+    return _disk_with(tmp / "disk.img", files)
+
+
+class Guest:
+    """`pocket run` with the console on pipes."""
+
+    def __init__(self, disk: Path, sock: Path):
+        self.sock = sock
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pocketvm", "run", "--disk", f"{disk},ro", "--vsock", str(sock)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.out = b""
+        self.mark = 0  # where the output of the last command typed starts
+        self.wait_for(PROMPT, BOOT_TIMEOUT)
+
+    def wait_for(self, pattern: bytes, timeout: float = 120) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern if isinstance(pattern, bytes) else pattern.encode())
+        while True:
+            m = rx.search(self.out, self.mark)
+            if m is not None:
+                return m
+            left = deadline - time.monotonic()
+            assert left > 0 and self.proc.poll() is None, self.out[-3000:]
+            if select.select([self.proc.stdout], [], [], min(left, 1.0))[0]:
+                self.out += self.proc.stdout.read1(65536)  # type: ignore[union-attr]
+
+    def type(self, line: str) -> None:
+        self.mark = len(self.out)
+        self.proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.type("poweroff")
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def guest(vsock_disk, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    g = Guest(vsock_disk, run / "vm.vsock")
+    g.type("mount -o ro /dev/vda /mnt && for m in " + " ".join(MODULES) + "; do insmod /mnt/$m.ko 2>/dev/null; done;"
+           " grep -q vmw_vsock_virtio_transport /proc/modules && echo VSOCK-$((2+3))-READY")  # fmt: skip
+    g.wait_for(rb"VSOCK-5-READY")
+    yield g
+    g.close()
+    assert g.proc.returncode == 0, g.out[-3000:]
+
+
+def checksums(data: bytes | np.ndarray) -> tuple[int, int]:
+    """vsock_tool's checksum: sum of the 64-bit words and sum of (i+1)*word, mod 2^64."""
+    w = np.frombuffer(data, dtype="<u8")
+    idx = np.arange(1, len(w) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return int(w.sum(dtype=np.uint64)), int((w * idx).sum(dtype=np.uint64))
+
+
+def pattern(nbytes: int) -> np.ndarray:
+    i = np.arange(nbytes // 8, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return (i * np.uint64(0x9E3779B97F4A7C15)) ^ (i >> np.uint64(7))
+
+
+def _connect(sock: Path, port: int) -> tuple[socket.socket, int]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(str(sock))
+    s.sendall(f"CONNECT {port}\n".encode())
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = s.recv(1)
+        assert chunk, f"guest refused the connection to port {port}"
+        line += chunk
+    m = re.fullmatch(rb"OK (\d+)\n", line)
+    assert m, line
+    return s, int(m.group(1))
+
+
+def test_host_to_guest_echo_both_ways_with_checksums(guest, capsys):
+    """The host connects to a guest port, sends SIZE bytes and reads them
+    back at the same time: SIZE bytes each way through one connection."""
+    guest.type("/mnt/vsock_tool echo 5000 &")
+    guest.wait_for(rb"LISTENING 5000")
+    data = np.random.default_rng(1).integers(0, 256, SIZE, dtype=np.uint8).tobytes()
+    t0 = time.monotonic()
+    s, host_port = _connect(guest.sock, 5000)
+    assert host_port >= 1 << 30
+
+    def send() -> None:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    got = bytearray()
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    elapsed = time.monotonic() - t0
+    sender.join(10)
+    s.close()
+    assert len(got) == SIZE and bytes(got) == data
+    m = guest.wait_for(rb"ECHOED (\d+) (\d+) (\d+)\r?\n")
+    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (SIZE, *checksums(data))
+    with capsys.disabled():
+        print(f"\nvsock echo: {SIZE >> 20} MiB each way in {elapsed:.1f} s = {SIZE / elapsed / (1 << 20):.1f} MiB/s per direction")
+
+
+def test_guest_to_host_connection_with_checksums(guest, capsys):
+    """The guest connects to host port 6000 (a listener on PATH_6000), sends
+    SIZE bytes of a known pattern and reads back what the host echoes."""
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{guest.sock}_6000")
+    lst.listen(1)
+    lst.settimeout(120)
+    received = bytearray()
+    timing: dict[str, float] = {}
+
+    def serve() -> None:
+        conn, _ = lst.accept()
+        conn.settimeout(120)
+        timing["start"] = time.monotonic()
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            received.extend(chunk)
+            conn.sendall(chunk)
+        timing["end"] = time.monotonic()
+        conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    guest.type(f"/mnt/vsock_tool send 2 6000 {SIZE}")
+    m = guest.wait_for(rb"(SENT (\d+) GOT (\d+) (\d+) (\d+))\r?\n|CONNECT-FAILED", 300)
+    server.join(30)
+    lst.close()
+    assert m.group(1), "the guest could not connect to the host"
+    expected = pattern(SIZE)
+    assert len(received) == SIZE
+    assert np.array_equal(np.frombuffer(received, dtype="<u8"), expected)
+    assert (int(m.group(2)), int(m.group(3))) == (SIZE, SIZE)
+    assert (int(m.group(4)), int(m.group(5))) == checksums(expected.tobytes())
+    elapsed = timing["end"] - timing["start"]
+    with capsys.disabled():
+        print(f"\nvsock guest->host: {SIZE >> 20} MiB each way in {elapsed:.1f} s = {SIZE / elapsed / (1 << 20):.1f} MiB/s per direction")
+
+
+def test_guest_connection_to_nobody_is_refused(guest):
+    guest.type("/mnt/vsock_tool send 2 6001 8")
+    guest.wait_for(rb"CONNECT-FAILED")
+    # A host connection to a port nobody listens on is closed without OK.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(str(guest.sock))
+    s.sendall(b"CONNECT 4999\n")
+    assert s.recv(64) == b""
+    s.close()
