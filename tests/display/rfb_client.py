@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-ENC_RAW, ENC_TIGHT, ENC_DESKTOP_SIZE = 0, 7, -223
+ENC_RAW, ENC_TIGHT, ENC_DESKTOP_SIZE, ENC_CURSOR = 0, 7, -223, -239
 NATIVE_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 NOVNC_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 0, 8, 16)  # what noVNC asks for
 
@@ -93,6 +93,10 @@ class RfbClient:
             if enc == ENC_DESKTOP_SIZE:
                 self.width, self.height = w, h
                 self.pixels = np.zeros((h, w, 3), np.uint8)
+            elif enc == ENC_CURSOR:
+                pixels = self.recv(w * h * 4)
+                mask = self.recv((w + 7) // 8 * h)
+                self.cursor = (x, y, w, h, pixels, mask)
             elif enc == ENC_RAW:
                 raw = np.frombuffer(self.recv(w * h * 4), np.uint8).reshape(h, w, 4)
                 self.pixels[y : y + h, x : x + w] = self._rgb(raw)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from rfb_client import ENC_DESKTOP_SIZE, ENC_RAW, ENC_TIGHT, NOVNC_FORMAT, RfbClient, wait_for
+from rfb_client import ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_RAW, ENC_TIGHT, NOVNC_FORMAT, RfbClient, wait_for
 
 from pocketvm.backends.display import rfb
 from pocketvm.backends.display.screen import Rect, Screen
@@ -163,6 +163,34 @@ def test_desktop_size_after_a_mode_change(vnc):
     assert rects[0] == (0, 0, 80, 60, ENC_DESKTOP_SIZE)
     assert (c.width, c.height) == (80, 60)
     assert np.array_equal(c.pixels, rgb(screen))
+
+
+def test_guest_cursor_image(vnc):
+    screen, _, _, connect, _ = vnc
+    c = connect()
+    c.handshake()
+    c.set_encodings([ENC_RAW, ENC_CURSOR])
+    c.request(incremental=False)
+    c.read_update()
+    image = np.zeros((16, 10, 4), np.uint8)
+    image[:, :5] = (0x10, 0x20, 0x30, 0xFF)  # left half opaque
+    screen.set_cursor(image, 2, 3)
+    c.request()
+    assert c.read_update() == [(2, 3, 10, 16, ENC_CURSOR)]
+    x, y, w, h, pixels, mask = c.cursor
+    assert pixels[:4] == bytes((0x10, 0x20, 0x30, 0)) and len(pixels) == 10 * 16 * 4
+    assert mask == bytes((0b11111000, 0)) * 16
+    screen.set_cursor(None, 0, 0)  # hidden
+    c.request()
+    assert c.read_update() == [(0, 0, 0, 0, ENC_CURSOR)]
+    # A client without the pseudo-encoding is not woken for cursor changes.
+    other = connect()
+    other.handshake()
+    other.request(incremental=False)
+    other.read_update()
+    other.request()
+    screen.set_cursor(image, 0, 0)
+    assert not other.wait_update(0.3)
 
 
 def test_keys_reach_the_keyboard(vnc):

@@ -50,6 +50,7 @@ MSG_FRAMEBUFFER_UPDATE = 0
 ENC_RAW = 0
 ENC_TIGHT = 7
 ENC_DESKTOP_SIZE = -223
+ENC_CURSOR = -239
 ENC_COMPRESS_LEVEL_0 = -256  # -256..-247: Tight's zlib level
 
 MAX_CUT_TEXT = 1 << 20  # clipboard text a client may send (read and dropped)
@@ -271,10 +272,16 @@ class RfbSession:
                 continue
             incremental, _area = request
             with self.screen.lock:
-                if incremental and not viewer.has_news():
+                wants_cursor = ENC_CURSOR in self.encodings
+                if incremental and not (viewer.damage or viewer.resized or (viewer.cursor_changed and wants_cursor)):
                     continue  # wait for the screen to change
                 resized = viewer.resized
-                # The client draws its own pointer where the user's mouse is.
+                cursor = None
+                if viewer.cursor_changed and wants_cursor:
+                    c = self.screen.cursor
+                    cursor = (c.pixels.copy() if c.visible and c.pixels is not None else None, c.hot_x, c.hot_y)
+                # The client draws the pointer where the user's mouse is, with
+                # the guest's image when it takes one (the Cursor pseudo-encoding).
                 viewer.resized = viewer.cursor_changed = False
                 damage = viewer.take_damage()
                 width, height = self.screen.width, self.screen.height
@@ -288,12 +295,15 @@ class RfbSession:
             # A client that cannot resize sees the top-left part of a larger screen.
             cw, ch = self.client_size
             pieces = [(r.clip(cw, ch), px[: ch - r.y, : cw - r.x]) for r, px in pieces if not r.clip(cw, ch).empty]
-            await self._send(pieces, new_size)
+            await self._send(pieces, new_size, cursor)
 
-    async def _send(self, pieces: list[tuple[Rect, np.ndarray]], new_size: tuple[int, int] | None) -> None:
+    async def _send(self, pieces: list[tuple[Rect, np.ndarray]], new_size: tuple[int, int] | None,
+                    cursor: tuple[np.ndarray | None, int, int] | None = None) -> None:
         rects: list[bytes] = []
         if new_size is not None:
             rects.append(struct.pack(">HHHHi", 0, 0, new_size[0], new_size[1], ENC_DESKTOP_SIZE))
+        if cursor is not None:
+            rects.append(self._cursor_rect(*cursor))
         tight = ENC_TIGHT in self.encodings and self.encodings.index(ENC_TIGHT) < self._index(ENC_RAW)
         for r, px in pieces:
             if tight:
@@ -306,6 +316,15 @@ class RfbSession:
         self.bytes_sent += len(data)
         self.updates_sent += 1
         await self.stream.drain()
+
+    def _cursor_rect(self, image: np.ndarray | None, hot_x: int, hot_y: int) -> bytes:
+        """The guest's pointer image: pixels, then a 1-bit mask of the opaque ones (RFC 6143 7.8.1)."""
+        if image is None:  # hidden: an empty cursor
+            return struct.pack(">HHHHi", 0, 0, 0, 0, ENC_CURSOR)
+        h, w = image.shape[:2]
+        opaque = image[:, :, 3] >= 128
+        mask = np.packbits(opaque, axis=1)  # MSB first, each row padded to whole bytes
+        return struct.pack(">HHHHi", hot_x, hot_y, w, h, ENC_CURSOR) + self.format.convert(image) + mask.tobytes()
 
     def _index(self, enc: int) -> int:
         return self.encodings.index(enc) if enc in self.encodings else len(self.encodings)
