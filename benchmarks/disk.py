@@ -14,6 +14,9 @@ In the guest's shell:
               (what was just written, from the overlay)
   read base   the same for the next 256 MiB (not in the overlay: read through it from the base)
 
+pocketvm also runs the same steps on a raw image of the same content, to
+show what the qcow2 layer costs inside the guest.
+
 Each is timed on the host from sending the command line to the shell's
 answer after it, and reported in MiB/s (best of --runs). In the guest the
 emulated CPU (the kernel copying pages) takes most of the time, so the
@@ -64,8 +67,7 @@ def make_base(work: Path) -> Path:
             f.write(block)
     base = work / "base.qcow2"
     convert_to_qcow2(raw, base)
-    raw.unlink()
-    return base
+    return base  # base.raw stays, for the raw-disk run
 
 
 def timed(con: Console, line: str, timeout: float = 900) -> float:
@@ -92,9 +94,14 @@ def boot_files() -> dict[str, str]:
     return {"kernel": str(img.kernel), "initrd": str(img.initrd), "bios": str(img.bios)}
 
 
-def bench_pocketvm(work: Path, base: Path, files: dict[str, str], env: dict[str, str], clone: bool) -> tuple[dict, dict]:
-    overlay = work / f"pocket-{time.monotonic_ns()}.qcow2"
-    create_overlay(overlay, base)
+def bench_pocketvm(
+    work: Path, base: Path, files: dict[str, str], env: dict[str, str], clone: bool, raw: bool = False
+) -> tuple[dict, dict]:
+    overlay = work / f"pocket-{time.monotonic_ns()}.{'raw' if raw else 'qcow2'}"
+    if raw:  # the same content as a raw image (a sparse copy of the base's raw source)
+        subprocess.run(["cp", "--sparse=always", str(work / "base.raw"), str(overlay)], check=True)
+    else:
+        create_overlay(overlay, base)
     space = {"new overlay": allocated(overlay)}
     name = f"diskbench-{os.getpid()}"
     con = Console(pocket_cmd("run", "--name", name, "-m", "512M", "--kernel", files["kernel"], "--initrd", files["initrd"],
@@ -190,17 +197,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1, help="boots of each (the best of each step is reported)")
     ap.add_argument("--no-qemu", action="store_true", help="pocketvm only")
+    ap.add_argument("--no-raw", action="store_true", help="skip pocketvm on a raw image of the same content")
     args = ap.parse_args()
     files = boot_files()
     env = {**os.environ, "POCKETVM_LAUNCHER": "off"}
     with tempfile.TemporaryDirectory(prefix="diskbench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         work = Path(tmp)
         base = make_base(work)
-        p_runs, q_runs, space = [], [], {}
+        p_runs, q_runs, r_runs, space = [], [], [], {}
         for i in range(args.runs):
             times, s = bench_pocketvm(work, base, files, env, clone=(i == 0))
             p_runs.append(times)
             space = space or s
+            if not args.no_raw:
+                r_runs.append(bench_pocketvm(work, base, files, env, clone=False, raw=True)[0])
             if not args.no_qemu:
                 q_runs.append(bench_qemu(work, base, files))
         print(f"dd of {COUNT} MiB in the guest on a qcow2 overlay of a qcow2 base (best of {args.runs}):")
@@ -210,6 +220,9 @@ def main() -> int:
             if q_runs:
                 q = min(r[step] for r in q_runs)
                 line += f"   qemu {COUNT / q:7.1f} MiB/s ({q:6.2f} s)   pocketvm/qemu time {p / q:5.2f} x"
+            if r_runs:
+                r = min(x[step] for x in r_runs)
+                line += f"   pocketvm on raw {COUNT / r:7.1f} MiB/s"
             print(line)
         print(f"block layer alone on the host, {COUNT} MiB sequential on a fresh overlay (best of 2):")
         for line in host_bench(work, base, not args.no_qemu):
