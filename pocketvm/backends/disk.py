@@ -68,9 +68,10 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def open_locked(path: str, readonly: bool) -> int:
+def open_locked(path: str, readonly: bool, lock: bool = True) -> int:
     """Open an image file O_RDONLY or O_RDWR and flock it (shared when
-    read-only, exclusive when writable); DiskError (one line) otherwise."""
+    read-only, exclusive when writable; `lock=False` only to inspect an
+    image read-only, which a VM may be writing); DiskError (one line) otherwise."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -87,6 +88,9 @@ def open_locked(path: str, readonly: bool) -> int:
     except OSError as e:
         hint = " (open it read-only?)" if not readonly and e.errno in (errno.EACCES, errno.EROFS) else ""
         raise DiskError(f"cannot open disk image {path}: {e.strerror}{hint}") from None
+    if not lock:
+        assert readonly, "an image is written only under an exclusive lock"
+        return fd
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -104,11 +108,11 @@ class DiskImage:
     format = "raw"
     backing: Any = None  # raw images have no backing file
 
-    def __init__(self, path: str | os.PathLike[str], readonly: bool = False):
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, lock: bool = True):
         self.path = os.fspath(path)
         self.readonly = readonly
         self.fd = -1
-        self.fd = open_locked(self.path, readonly)
+        self.fd = open_locked(self.path, readonly, lock)
         try:
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             if self.size % SECTOR_SIZE:

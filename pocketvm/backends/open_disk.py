@@ -33,18 +33,24 @@ def probe_format(path: str | os.PathLike[str]) -> str:
 
 
 def open_disk(
-    path: str | os.PathLike[str], readonly: bool = False, fmt: str | None = None, *, _below: tuple[tuple[int, int], ...] = ()
+    path: str | os.PathLike[str],
+    readonly: bool = False,
+    fmt: str | None = None,
+    *,
+    lock: bool = True,
+    _below: tuple[tuple[int, int], ...] = (),
 ) -> Any:
     """A `DiskImage` or `Qcow2Image` (same interface) for `path`; the format
-    is read from the content unless `fmt` says it."""
+    is read from the content unless `fmt` says it. `lock=False` (read-only
+    only): do not take the shared lock, to inspect an image a VM is using."""
     if fmt is None:
         fmt = probe_format(path)
     if fmt == "qcow2":
         from pocketvm.backends.qcow2 import Qcow2Image
 
-        return Qcow2Image(path, readonly, _below=_below)
+        return Qcow2Image(path, readonly, lock=lock, _below=_below)
     if fmt == "raw":
-        return DiskImage(path, readonly)
+        return DiskImage(path, readonly, lock=lock)
     raise DiskError(f"unknown disk format {fmt!r} (pocketvm knows {', '.join(FORMATS)})")
 
 
@@ -72,9 +78,10 @@ class DiskInfo:
 
 
 def disk_info(path: str | os.PathLike[str]) -> DiskInfo:
-    """What `pocket disk info` shows: every image of the chain (opened read-only)."""
+    """What `pocket disk info` shows: every image of the chain (opened
+    read-only and without a lock, so that it works on the disk of a running VM)."""
     info = DiskInfo()
-    image = open_disk(path, readonly=True)
+    image = open_disk(path, readonly=True, lock=False)
     try:
         for layer in image.chain() if hasattr(image, "chain") else [image]:
             st = os.fstat(layer.fd)

@@ -114,13 +114,17 @@ class Qcow2Image:
 
     format = "qcow2"
 
-    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, *, _below: tuple[tuple[int, int], ...] = ()):
+    def __init__(
+        self, path: str | os.PathLike[str], readonly: bool = False, *, lock: bool = True,
+        _below: tuple[tuple[int, int], ...] = (),
+    ):  # fmt: skip
         self.path = os.fspath(path)
         self.readonly = readonly
         self.fd = -1
         self.backing: Any = None
         self._refs: Refcounts | None = None
-        self.fd = open_locked(self.path, readonly)
+        self._lock = lock
+        self.fd = open_locked(self.path, readonly, lock)
         try:
             self._open(_below)
         except OSError as e:
@@ -178,16 +182,17 @@ class Qcow2Image:
         self._meta.update(range(first_rt, first_rt + h.refcount_table_clusters))
         if (l1 & np.uint64(_L1_RESERVED)).any():
             raise self._corrupt("L1 entry with reserved bits set")
-        offs = (l1 & np.uint64(OFFSET_MASK))[l1 != 0]
+        offs = l1 & np.uint64(OFFSET_MASK)
         offs = offs[offs != 0]
         if len(offs) and int(offs.max()) + cs > self._file_size:
             raise self._corrupt("an L1 entry points past the end of the file")
-        clusters = (offs >> np.uint64(h.cluster_bits)).tolist()
-        if len(set(clusters)) != len(clusters):
+        clusters = offs >> np.uint64(h.cluster_bits)
+        if len(np.unique(clusters)) != len(clusters):
             raise self._corrupt("two L1 entries share an L2 table")
-        if self._meta.intersection(clusters):
+        if np.isin(clusters, np.fromiter(self._meta, np.uint64, len(self._meta))).any():
             raise self._corrupt("an L1 entry points at the header or another table")
-        self._meta.update(clusters)
+        if not self.readonly:  # only a writer needs to know every metadata cluster
+            self._meta.update(clusters.tolist())
         return l1
 
     def _open_backing(self, h: H.Header, below: tuple[tuple[int, int], ...]) -> None:
@@ -208,7 +213,7 @@ class Qcow2Image:
         fmt = h.backing_format
         if fmt not in (None, "raw", "qcow2"):
             raise DiskError(f"{self.path}: backing file {name} has format {fmt!r} (pocketvm reads raw and qcow2)")
-        self.backing = open_disk(path, readonly=True, fmt=fmt, _below=below)
+        self.backing = open_disk(path, readonly=True, fmt=fmt, lock=self._lock, _below=below)
 
     def _corrupt(self, what: str) -> DiskError:
         return DiskError(f"{self.path}: corrupt qcow2 image: {what}")

@@ -271,3 +271,16 @@ def test_read_only_qcow2_refuses_writes_and_stays_unchanged(tmp_path):
                 op()
         image.flush()
     assert sha(img) == before
+
+
+def test_info_works_on_an_image_in_use(tmp_path):
+    base = tmp_path / "base.qcow2"
+    create_qcow2(base, size=SIZE)
+    top = tmp_path / "top.qcow2"
+    create_overlay(top, base)
+    with open_disk(top) as image:  # a running VM holds the exclusive lock
+        image.write(0, b"x" * 4096)
+        with pytest.raises(DiskError, match="in use"):
+            open_disk(top, readonly=True)
+        info = disk_info(top)
+        assert [layer.path for layer in info.chain] == [str(top), str(base)]
