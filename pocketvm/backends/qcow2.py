@@ -109,6 +109,16 @@ def pwritev_all(fd: int, views: list[memoryview], offset: int) -> None:
         views = _advance(views, n)
 
 
+def _any_in(values: np.ndarray, members: set[int]) -> bool:
+    """Whether any of `values` is in `members` (np.isin, without the
+    numpy.ma import that np.isin/np.unique pay on first use)."""
+    table = np.sort(np.fromiter(members, np.uint64, len(members)))
+    if not len(values) or not len(table):
+        return False
+    pos = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return bool((table[pos] == values).any())
+
+
 class Qcow2Image:
     """A qcow2 image with the interface of `disk.DiskImage`."""
 
@@ -163,12 +173,14 @@ class Qcow2Image:
         self._last_compressed: tuple[int, bytes] = (-1, b"")
         self._pending_give_back: list[int] = []
         self._pending_decrement: list[int] = []
+        self._written = False  # since the last _settle: a clean close of an unwritten image writes nothing
         if not self.readonly:
             self._refs = Refcounts(self.fd, self.path, h, st.st_size, self._meta)
             if h.autoclear:
                 # Bitmaps and the like that this writer would not keep up to date: declare them stale.
                 h.autoclear = 0
                 pwrite_all(self.fd, struct.pack(">Q", 0), 88)
+                self._written = True
         self.supports_discard = not self.readonly
         if h.backing_file:
             self._open_backing(h, below + ((st.st_dev, st.st_ino),))
@@ -187,9 +199,10 @@ class Qcow2Image:
         if len(offs) and int(offs.max()) + cs > self._file_size:
             raise self._corrupt("an L1 entry points past the end of the file")
         clusters = offs >> np.uint64(h.cluster_bits)
-        if len(np.unique(clusters)) != len(clusters):
+        ordered = np.sort(clusters)
+        if (ordered[1:] == ordered[:-1]).any():
             raise self._corrupt("two L1 entries share an L2 table")
-        if np.isin(clusters, np.fromiter(self._meta, np.uint64, len(self._meta))).any():
+        if _any_in(clusters, self._meta):
             raise self._corrupt("an L1 entry points at the header or another table")
         if not self.readonly:  # only a writer needs to know every metadata cluster
             self._meta.update(clusters.tolist())
@@ -291,8 +304,7 @@ class Qcow2Image:
             if int(hosts.min()) < self.cluster_size:
                 raise self._corrupt(f"{where} points into the header")
             if not self.readonly:
-                meta = np.fromiter(self._meta, np.uint64, len(self._meta))
-                if np.isin(hosts >> np.uint64(self.cluster_bits), meta).any():
+                if _any_in(hosts >> np.uint64(self.cluster_bits), self._meta):
                     raise self._corrupt(f"{where} points into metadata")
         if comp.any():
             coff = t[comp] & np.uint64((1 << self._csize_shift) - 1)
@@ -439,6 +451,7 @@ class Qcow2Image:
         self._check_writable()
         iov = IoVec(_views(buffers))
         self._check_range(offset, iov.total)
+        self._written = True
         try:
             self._write(offset, iov)
         except OSError as e:
@@ -547,6 +560,7 @@ class Qcow2Image:
         is freed), partial ones are written."""
         self._check_writable()
         self._check_range(offset, length)
+        self._written = True
         cs = self.cluster_size
         end = offset + length
         a = min(-(-offset // cs) * cs, end)
@@ -614,11 +628,14 @@ class Qcow2Image:
     def _settle(self) -> None:
         """Leave the file as a clean image: nothing reserved, nothing leaked."""
         assert self._refs is not None
+        if not self._written:
+            return
         os.fsync(self.fd)
         self._reuse_freed()
         self._refs.release()
         os.fsync(self.fd)
         self._file_size = os.fstat(self.fd).st_size
+        self._written = False
 
     # --- copies --------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from pocketvm.backends.open_disk import open_disk
 from pocketvm.backends.qcow2_refcount import pwrite_all
 
 DEFAULT_CLUSTER_SIZE = 64 << 10
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
 
 
 def _cluster_bits(cluster_size: int) -> int:
@@ -52,8 +54,9 @@ def _initial_image(size: int, cluster_bits: int, backing: str | None, backing_fo
     return bytes(out)
 
 
-def _write_new(path: str, data: bytes) -> None:
-    """Create `path` (which must not exist) with `data`, atomically."""
+def _write_new(path: str, data: bytes, durable: bool = True) -> None:
+    """Create `path` (which must not exist) with `data`, atomically (and
+    synced to disk if `durable`)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}")
     try:
@@ -61,8 +64,16 @@ def _write_new(path: str, data: bytes) -> None:
     except OSError as e:
         raise DiskError(f"cannot create {path}: {e.strerror}") from None
     try:
-        pwrite_all(fd, data, 0)
-        os.fsync(fd)
+        # Only the blocks that hold something are written: a new overlay
+        # takes a few KiB on the host, not its four clusters.
+        os.ftruncate(fd, len(data))
+        view = memoryview(data)
+        for pos in range(0, len(data), _BLOCK):
+            block = view[pos : pos + _BLOCK]
+            if block != _ZERO_BLOCK[: len(block)]:
+                pwrite_all(fd, block, pos)
+        if durable:
+            os.fsync(fd)
         os.close(fd)
         fd = -1
         if os.path.lexists(path):
@@ -81,6 +92,7 @@ def create_qcow2(
     size: int | None = None,
     backing: str | os.PathLike[str] | None = None,
     cluster_size: int = DEFAULT_CLUSTER_SIZE,
+    durable: bool = True,
 ) -> None:
     """Create a new qcow2 v3 image at `path` (never over an existing file).
 
@@ -88,7 +100,8 @@ def create_qcow2(
     not written from that file (raw or qcow2, by content); `size` defaults
     to the backing file's virtual size. The backing reference is stored as
     given: a relative path is relative to the new image's directory (as
-    QEMU reads it). The backing file is only read.
+    QEMU reads it). The backing file is only read. `durable=False` skips
+    the fsync (for a VM's scratch overlay: the guest's first flush syncs it).
     """
     path = os.fspath(path)
     bits = _cluster_bits(cluster_size)
@@ -108,12 +121,12 @@ def create_qcow2(
         raise DiskError(f"size {size} is too large")
     if os.path.lexists(path):
         raise DiskError(f"{path} already exists")
-    _write_new(path, _initial_image(size, bits, backing_name, backing_format))
+    _write_new(path, _initial_image(size, bits, backing_name, backing_format), durable)
 
 
-def create_overlay(path: str | os.PathLike[str], backing: str | os.PathLike[str]) -> None:
+def create_overlay(path: str | os.PathLike[str], backing: str | os.PathLike[str], durable: bool = True) -> None:
     """A new qcow2 overlay at `path` on `backing`, referenced by absolute path."""
-    create_qcow2(path, backing=os.path.abspath(backing))
+    create_qcow2(path, backing=os.path.abspath(backing), durable=durable)
 
 
 def set_backing(path: str | os.PathLike[str], backing: str, backing_format: str | None) -> None:

@@ -153,7 +153,9 @@ def prepare(snapshot_dir: Path, manifest: F.Manifest, directory: Path) -> WorkDi
                 # The snapshot's image (checked by open_snapshot, with its
                 # backing files) becomes the read-only backing file of this VM's own overlay.
                 try:
-                    create_overlay(dest, src)
+                    # Not synced: it matters only while this VM runs, and the
+                    # guest's first flush makes it durable with its data.
+                    create_overlay(dest, src, durable=False)
                 except DiskError as e:
                     raise F.SnapshotError(f"{where}: {e}") from None
                 work.copies.append(dest)
