@@ -95,12 +95,14 @@ _TO_BGRX: dict[int, tuple[int, int, int, int]] = {
     FORMAT_A8B8G8R8: (1, 2, 3, 0),
 }
 BPP = 4  # every 2D format is 32 bits per pixel
+PAGE = 4096
 
 MAX_SCANOUTS = 16
 MAX_HOSTMEM = 256 << 20  # all resources' pixels together
 MAX_BACKING_ENTRIES = 16384
 MAX_RESOURCES = 4096
 CURSOR_SIZE = 64  # Linux's cursor resources are 64x64
+SCRATCH_KEEP = 16 << 20  # transfer scratch buffers up to this size are reused
 
 _HDR = struct.Struct("<IIQIB3x")  # type, flags, fence_id, ctx_id, ring_idx
 _RECT = struct.Struct("<IIII")
@@ -125,6 +127,23 @@ class Resource:
     pixels: np.ndarray  # (height, width * 4) uint8, in the resource's own format
     backing: list[tuple[int, int]] = field(default_factory=list)  # (guest address, length)
     backing_ends: np.ndarray | None = None  # cumulative lengths, for lookups
+    # When the backing is whole, aligned guest pages (as Linux gives it):
+    # the RAM page number of each backing page, for copies in one numpy call.
+    backing_pages: np.ndarray | None = None
+
+    def set_backing(self, backing: list[tuple[int, int]], ram_base: int) -> None:
+        self.backing = backing
+        self.backing_ends = np.cumsum(np.array([n for _, n in backing], dtype=np.int64))
+        self.backing_pages = None
+        if all(a % PAGE == 0 and n % PAGE == 0 for a, n in backing):
+            self.backing_pages = np.concatenate(
+                [np.arange((a - ram_base) // PAGE, (a - ram_base + n) // PAGE, dtype=np.int64) for a, n in backing]
+            )
+
+    def clear_backing(self) -> None:
+        self.backing = []
+        self.backing_ends = None
+        self.backing_pages = None
 
     @property
     def stride(self) -> int:
@@ -201,6 +220,7 @@ class VirtioGpu(v.VirtioDevice):
         self.scanout_rect = Rect(0, 0, 0, 0)
         self.cursor_resource = 0
         self.events_read = 0
+        self._scratch: np.ndarray | None = None
         self.stats: dict[str, int] = {"commands": 0, "errors": 0, "flushes": 0}
 
     # --- transport hooks ------------------------------------------------------------
@@ -384,20 +404,38 @@ class VirtioGpu(v.VirtioDevice):
         if end > res.backing_len:
             raise GpuError(RESP_ERR_INVALID_PARAMETER, f"transfer reads past the backing of resource {rid}")
         try:
-            data = self._gather(res, offset, end - offset)
+            if r.x == 0 and r.w == res.width:
+                # Whole rows (what Linux sends): straight into the resource.
+                self._gather(res, offset, res.pixels[r.y : r.y + r.h].reshape(-1))
+            else:
+                # Via a scratch buffer of whole strides, viewed as rows.
+                scratch = self._scratch_buffer(res.stride * r.h)
+                self._gather(res, offset, scratch[: end - offset])
+                rows = scratch.reshape(r.h, res.stride)[:, :row]
+                res.pixels[r.y : r.y + r.h, r.x * BPP : r.x * BPP + row] = rows
         except GuestMemoryError:
             raise GpuError(RESP_ERR_UNSPEC, f"backing of resource {rid} outside RAM") from None
-        # Pad to whole strides so the rows can be viewed as a 2-D array.
-        padded = np.empty(res.stride * r.h, dtype=np.uint8)
-        padded[: len(data)] = data
-        rows = padded.reshape(r.h, res.stride)[:, :row]
-        res.pixels[r.y : r.y + r.h, r.x * BPP : r.x * BPP + row] = rows
 
-    def _gather(self, res: Resource, start: int, length: int) -> np.ndarray:
-        """Bytes [start, start+length) of the backing, as one array."""
+    def _scratch_buffer(self, size: int) -> np.ndarray:
+        # Kept between transfers: a fresh buffer per transfer costs a page
+        # fault per 4 KiB, more than the copy itself. Large ones are not kept.
+        if size > SCRATCH_KEEP:
+            return np.empty(size, dtype=np.uint8)
+        if self._scratch is None or len(self._scratch) < size:
+            self._scratch = np.empty(max(size, 1 << 20), dtype=np.uint8)
+        return self._scratch[:size]
+
+    def _gather(self, res: Resource, start: int, out: np.ndarray) -> None:
+        """Copy bytes [start, start+len(out)) of the backing into `out`."""
         assert res.backing_ends is not None
-        out = np.empty(length, dtype=np.uint8)
+        length = len(out)
         ram = self._ram
+        if res.backing_pages is not None and start % PAGE == 0 and length % PAGE == 0:
+            # Whole pages: one gather of RAM's rows of 4 KiB (their numbers
+            # were checked to be inside RAM when the backing was attached).
+            pages = res.backing_pages[start // PAGE : (start + length) // PAGE]
+            np.take(ram.u8.reshape(-1, PAGE), pages, axis=0, out=out.reshape(-1, PAGE), mode="clip")
+            return
         i = int(np.searchsorted(res.backing_ends, start, side="right"))
         pos = start
         done = 0
@@ -410,7 +448,6 @@ class VirtioGpu(v.VirtioDevice):
             done += n
             pos += n
             i += 1
-        return out
 
     def _attach_backing(self, chain: Chain, rid: int, count: int) -> None:
         res = self._resource(rid)
@@ -434,13 +471,10 @@ class VirtioGpu(v.VirtioDevice):
                 backing.append((addr, n))
         if not backing:
             raise GpuError(RESP_ERR_INVALID_PARAMETER, "empty backing")
-        res.backing = backing
-        res.backing_ends = np.cumsum(np.array([n for _, n in backing], dtype=np.int64))
+        res.set_backing(backing, ram.base)
 
     def _detach_backing(self, rid: int) -> None:
-        res = self._resource(rid)
-        res.backing = []
-        res.backing_ends = None
+        self._resource(rid).clear_backing()
 
     # --- cursor queue ------------------------------------------------------------------
 
@@ -524,8 +558,7 @@ class VirtioGpu(v.VirtioDevice):
             if len(backing) > MAX_BACKING_ENTRIES or not all(self._ram.contains(a, n) and n > 0 for a, n in backing):
                 raise ValueError(f"resource {rid}: backing outside RAM")
             if backing:
-                res.backing = backing
-                res.backing_ends = np.cumsum(np.array([n for _, n in backing], dtype=np.int64))
+                res.set_backing(backing, self._ram.base)
         sc = state["scanout"]
         rid = int(sc["resource"])
         x, y, w, h = (int(n) for n in sc["rect"])

@@ -213,6 +213,30 @@ def test_formats_are_converted(gpu, fmt, order):
     assert np.array_equal(gpu.screen.pixels[:, :, :3], pixels[:, :, order])
 
 
+def test_backing_in_odd_pieces(gpu):
+    # Entries that are not whole pages take the general path; same pixels.
+    w, h = 64, 48
+    assert gpu.create(1, w, h) == g.RESP_OK_NODATA
+    pixels = np.random.default_rng(4).integers(0, 256, (h, w, 4), dtype=np.uint8)
+    data = pixels.tobytes()
+    sizes = [1000, 3, 4093, 777] * 10
+    entries, pos, addr = [], 0, RAM_BASE + 0x300000
+    for n in sizes:
+        n = min(n, len(data) - pos)
+        if n <= 0:
+            break
+        gpu.ram.write(addr + 5, data[pos : pos + n])  # unaligned too
+        entries.append((addr + 5, n))
+        pos += n
+        addr += 8192
+    assert gpu.attach(1, entries) == g.RESP_OK_NODATA
+    assert gpu.gpu.resources[1].backing_pages is None
+    assert gpu.transfer(1, (0, 0, w, h)) == g.RESP_OK_NODATA
+    assert gpu.transfer(1, (3, 5, 20, 7), (5 * w + 3) * 4) == g.RESP_OK_NODATA
+    assert gpu.set_scanout(1, (0, 0, w, h)) == g.RESP_OK_NODATA
+    assert np.array_equal(gpu.screen.pixels, pixels)
+
+
 def test_scanout_of_part_of_a_resource(gpu):
     _, pixels = gpu.framebuffer(1, 64, 48)
     gpu.transfer(1, (0, 0, 64, 48))
