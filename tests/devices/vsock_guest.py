@@ -104,10 +104,13 @@ class VsockGuest:
         return HDR.pack(self.cid if src_cid is None else src_cid, dst_cid, src_port, dst_port, length, typ, op,
                         flags, buf_alloc, fwd_cnt)  # fmt: skip
 
-    def send_raw(self, hdr: bytes, payload: bytes = b"", notify: bool = True) -> None:
-        """One packet as Linux sends it: a header buffer, then a payload buffer."""
+    def send_raw(self, hdr: bytes, payload: bytes = b"", notify: bool = True, strict: bool = True) -> bool:
+        """One packet as Linux sends it: a header buffer, then a payload buffer.
+        False (or with `strict` an AssertionError) when the device took none back."""
         self._reclaim_tx()
-        assert self.tx_free, "no free tx descriptors"
+        if not self.tx_free:
+            assert not strict, "no free tx descriptors"
+            return False
         idx = self.tx_free.pop(0)
         addr = self.tx_addr[idx]
         self.ram.write(addr, hdr)
@@ -120,6 +123,10 @@ class VsockGuest:
         self.tx.make_available(idx)
         if notify:
             self.tx.notify(vs.TX)
+        return True
+
+    def rx_outstanding(self) -> int:
+        return (self.rx.avail_idx - self.rx.last_used) & 0xFFFF
 
     def send(self, src_port: int, dst_port: int, op: int, payload: bytes = b"", **kw: int) -> None:
         self.send_raw(self.header(src_port, dst_port, op, len(payload), **kw), payload)
@@ -135,7 +142,8 @@ class VsockGuest:
         got = []
         used = self.rx.used()
         for head, length in used:
-            got.append(Packet(self.ram.read(self.rx_addr[head], length)))
+            if length >= HDR.size:  # unusable buffers come back empty
+                got.append(Packet(self.ram.read(self.rx_addr[head], length)))
         for head, length in self.ev.used():
             self.events.append(struct.unpack("<I", self.ram.read(RAM_BASE + 0xF00000 + 16 * head, 4))[0])
         if repost and used:
