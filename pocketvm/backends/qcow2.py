@@ -16,8 +16,8 @@ Writes to an unallocated, zero, compressed or shared cluster allocate a
 new one (see `qcow2_refcount` for the order that keeps a killed process
 from corrupting the image): the data (with the untouched rest of the
 cluster copied from below) is written first, then the L2 entry; a new L2
-table is written before the L1 entry that points to it. Metadata is
-written through, in that order, and never cached dirty.
+table is written and synced before the L1 entry that points to it.
+Metadata is written through, in that order, and never cached dirty.
 
 Backing files are always opened read-only, whatever their format: writes
 go to the top image only. Every offset a table gives is checked before it
@@ -326,6 +326,9 @@ class Qcow2Image:
         off = c << self.cluster_bits
         table = np.zeros(self.l2_entries, np.uint64)
         pwrite_all(self.fd, bytes(self.cluster_size), off)
+        # The cluster may have held guest data before: the empty table must be
+        # on disk before the L1 entry that makes it a table (once per 512 MiB of disk).
+        os.fdatasync(self.fd)
         pwrite_all(self.fd, struct.pack(">Q", off | COPIED), self.header.l1_offset + l1i * 8)
         self._l1[l1i] = off | COPIED
         self._meta.add(c)

@@ -145,6 +145,7 @@ class Refcounts:
         pwrite_all(self.fd, arr.tobytes(), c << self.cluster_bits)
         self.table[index] = c << self.cluster_bits
         if not self._defer_table_writes:
+            os.fdatasync(self.fd)  # the block before the entry that points to it (rare: once per block)
             pwrite_all(self.fd, struct.pack(">Q", c << self.cluster_bits), self.table_offset + index * 8)
         return arr
 
