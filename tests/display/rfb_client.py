@@ -23,10 +23,11 @@ class RfbClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
-        self.zlib = zlib.decompressobj()
+        self.zlibs = [zlib.decompressobj() for _ in range(4)]
         self.bytes_received = 0
         self.rects: list[tuple[int, int, int, int, int]] = []  # of the last update: x, y, w, h, encoding
         self.fills = 0
+        self.streams: set[int] = set()  # Tight zlib streams used
         self.shifts = (16, 8, 0)
 
     # --- bytes ---------------------------------------------------------------------
@@ -129,12 +130,15 @@ class RfbClient:
 
     def _tight(self, w: int, h: int) -> np.ndarray:
         ctl = self.recv(1)[0]
-        if ctl & 0x0F:
-            self.zlib = zlib.decompressobj()  # stream 0 reset
+        for i in range(4):
+            if ctl >> i & 1:
+                self.zlibs[i] = zlib.decompressobj()  # stream i reset
         if ctl >> 4 == 8:  # fill
             self.fills += 1
             return np.broadcast_to(np.frombuffer(self.recv(3), np.uint8), (h, w, 3))
-        assert ctl >> 4 == 0, f"unexpected tight control {ctl:#x}"  # basic, stream 0, no filter
+        assert ctl >> 6 == 0, f"unexpected tight control {ctl:#x}"  # basic compression, no filter
+        stream = ctl >> 4 & 3
+        self.streams.add(stream)
         size = w * h * 3
         if size < 12:
             data = self.recv(size)
@@ -145,7 +149,7 @@ class RfbClient:
                 length |= (b & 0x7F if i < 2 else b) << (7 * i)
                 if not b & 0x80 or i == 2:
                     break
-            data = self.zlib.decompress(self.recv(length))
+            data = self.zlibs[stream].decompress(self.recv(length))
         return np.frombuffer(data, np.uint8).reshape(h, w, 3)
 
 

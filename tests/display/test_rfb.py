@@ -131,6 +131,19 @@ def test_tight_encoding_and_novnc_pixel_format(vnc):
     assert c.fills == 1  # the solid rectangle went as one pixel
 
 
+def test_tight_noise_goes_through_the_stored_stream(vnc):
+    screen, _, _, connect, _ = vnc
+    c = connect()
+    c.handshake()
+    c.set_encodings([ENC_TIGHT, ENC_RAW])
+    for i in range(3):  # random pixels: zlib cannot shrink them, later bands are only stored
+        paint(screen, Rect(0, 0, W, H), 20 + i)
+        c.request(incremental=i > 0)
+        c.read_update()
+        assert np.array_equal(c.pixels, rgb(screen))
+    assert c.streams == {0, 1}
+
+
 def test_raw_in_the_clients_pixel_format(vnc):
     screen, _, _, connect, _ = vnc
     c = connect()
@@ -293,3 +306,14 @@ def test_idle_screen_sends_nothing(vnc):
 def test_vnc_listens_on_loopback_only(vnc):
     _, _, _, _, server = vnc
     assert server.vnc_address[0] == "127.0.0.1"
+
+
+def test_32_bit_formats_are_byte_shuffles():
+    px = np.array([[[0x11, 0x22, 0x33, 0x99]]], np.uint8)  # B G R X
+    assert rfb.NATIVE.convert(px) == bytes((0x11, 0x22, 0x33, 0))
+    big = rfb.PixelFormat(32, 24, True, True, 255, 255, 255, 16, 8, 0)
+    assert big.convert(px) == bytes((0, 0x33, 0x22, 0x11))
+    rgbx = rfb.PixelFormat(32, 24, False, True, 255, 255, 255, 0, 8, 16)  # noVNC's
+    assert rgbx.convert(px) == bytes((0x33, 0x22, 0x11, 0))
+    odd = rfb.PixelFormat(32, 24, False, True, 255, 255, 255, 4, 12, 20)  # not on byte boundaries
+    assert np.frombuffer(odd.convert(px), "<u4")[0] == (0x33 << 4) | (0x22 << 12) | (0x11 << 20)

@@ -55,7 +55,12 @@ ENC_COMPRESS_LEVEL_0 = -256  # -256..-247: Tight's zlib level
 
 MAX_CUT_TEXT = 1 << 20  # clipboard text a client may send (read and dropped)
 MAX_ENCODINGS = 1024
-TIGHT_BAND = 64  # rows per Tight rectangle
+TIGHT_BAND = 128  # rows per Tight rectangle
+# A band that zlib shrinks less than this is noise (video, random pixels):
+# the next TIGHT_STORED_BANDS bands go through a level-0 (stored) stream,
+# which costs a copy instead of a futile search for repeats.
+TIGHT_POOR_RATIO = 0.85
+TIGHT_STORED_BANDS = 16
 TIGHT_MAX_WIDTH = 2048  # Tight rectangles are at most this wide
 
 # Linux input event types and codes (input-event-codes.h)
@@ -117,6 +122,16 @@ class PixelFormat:
             if mx == 0 or mx > 0xFFFF or shift + mx.bit_length() > self.bpp:
                 raise ProtocolError("pixel format colour fields do not fit its pixels")
 
+    def _byte_order(self) -> tuple[int, int, int] | None:
+        """Where B, G and R go in a 4-byte pixel, if each is a whole byte of it."""
+        shifts = (self.blue_shift, self.green_shift, self.red_shift)
+        if self.bpp != 32 or (self.red_max, self.green_max, self.blue_max) != (255, 255, 255):
+            return None
+        if any(sh % 8 for sh in shifts) or len(set(shifts)) != 3 or max(shifts) > 24:
+            return None
+        idx = [sh // 8 for sh in shifts]
+        return tuple(3 - i for i in idx) if self.big_endian else tuple(idx)  # type: ignore[return-value]
+
     @property
     def is_tpixel(self) -> bool:
         """Tight sends 3-byte R, G, B pixels for this format (RFC 6143 7.7.6)."""
@@ -124,9 +139,11 @@ class PixelFormat:
 
     def convert(self, bgrx: np.ndarray) -> bytes:
         """(h, w, 4) B G R X pixels -> bytes in this format."""
-        if self == NATIVE:
-            out = bgrx.copy()
-            out[:, :, 3] = 0
+        order = self._byte_order()
+        if order is not None:  # 8-bit channels on byte boundaries: a byte shuffle
+            out = np.zeros(bgrx.shape, dtype=np.uint8)
+            for src, dst in enumerate(order):
+                out[:, :, dst] = bgrx[:, :, src]
             return out.tobytes()
         b = bgrx[:, :, 0].astype(np.uint32)
         g = bgrx[:, :, 1].astype(np.uint32)
@@ -170,7 +187,8 @@ class RfbSession:
         self.updates_sent = 0
         self._wake = asyncio.Event()
         self._request: tuple[bool, Rect] | None = None  # (incremental, area) of the pending request
-        self._zlib: zlib._Compress | None = None  # Tight's stream 0
+        self._zlib: dict[int, zlib._Compress] = {}  # Tight's streams: 0 compresses, 1 only stores
+        self._stored_bands = 0  # bands left to send through stream 1
         self._keys_down: set[int] = set()
         self._shift_keysyms_down: set[int] = set()
         self._buttons = 0
@@ -353,10 +371,18 @@ class RfbSession:
             data = self.format.convert(band)
         if len(data) < 12:
             return b"\x00" + data  # stream 0, no filter, not compressed
-        if self._zlib is None:
-            self._zlib = zlib.compressobj(max(1, self.compress_level))
-        z = self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
-        return b"\x00" + tight_length(len(z)) + z
+        stream = 1 if self._stored_bands > 0 else 0
+        self._stored_bands = max(0, self._stored_bands - 1)
+        z = self._deflate(stream, data)
+        if stream == 0 and len(z) > TIGHT_POOR_RATIO * len(data):
+            self._stored_bands = TIGHT_STORED_BANDS
+        return bytes((stream << 4,)) + tight_length(len(z)) + z
+
+    def _deflate(self, stream: int, data: bytes) -> bytes:
+        z = self._zlib.get(stream)
+        if z is None:
+            z = self._zlib[stream] = zlib.compressobj(0 if stream else max(1, self.compress_level))
+        return z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
 
     # --- input ---------------------------------------------------------------------------
 
