@@ -253,8 +253,8 @@ def run(
         if kernel or initrd or bios or append:
             raise click.UsageError("--image brings its own kernel, initrd, firmware and command line")
         sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size))
-    config = build_config(memory or DEFAULT_MEMORY, cpus or 1, kernel, initrd, bios, append, disks, name, mirror,
-                          nics, vsock)
+    config = build_config(DEFAULT_MEMORY if memory is None else memory, 1 if cpus is None else cpus, kernel,
+                          initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
     from pocketvm.web.attach import parse_display, parse_size
 
@@ -310,6 +310,8 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
         from pocketvm.web.attach import start_display
 
         viewer = start_display(vm, display)
+        # `pocket ls --json` tells where to look (the control socket is the user's own).
+        info = {**info, "display": viewer.url or "vnc://{}:{}".format(*viewer.vnc_address)}
     server.start(vm, info)
     click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
     if viewer is not None:

@@ -71,7 +71,8 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
     create_overlay(overlay, image.base)
     fresh_size = overlay.stat().st_size
     try:
-        config = build_config(memory or TEMPLATE_MEMORY, cpus or TEMPLATE_CPUS, str(image.boot.kernel),
+        config = build_config(TEMPLATE_MEMORY if memory is None else memory,
+                              TEMPLATE_CPUS if cpus is None else cpus, str(image.boot.kernel),
                               str(image.boot.initrd), str(image.boot.bios), BOOT_APPEND, (str(overlay), *disks),
                               vm_name, None, nics, vsock)
         config.deterministic = deterministic
