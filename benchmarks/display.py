@@ -6,9 +6,9 @@ client (tests/display/rfb_client.py, Raw encoding: what every server speaks,
 so both send the same bytes per pixel) measures, in the same run:
 
 - redraw: the guest copies two different full 1024x768 frames to /dev/fb0
-  in turn, forever; the client asks for updates as fast as it takes them
-  for DURATION seconds: updates/s, full-frame equivalents/s (area received
-  / screen area), bytes/s;
+  in turn, forever (guest frames/s: how many it wrote); the client asks for
+  updates as fast as it takes them for DURATION seconds: updates/s,
+  full-frame equivalents/s (area received / screen area), bytes/s;
 - key latency: with the screen idle, a key press sent by the client until
   the update holding the echoed character arrives (median and worst of N);
 - idle: host CPU used by the VM process over IDLE seconds with a client
@@ -194,8 +194,10 @@ def idle_cpu(guest: Guest, c: RfbClient, seconds: float) -> float:
 
 
 def redraw(guest: Guest, c: RfbClient, seconds: float) -> dict[str, float]:
-    guest.run("(while :; do cat /tmp/f1 > /dev/fb0; cat /tmp/f2 > /dev/fb0; done) & echo R=$((6*6))=", "R=36=")
+    guest.run("(n=0; while :; do cat /tmp/f1 > /dev/fb0; cat /tmp/f2 > /dev/fb0; n=$((n+2)); echo $n > /tmp/n; done) & "
+              "echo R=$((6*6))=", "R=36=")
     time.sleep(2)  # let it get going
+    drawn0 = _frames_drawn(guest)
     c.request()
     updates = 0
     area = 0
@@ -207,12 +209,20 @@ def redraw(guest: Guest, c: RfbClient, seconds: float) -> dict[str, float]:
         updates += 1
         area += sum(w * h for _, _, w, h, enc in rects if enc in (ENC_RAW, ENC_TIGHT))
     elapsed = time.perf_counter() - t0
+    drawn = _frames_drawn(guest) - drawn0
     guest.run("kill %1; echo K=$((7*7))=", "K=49=")
     return {
+        "guest frames/s": drawn / (time.perf_counter() - t0),
         "updates/s": updates / elapsed,
         "frames/s": area / (WIDTH * HEIGHT) / elapsed,
         "MB/s": (c.bytes_received - b0) / elapsed / 1e6,
     }
+
+
+def _frames_drawn(guest: Guest) -> int:
+    out = guest.run("echo N=$(cat /tmp/n 2>/dev/null || echo 0)=$((8*8))=", "=64=")
+    m = re.findall(r"N=(\d+)=64=", out)
+    return int(m[-1]) if m else 0
 
 
 def measure(name: str, start, args) -> dict[str, float]:
