@@ -102,16 +102,19 @@ def _parse_disk(text: str) -> DiskSpec:
 
     path, _, opts = text.partition(",")
     readonly = False
+    fmt = None
     for opt in filter(None, opts.split(",")):
         if opt in ("ro", "readonly"):
             readonly = True
         elif opt in ("rw",):
             readonly = False
+        elif opt in ("format=raw", "format=qcow2"):
+            fmt = opt.partition("=")[2]
         else:
-            raise VMError(f"unknown disk option {opt!r} in --disk {text!r} (use PATH or PATH,ro)")
+            raise VMError(f"unknown disk option {opt!r} in --disk {text!r} (use PATH, PATH,ro, PATH,format=raw|qcow2)")
     if not path:
         raise VMError(f"--disk {text!r}: missing path")
-    return DiskSpec(Path(path), readonly)
+    return DiskSpec(Path(path), readonly, fmt)
 
 
 def _parse_nic(text: str) -> NicSpec:
@@ -213,7 +216,7 @@ def build_config(
 @click.option("--initrd", metavar="PATH", help="Initramfs (default: the pulled guest's).")
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
 @click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
-@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]", help="Attach a disk image (raw or qcow2, told apart by content) as virtio-blk (repeatable; ',ro' = read-only).")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro][,format=raw|qcow2]", help="Attach a disk image (raw or qcow2, told apart by content unless format= says) as virtio-blk (repeatable; ',ro' = read-only). Give format=raw for a raw disk whose guest may have written a qcow2 header into it.")
 @click.option("--nic", "nics", multiple=True, metavar="user[,hostfwd=tcp::HOST-:GUEST]", help="Attach a virtio network interface (repeatable). 'user': NAT behind the host, no privileges; the guest is 10.0.2.15 (DHCP), the host 10.0.2.2. hostfwd forwards a TCP port of the host's 127.0.0.1 to the guest.")
 @click.option("--vsock", default="", metavar="PATH|none", help="Unix socket of the VM's virtio-vsock device (default: NAME.vsock beside its control socket; `pocket ls --json` shows it). A host program connects and writes 'CONNECT <port>\\n' to reach a guest port; the guest reaches host port P at PATH_P. 'none': no vsock device.")
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")

@@ -54,6 +54,7 @@ class VMError(Exception):
 class DiskSpec:
     path: Path
     readonly: bool = False
+    format: str | None = None  # "raw" or "qcow2"; None: recognised by content
 
 
 @dataclass
@@ -283,7 +284,7 @@ class VirtualMachine:
         from pocketvm.devices.virtio_blk import VirtioBlk
 
         try:
-            image = open_disk(spec.path, readonly=spec.readonly)  # raw or qcow2, by content
+            image = open_disk(spec.path, readonly=spec.readonly, fmt=spec.format)
         except DiskError as e:
             raise VMError(str(e)) from None
         self.disks.append(image)

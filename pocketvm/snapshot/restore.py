@@ -54,7 +54,9 @@ class Snapshot:
         from pocketvm.machine import DiskSpec, DisplaySpec, NicSpec, VMConfig, VsockSpec
 
         vm = self.manifest.vm
-        disks = [DiskSpec(p, d.readonly) for p, d in zip(disk_paths, self.manifest.disks)]
+        # The format saved, not the content: a raw disk stays raw even if its
+        # guest wrote a qcow2 header into it.
+        disks = [DiskSpec(p, d.readonly, d.format) for p, d in zip(disk_paths, self.manifest.disks)]
         # A network interface comes back connected anew: the old VM's
         # connections belonged to its process and ended with it.
         saved = [NicSpec.from_dict(n) for n in vm.get("nics", [])]

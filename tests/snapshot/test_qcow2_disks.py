@@ -228,3 +228,36 @@ def test_raw_and_read_only_qcow2_disks_together(ticker, tmp_path, base):
     finally:
         r.vm.close()
         r.disks.finish()
+
+
+def test_a_raw_disk_stays_raw_when_its_guest_writes_a_qcow2_header(ticker, tmp_path, base):
+    # A qcow2 header can name any host file as its backing file: a guest must
+    # not turn its raw disk into a window on the host by writing one.
+    raw = tmp_path / "guest.raw"
+    with open(raw, "wb") as f:
+        f.truncate(2 * MiB)
+    evil = tmp_path / "evil.qcow2"
+    create_qcow2(evil, size=MiB, backing=str(base))
+    vm = make_vm(ticker, [DiskSpec(raw)])
+    try:
+        vm.disks[0].write(0, evil.read_bytes()[:4096])  # what the guest writes to sector 0
+        save_snapshot(vm, tmp_path / "snap")
+    finally:
+        vm.close()
+    assert (tmp_path / "snap" / "disk0.raw").exists()
+    r = restore_vm(tmp_path / "snap", CapturedConsole(), "raw", tmp_path / "w")
+    try:
+        assert r.vm.disks[0].format == "raw" and r.vm.disks[0].read(0, 4) == b"QFI\xfb"
+    finally:
+        r.vm.close()
+        r.disks.finish()
+    # On the command line, format=raw says the same.
+    from pocketvm.cli import _parse_disk
+
+    assert _parse_disk(f"{raw},format=raw").format == "raw"
+    assert _parse_disk(f"{raw},ro").format is None
+    vm = make_vm(ticker, [_parse_disk(f"{raw},format=raw")])
+    try:
+        assert vm.disks[0].format == "raw"
+    finally:
+        vm.close()
