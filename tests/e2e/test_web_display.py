@@ -13,6 +13,7 @@ downloaded) opens the printed URL and:
 - types a command with the browser's keyboard into the tty1 shell, which
   writes a file the serial console then shows;
 - types into the page's serial console (xterm.js) and sees the answer;
+- fills the screen with noise and sees the page show it;
 - powers the guest off and sees the page say so.
 
 A screenshot of the page is saved as an artifact in the test's tmp dir.
@@ -139,6 +140,11 @@ def test_screen_keyboard_pointer_and_console_in_a_browser(guest_image, tmp_path)
                 page.wait_for_function(f"({TERM_TEXT})().includes('serial-42')", timeout=60_000)
                 assert "serial-42" in vm.out
                 page.screenshot(path=str(tmp_path / "page.png"))
+                # Noise over the whole screen (Tight sends it through its stored
+                # stream): the page keeps up and shows it.
+                _cmd(vm, "dd if=/dev/urandom of=/dev/fb0 bs=4096 count=768 2>/dev/null; echo N=$((9*9))=", "N=81=")
+                page.wait_for_function(f"({COUNT_LIT})() > {WIDTH * HEIGHT * 9 // 10}", timeout=60_000)
+                assert page.locator("#screen-state").inner_text() == ""  # still connected
                 # Power off from the page: the page says the VM has stopped.
                 page.keyboard.type("poweroff\n")
                 page.wait_for_function("window.pocketvm.isStopped()", timeout=120_000)
