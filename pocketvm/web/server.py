@@ -166,7 +166,7 @@ class DisplayServer:
                 await runner.setup()
                 site = web.TCPSite(runner, HOST, self.web_port)
                 await site.start()
-                port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                port = runner.addresses[0][1]
                 self.url = f"http://{HOST}:{port}/{self.token}/"
         except OSError as e:
             self._error = e
