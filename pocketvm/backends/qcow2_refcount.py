@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
 
 import numpy as np
 
@@ -85,8 +86,8 @@ class Refcounts:
         self._check_table(file_size)
         self.blocks: dict[int, np.ndarray] = {}
         self._dirty: dict[int, tuple[int, int]] = {}  # block index -> [lo, hi) entries to write
-        self.reserved: list[list[int]] = []  # [start, end) cluster ranges with refcount 1, unused
-        self._free: list[list[int]] | None = None  # refcount-0 ranges inside the file (scanned lazily)
+        self.reserved: deque[list[int]] = deque()  # [start, end) cluster ranges with refcount 1, unused
+        self._free: deque[list[int]] | None = None  # refcount-0 ranges inside the file (scanned lazily)
         self._defer_table_writes = False
 
     def _corrupt(self, what: str) -> DiskError:
@@ -255,7 +256,7 @@ class Refcounts:
             else:
                 out.append((a, k))
             if k == b - a:
-                self.reserved.pop(0)
+                self.reserved.popleft()
             else:
                 self.reserved[0][0] += k
             n -= k
@@ -265,14 +266,14 @@ class Refcounts:
         cs = self.cluster_size
         want = max(n, min(_RESERVE_MAX // cs, max(_RESERVE_MIN // cs, self.end // 2)), 1)
         if self._free is None:
-            self._free = self._scan_free()
+            self._free = deque(self._scan_free())
         got: list[list[int]] = []
         while want and self._free:
             a, b = self._free[0]
             k = min(want, b - a)
             got.append([a, a + k])
             if k == b - a:
-                self._free.pop(0)
+                self._free.popleft()
             else:
                 self._free[0][0] += k
             want -= k
@@ -318,7 +319,7 @@ class Refcounts:
             self._set(a, b, 0)
         self.write_dirty()
         ranges = sorted(self.reserved)
-        self.reserved = []
+        self.reserved = deque()
         while ranges and ranges[-1][1] == self.end:
             self.end = ranges.pop()[0]
         for a, b in ranges:
