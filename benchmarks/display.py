@@ -256,17 +256,19 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of continuous redraw")
     ap.add_argument("--keys", type=int, default=20, help="key presses for the latency")
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle screen for the CPU figure")
+    ap.add_argument("--only", choices=("pocketvm", "qemu"), help="measure one of them only")
     args = ap.parse_args()
-    results = {}
+    results: dict[str, dict[str, float]] = {"pocketvm": {}, "qemu": {}}
     for name, start in (("pocketvm", start_pocketvm), ("qemu", start_qemu)):
+        if args.only not in (None, name):
+            continue
         print(f"{name}: booting and measuring...", file=sys.stderr, flush=True)
         results[name] = measure(name, start, args)
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    keys = list(results["pocketvm"])
+    keys = list(dict.fromkeys([*results["pocketvm"], *results["qemu"]]))
     print(f"{'':22}{'pocketvm':>12}{'qemu':>12}")
     for k in keys:
-        q = results["qemu"].get(k)
-        print(f"{k:22}{results['pocketvm'][k]:12.2f}" + (f"{q:12.2f}" if q is not None else f"{'-':>12}"))
+        print(f"{k:22}" + "".join(f"{results[n][k]:12.2f}" if k in results[n] else f"{'-':>12}" for n in ("pocketvm", "qemu")))
 
 
 if __name__ == "__main__":
