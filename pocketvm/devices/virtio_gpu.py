@@ -135,7 +135,10 @@ class Resource:
         self.backing = backing
         self.backing_ends = np.cumsum(np.array([n for _, n in backing], dtype=np.int64))
         self.backing_pages = None
-        if all(a % PAGE == 0 and n % PAGE == 0 for a, n in backing):
+        # Entries may all name the same RAM, so their total can dwarf RAM:
+        # the page table is only built for a backing about the resource's size.
+        total = int(self.backing_ends[-1])
+        if total <= 2 * self.height * self.stride + PAGE and all(a % PAGE == 0 and n % PAGE == 0 for a, n in backing):
             self.backing_pages = np.concatenate(
                 [np.arange((a - ram_base) // PAGE, (a - ram_base + n) // PAGE, dtype=np.int64) for a, n in backing]
             )

@@ -319,6 +319,13 @@ def test_backing_that_aliases_one_page(gpu):
     assert gpu.transfer(1, (0, 0, 1024, 768)) == g.RESP_OK_NODATA
     row = gpu.gpu.resources[1].pixels[5]
     assert row.tobytes() == bytes(range(256)) * 16
+    # The most entries, each naming all of RAM: the backing claims 128 GiB,
+    # and the monitor allocates nothing in proportion.
+    assert gpu.create(2, 64, 64) == g.RESP_OK_NODATA
+    assert gpu.attach(2, [(RAM_BASE, RAM_SIZE)] * g.MAX_BACKING_ENTRIES) == g.RESP_OK_NODATA
+    res = gpu.gpu.resources[2]
+    assert res.backing_len == RAM_SIZE * g.MAX_BACKING_ENTRIES and res.backing_pages is None
+    assert gpu.transfer(2, (0, 0, 64, 64), offset=RAM_SIZE * 100) == g.RESP_OK_NODATA
 
 
 def test_huge_sizes_are_refused(gpu):
