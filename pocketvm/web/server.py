@@ -42,6 +42,7 @@ HOST = "127.0.0.1"
 STATIC_DIR = Path(__file__).parent / "static"
 NOVNC_DIRS = (Path("/usr/share/novnc"),)
 MAX_WS_MESSAGE = 1 << 20
+CONSOLE_QUEUE = 4096  # console output chunks waiting for a slow page
 
 
 class DisplayServerError(Exception):
@@ -237,11 +238,17 @@ class DisplayServer:
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE)
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # Bounded: a page that stops reading loses output rather than
+        # making the monitor hold all of it.
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=CONSOLE_QUEUE)
+
+        def put(data: bytes) -> None:
+            if not queue.full():
+                queue.put_nowait(data)
         console = self.targets.console
 
         def listener(data: bytes) -> None:  # on the VM's thread
-            loop.call_soon_threadsafe(queue.put_nowait, data)
+            loop.call_soon_threadsafe(put, data)
 
         self._state_sockets.add(ws)
         await ws.send_str(json.dumps(self._state()))
