@@ -12,11 +12,15 @@ JSON object line back, and the connection closes.
 
     {"cmd": "info"}                                -> {"ok": true, "name": ..., "pid": ..., ...}
     {"cmd": "snapshot", "dir": ABS, "stop": bool}  -> {"ok": true, "path": ..., "seconds": ..., ...}
+    {"cmd": "pause"} / {"cmd": "resume"}           -> {"ok": true, "state": "paused" | "running"}
     anything else / failure                        -> {"ok": false, "error": "one line"}
 
 Requests are served by a background thread. Anything that touches the
 machine is handed to the VM's run loop with `VirtualMachine.submit` and
 happens between two slices, so the run loop itself only checks a queue.
+A pause is such a call that does not return until the resume: the run
+loop waits in it, the guest's clock stands still, and a snapshot asked for
+meanwhile is taken from inside the pause.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import socket
@@ -179,6 +184,8 @@ class ControlServer:
         self._conns_lock = threading.Lock()
         self._closed = False
         self.state = "starting"
+        self._pause: _Pause | None = None
+        self._pause_lock = threading.Lock()
 
     def _bind(self) -> None:
         try:
@@ -216,6 +223,9 @@ class ControlServer:
         if self._closed:
             return
         self._closed = True
+        pause = self._pause
+        if pause is not None:
+            pause.resume()
         with self._conns_lock:
             conns = list(self._conns)
         deadline = time.monotonic() + linger
@@ -309,10 +319,60 @@ class ControlServer:
                 raise ControlError("the VM is not running yet")
             # The VM is paused only while its state is copied; the copy is
             # sealed (digests, fsync, manifest) here while it runs again.
-            outcome = vm.submit(lambda: self._capture(Path(directory), stop)).result()
+            # A paused VM's run loop waits in the pause: it takes the capture there.
+            with self._pause_lock:
+                pause = self._pause
+                work = (pause.call if pause is not None else vm.submit)(lambda: self._capture(Path(directory), stop))
+            outcome = work.result()
             result = outcome if stop else outcome.finish()
             return {"ok": True, **result.as_dict()}
+        if cmd == "pause":
+            return {"ok": True, "state": self._pause_vm()}
+        if cmd == "resume":
+            return {"ok": True, "state": self._resume_vm()}
         raise ControlError(f"unknown command {cmd!r}")
+
+    def _pause_vm(self) -> str:
+        vm = self.vm
+        if vm is None:
+            raise ControlError("the VM is not running yet")
+        with self._pause_lock:
+            if self._pause is None:
+                pause = _Pause(self)
+                held = vm.submit(pause.hold)
+                deadline = time.monotonic() + 10
+                while not pause.held.wait(0.05):
+                    if held.done():  # the VM ended before its loop got there
+                        held.result()
+                    if time.monotonic() > deadline:
+                        pause.resume()
+                        raise ControlError("the VM did not pause within 10 s")
+                self._pause = pause
+                self.state = "paused"
+        return self.state
+
+    def _resume_vm(self) -> str:
+        with self._pause_lock:
+            pause, self._pause = self._pause, None
+            if pause is not None:
+                pause.resume()
+                if self.state == "paused":
+                    self.state = "running"
+        return self.state
+
+    def guest_uptime(self) -> float | None:
+        """Seconds of guest time since the guest booted (it stands still while paused)."""
+        vm = self.vm
+        if vm is None:
+            return None
+        pause = self._pause
+        if pause is not None and pause.frozen_ticks is not None:
+            ticks = pause.frozen_ticks
+        else:
+            ticks = vm.host_ticks()
+        from pocketvm.board.memmap import TIMEBASE_FREQUENCY
+
+        return round(ticks / TIMEBASE_FREQUENCY, 3)
 
     def describe(self) -> dict[str, Any]:
         vm = self.vm
@@ -324,7 +384,8 @@ class ControlServer:
             "uptime": round(time.time() - self.started, 1),
         }
         if vm is not None:
-            out.update(memory=vm.config.memory, cpus=vm.config.cpus, disks=[str(d.path) for d in vm.config.disks])
+            out.update(memory=vm.config.memory, cpus=vm.config.cpus, disks=[str(d.path) for d in vm.config.disks],
+                       guest_uptime=self.guest_uptime())
         out.update(self.info)
         return out
 
@@ -338,6 +399,7 @@ class ControlServer:
 
         vm = self.vm
         t0 = time.monotonic_ns()
+        previous = self.state  # "running", or "paused" when taken inside a pause
         self.state = "saving"
         try:
             snap = capture(vm, directory)
@@ -349,8 +411,66 @@ class ControlServer:
             return snap
         finally:
             if self.state == "saving":
-                self.state = "running"
+                self.state = previous
             vm.exclude_pause(time.monotonic_ns() - t0)
+
+
+class _Pause:
+    """A paused VM: its run loop waits in `hold` (a submitted call) until `resume`.
+
+    Work for the paused VM (a snapshot) is handed to `call` and runs in the
+    loop's thread, as a submitted call would. Only the time spent waiting is
+    hidden from the guest's clock (a capture hides its own)."""
+
+    _RESUME = object()
+
+    def __init__(self, server: ControlServer):
+        self.server = server
+        self.held = threading.Event()
+        self.frozen_ticks: int | None = None
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def call(self, fn: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        self._work.put((fn, fut))
+        return fut
+
+    def resume(self) -> None:
+        self._work.put(self._RESUME)
+
+    def hold(self) -> None:
+        vm = self.server.vm
+        self.frozen_ticks = vm.host_ticks()
+        self.held.set()
+        waited = 0
+        try:
+            while self.server.state != "stopping" and not self.server._closed:
+                t0 = time.monotonic_ns()
+                try:
+                    item = self._work.get(timeout=0.5)
+                except queue.Empty:
+                    item = None
+                waited += time.monotonic_ns() - t0
+                if item is self._RESUME:
+                    break
+                if item is not None:
+                    fn, fut = item
+                    try:
+                        fut.set_result(fn())
+                    except Exception as e:
+                        fut.set_exception(e)
+        except BaseException as e:
+            # A termination signal (raised in this, the main, thread) must end
+            # the VM: the run loop would file it under this call's result.
+            from pocketvm.machine import ExitStatus
+
+            signum = getattr(e, "signum", 2 if isinstance(e, KeyboardInterrupt) else 15)
+            vm.request_stop(ExitStatus(128 + signum, "terminated", f"terminated by signal {signum} while paused"))
+        finally:
+            vm.exclude_pause(waited)
+            self.frozen_ticks = None
 
 
 # --- client side -----------------------------------------------------------------
