@@ -72,6 +72,7 @@ def open_locked(path: str, readonly: bool, lock: bool = True) -> int:
     """Open an image file O_RDONLY or O_RDWR and flock it (shared when
     read-only, exclusive when writable; `lock=False` only to inspect an
     image read-only, which a VM may be writing); DiskError (one line) otherwise."""
+    assert readonly or lock, "an image is written only under an exclusive lock"
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -89,7 +90,6 @@ def open_locked(path: str, readonly: bool, lock: bool = True) -> int:
         hint = " (open it read-only?)" if not readonly and e.errno in (errno.EACCES, errno.EROFS) else ""
         raise DiskError(f"cannot open disk image {path}: {e.strerror}{hint}") from None
     if not lock:
-        assert readonly, "an image is written only under an exclusive lock"
         return fd
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)

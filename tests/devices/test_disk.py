@@ -128,3 +128,27 @@ def test_copy_to_is_sparse_and_equal(tmp_path):
     assert digest(copy) == digest(path)
     assert os.stat(copy).st_size == size
     assert os.stat(copy).st_blocks * 512 < 1 << 20  # holes stayed holes
+
+
+def test_unlocked_read_only_open_for_inspection(tmp_path):
+    path = image(tmp_path, data=b"inspect me")
+    with DiskImage(path) as writer:  # a running VM holds the exclusive lock
+        with pytest.raises(DiskError, match="in use"):
+            DiskImage(path, readonly=True)
+        with DiskImage(path, readonly=True, lock=False) as viewer:
+            assert viewer.read(0, 10) == b"inspect me"
+        writer.write(0, b"still mine")
+    with pytest.raises(AssertionError):
+        DiskImage(path, lock=False)  # only readers may skip the lock
+
+
+def test_open_disk_picks_raw_for_anything_without_the_qcow2_magic(tmp_path):
+    from pocketvm.backends.open_disk import open_disk
+
+    path = image(tmp_path, data=b"QFI\xfa not quite")
+    with open_disk(path) as disk:
+        assert disk.format == "raw" and disk.backing is None
+    with pytest.raises(DiskError, match="not a qcow2 image"):
+        open_disk(path, fmt="qcow2")
+    with pytest.raises(DiskError, match="unknown disk format 'vmdk'"):
+        open_disk(path, fmt="vmdk")
