@@ -284,3 +284,24 @@ def test_info_works_on_an_image_in_use(tmp_path):
             open_disk(top, readonly=True)
         info = disk_info(top)
         assert [layer.path for layer in info.chain] == [str(top), str(base)]
+
+
+def test_virtual_size_not_a_multiple_of_the_cluster_size(tmp_path):
+    size = 10 * MiB + 3 * 512
+    img = tmp_path / "odd.qcow2"
+    qemu_img("create", "-f", "qcow2", img, size)
+    shadow = bytearray(size)
+    with open_disk(img) as image:
+        assert image.size == size and image.sectors == size // 512
+        for off, data in [(size - 1536, b"e" * 1536), (size - 70_000, b"f" * 1000), (10 * MiB - 512, b"g" * 2048)]:
+            image.write(off, data)
+            shadow[off : off + len(data)] = data
+        image.write_zeroes(size - 1024, 1024)
+        shadow[size - 1024 :] = bytes(1024)
+        image.discard(10 * MiB - 65536, 65536 + 512)
+        shadow[10 * MiB - 65536 : 10 * MiB + 512] = bytes(65536 + 512)
+        assert image.read(0, size) == shadow
+        with pytest.raises(DiskError, match="beyond the end"):
+            image.read(size - 512, 1024)
+    assert_clean(img)
+    assert to_raw(img, tmp_path / "odd.raw") == bytes(shadow)
