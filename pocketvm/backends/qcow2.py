@@ -511,12 +511,14 @@ class Qcow2Image:
             self._forget([old[k - lo] for k in new])
 
     def _write_new_clusters(
-        self, g: int, n: int, iov: IoVec, pos: int, ca: int, cb_: int, new: dict[int, int], index_bias: int
+        self, g: int, n: int, iov: IoVec, pos: int, first: int, stop: int, new: dict[int, int], to_index: int
     ) -> None:
-        """Guest clusters [ca, cb_) get new host clusters holding the write and,
-        around it, the part of the cluster it leaves untouched."""
+        """Guest clusters [first, stop) get new host clusters holding the
+        write (n bytes at g, iov[pos:]) and, around it, the part of the
+        cluster it leaves untouched; their new L2 entries go into `new`, by
+        table index (guest cluster + `to_index`)."""
         cb, cs = self.cluster_bits, self.cluster_size
-        start, end = ca << cb, cb_ << cb
+        start, end = first << cb, stop << cb
         a, b = max(g, start), min(g + n, end)
         parts: list[memoryview] = []
         if a > start:
@@ -527,11 +529,11 @@ class Qcow2Image:
         whole = IoVec(parts)
         assert self._refs is not None
         done = 0
-        k = ca
-        for hc, hn in self._refs.alloc(cb_ - ca):
+        k = first
+        for hc, hn in self._refs.alloc(stop - first):
             pwritev_all(self.fd, whole.slice(done, hn * cs), hc << cb)
             for t in range(hn):
-                new[k + t + index_bias] = ((hc + t) << cb) | COPIED
+                new[k + t + to_index] = ((hc + t) << cb) | COPIED
             k += hn
             done += hn * cs
             self._file_size = max(self._file_size, (hc + hn) << cb)
