@@ -350,7 +350,8 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
 )
 @click.option("--discard", is_flag=True, help="Throw the VM away when it ends: delete its disk copies even if the guest wrote to them.")
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
-def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str) -> None:
+@click.option("--nic", "nics", multiple=True, metavar="user[,...]|none", help="Connect the snapshot's network interfaces otherwise than when saved, one --nic each: 'user' (as for `pocket run`) or 'none' (cable out).")
+def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str, nics: tuple[str, ...]) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
 
     The snapshot is checked first and never changed: it can be restored any
@@ -363,7 +364,11 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
     """
     from pocketvm.web.attach import parse_display
 
-    sys.exit(restore_snapshot(directory, name, Path(disk_dir) if disk_dir else None, discard, parse_display(display)))
+    from pocketvm.machine import NicSpec
+
+    specs = [NicSpec("none") if n == "none" else _parse_nic(n) for n in nics] if nics else None
+    sys.exit(restore_snapshot(directory, name, Path(disk_dir) if disk_dir else None, discard, parse_display(display),
+                              nics=specs))
 
 
 def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, discard: bool, shown: Any = None,
