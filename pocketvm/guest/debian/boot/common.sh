@@ -11,7 +11,7 @@ mount -t tmpfs tmpfs /run
 finish() {
     echo "pocketvm-build: exit $1"
     sync
-    mount -o remount,ro / 2>/dev/null
+    timeout 120 mount -o remount,ro / 2>/dev/null
     sync
     echo o > /proc/sysrq-trigger
     while :; do sleep 3600; done
