@@ -268,6 +268,11 @@ def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None
                 base.unlink()
             _to_qcow2(raw, base)
             base.chmod(0o444)  # the base never changes; every VM writes to its own overlay
+            # Snapshots refer to the base by path and content digest: pay
+            # for hashing it now rather than at the template's snapshot.
+            from pocketvm.snapshot.basechain import cached_digest
+
+            cached_digest(base)
             progress.update(t, total=1, completed=1)
         finally:
             shutil.rmtree(work, ignore_errors=True)
