@@ -36,6 +36,8 @@ _USER_ERRORS = (
     ("pocketvm.control", "ControlError"),
     ("pocketvm.launcher.client", "LauncherError"),
     ("pocketvm.backends.disk", "DiskError"),
+    ("pocketvm.manager.core", "ManagerError"),
+    ("pocketvm.manager.channel", "GuestError"),
 )
 
 
@@ -71,7 +73,7 @@ class _Group(click.Group):
     # `pocket image ...` lives in pocketvm.images, `pocket disk ...` in
     # pocketvm.disk_cli, loaded only when used.
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), "image", "disk"})
+        return sorted({*super().list_commands(ctx), "image", "disk", "serve", "exec", "cp"})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "image" and name not in self.commands:
@@ -82,6 +84,16 @@ class _Group(click.Group):
             from pocketvm.disk_cli import disk
 
             self.add_command(disk)
+        # `pocket serve` in pocketvm.manager, `pocket exec|cp` in pocketvm.api.
+        if name == "serve" and name not in self.commands:
+            from pocketvm.manager.serve import serve
+
+            self.add_command(serve)
+        if name in ("exec", "cp") and name not in self.commands:
+            from pocketvm.api.cli import cp, exec_command
+
+            self.add_command(exec_command)
+            self.add_command(cp)
         return super().get_command(ctx, name)
 
 
