@@ -130,7 +130,8 @@ def _parse_disk(text: str) -> DiskSpec:
 
 
 def _parse_nic(text: str) -> NicSpec:
-    """`user` or `user,hostfwd=tcp::HOSTPORT-:GUESTPORT[,hostfwd=...]` (QEMU's spelling)."""
+    """`user` or `user,hostfwd=tcp::HOSTPORT-:GUESTPORT[,hostfwd=...]` (QEMU's spelling),
+    `allow=A.B.C.D[:PORT]` (repeatable): the only destinations the guest may reach."""
     import re
 
     from pocketvm.machine import NicSpec, VMError
@@ -140,6 +141,15 @@ def _parse_nic(text: str) -> NicSpec:
         raise VMError(f"--nic {text!r}: unknown network kind {kind!r} (supported: user)")
     spec = NicSpec(kind)
     for opt in opts:
+        if opt.startswith("allow="):
+            from pocketvm.backends.net_user import parse_allow
+
+            try:
+                parse_allow(opt[len("allow="):])
+            except ValueError as e:
+                raise VMError(f"--nic {text!r}: {e}") from None
+            spec.allow = [*(spec.allow or []), opt[len("allow="):]]
+            continue
         m = re.fullmatch(r"hostfwd=tcp:(?:127\.0\.0\.1)?:(\d{1,5})-(?:10\.0\.2\.15)?:(\d{1,5})", opt)
         if m is None or not all(0 < int(p) < 65536 for p in m.groups()):
             raise VMError(f"--nic {text!r}: bad option {opt!r} (use hostfwd=tcp::HOSTPORT-:GUESTPORT)")
@@ -229,7 +239,7 @@ def build_config(
 @click.option("--bios", metavar="PATH|none", help="M-mode firmware (default: OpenSBI fw_dynamic); 'none' starts --kernel in M-mode.")
 @click.option("--append", metavar="ARGS", help=f"Kernel command line (default: '{DEFAULT_APPEND}').")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro][,format=raw|qcow2]", help="Attach a disk image (raw or qcow2, told apart by content unless format= says) as virtio-blk (repeatable; ',ro' = read-only). Give format=raw for a raw disk whose guest may have written a qcow2 header into it.")
-@click.option("--nic", "nics", multiple=True, metavar="user[,hostfwd=tcp::HOST-:GUEST]", help="Attach a virtio network interface (repeatable). 'user': NAT behind the host, no privileges; the guest is 10.0.2.15 (DHCP), the host 10.0.2.2. hostfwd forwards a TCP port of the host's 127.0.0.1 to the guest.")
+@click.option("--nic", "nics", multiple=True, metavar="user[,hostfwd=tcp::HOST-:GUEST][,allow=A.B.C.D[:PORT]]", help="Attach a virtio network interface (repeatable). 'user': NAT behind the host, no privileges; the guest is 10.0.2.15 (DHCP), the host 10.0.2.2. hostfwd forwards a TCP port of the host's 127.0.0.1 to the guest. allow= (repeatable): the guest reaches only those destinations (as it addresses them: 10.0.2.2:8000 is the host's 127.0.0.1:8000).")
 @click.option("--vsock", default="", metavar="PATH|none", help="Unix socket of the VM's virtio-vsock device (default: NAME.vsock beside its control socket; `pocket ls --json` shows it). A host program connects and writes 'CONNECT <port>\\n' to reach a guest port; the guest reaches host port P at PATH_P. 'none': no vsock device.")
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")

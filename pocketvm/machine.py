@@ -63,13 +63,19 @@ class NicSpec:
 
     kind: str = "user"  # user-mode NAT: 10.0.2.15 behind the host, like QEMU's -nic user
     forwards: list[tuple[str, int, int]] = field(default_factory=list)  # (proto, host port, guest port)
+    allow: list[str] | None = None  # "A.B.C.D[:PORT]": the only destinations the guest may reach
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "forwards": [list(f) for f in self.forwards]}
+        d: dict[str, Any] = {"kind": self.kind, "forwards": [list(f) for f in self.forwards]}
+        if self.allow is not None:
+            d["allow"] = list(self.allow)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NicSpec:
-        return cls(str(d["kind"]), [(str(p), int(h), int(g)) for p, h, g in d.get("forwards", [])])
+        allow = d.get("allow")
+        return cls(str(d["kind"]), [(str(p), int(h), int(g)) for p, h, g in d.get("forwards", [])],
+                   [str(a) for a in allow] if isinstance(allow, list) else None)
 
 
 @dataclass
@@ -238,7 +244,7 @@ class VirtualMachine:
         from pocketvm.backends.net_user import UserNet
 
         try:
-            backend = UserNet(host_forwards=spec.forwards)
+            backend = UserNet(host_forwards=spec.forwards, allow=spec.allow)
         except OSError as e:
             raise VMError(f"network interface {index}: {e.strerror or e}") from None
         except ValueError as e:

@@ -83,12 +83,18 @@ class UserNet:
     tcp_time_wait = 5.0
     max_forward_accepts = 16  # per listener wake-up
 
-    def __init__(self, host_forwards: Iterable[tuple[str, int, int]] = (), dns: str | None = None):
+    def __init__(self, host_forwards: Iterable[tuple[str, int, int]] = (), dns: str | None = None,
+                 allow: Iterable[str] | None = None):
         """host_forwards: ("tcp", host_port, guest_port): connections to 127.0.0.1:host_port
         go to the guest's guest_port (host_port 0 picks a free port; see forwarded_ports).
         dns: the resolver that 10.0.2.3:53 relays to, "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT";
-        default the first nameserver in /etc/resolv.conf, else 127.0.0.1."""
+        default the first nameserver in /etc/resolv.conf, else 127.0.0.1.
+        allow: when given, the only destinations the guest may reach, as it
+        addresses them: "A.B.C.D" (any port) or "A.B.C.D:PORT" ("10.0.2.2:8000"
+        is the host's 127.0.0.1:8000, "10.0.2.3:53" its DNS relay). TCP to
+        anything else is refused (RST), UDP dropped."""
         self._dns: Address = parse_dns(dns) if dns is not None else _system_dns()
+        self._allow = None if allow is None else [parse_allow(a) for a in allow]
         forwards = [_check_forward(f) for f in host_forwards]
 
         self._inbox: deque[bytes] = deque()
@@ -563,8 +569,11 @@ class UserNet:
     # --- where traffic goes ------------------------------------------------------------
 
     def _outside(self, dst: bytes, port: int) -> Address | None:
-        """The host socket address for the guest's destination, or None if it has none."""
+        """The host socket address for the guest's destination, or None if it has none
+        (or the allow-list does not name it)."""
         if port == 0:
+            return None
+        if self._allow is not None and not any(ip in (None, dst) and p in (None, port) for ip, p in self._allow):
             return None
         if dst == GATEWAY_IP:
             return socket.AF_INET, ("127.0.0.1", port)
@@ -619,6 +628,21 @@ def _listen(port: int) -> socket.socket:
         sock.close()
         raise OSError(e.errno, f"host forward: cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
     return sock
+
+
+def parse_allow(entry: str) -> tuple[bytes | None, int | None]:
+    """"A.B.C.D[:PORT]" or "*:PORT" -> (address or None for any, port or None for any)."""
+    host, sep, port_text = entry.partition(":")
+    try:
+        ip = None if host == "*" else socket.inet_aton(host)
+        if host != "*" and socket.inet_ntoa(ip) != host:  # type: ignore[arg-type]
+            raise OSError
+        port = int(port_text) if sep else None
+    except (OSError, ValueError):
+        raise ValueError(f"bad allowed destination {entry!r} (use A.B.C.D or A.B.C.D:PORT)") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"bad port in allowed destination {entry!r}")
+    return ip, port
 
 
 def parse_dns(spec: str) -> Address:
