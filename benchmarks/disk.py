@@ -24,9 +24,11 @@ block layers are also compared on their own, on the host: pocketvm's
 Qcow2Image called as virtio-blk calls it vs `qemu-img bench` (QEMU's block
 layer, queue depth 1, cache=writeback), 256 MiB sequential in 4 KiB and
 1 MiB requests on a fresh overlay of the same base. Then, for pocketvm,
-the disk space per clone: a new overlay, and the overlay a restored VM
-gets (`pocket snapshot` of the VM, `pocket restore` of the snapshot), as
-allocated on the host.
+what a clone costs: `pocket snapshot` of the VM and one `pocket restore`
+of it (own process), with the disk space of the snapshot's disk and of the
+restored VM's disk (allocated on the host) and the restore's time to the
+guest's answer; for the qcow2 overlay and for the raw disk, whose snapshot
+and restore copy the whole disk.
 
     .venv/bin/python benchmarks/disk.py [--runs N] [--no-qemu]
 """
@@ -102,35 +104,40 @@ def bench_pocketvm(
         subprocess.run(["cp", "--sparse=always", str(work / "base.raw"), str(overlay)], check=True)
     else:
         create_overlay(overlay, base)
-    space = {"new overlay": allocated(overlay)}
-    name = f"diskbench-{os.getpid()}"
+    kind = "raw" if raw else "qcow2"
+    space = {} if raw else {"new overlay": allocated(overlay)}
+    name = f"diskbench-{os.getpid()}-{kind}"
     con = Console(pocket_cmd("run", "--name", name, "-m", "512M", "--kernel", files["kernel"], "--initrd", files["initrd"],
                              "--bios", files["bios"], "--append", APPEND, "--disk", overlay), env)
     try:
         times = run_steps(con)
-        space["overlay after dd"] = allocated(overlay)
+        if not raw:
+            space["overlay after dd"] = allocated(overlay)
         if clone:
-            space.update(clone_space(work, name, env))
+            space.update(clone_space(work, name, env, kind))
     finally:
         con.stop()
     overlay.unlink(missing_ok=True)
     return times, space
 
 
-def clone_space(work: Path, name: str, env: dict[str, str]) -> dict[str, int]:
-    snap = work / "snap"
+def clone_space(work: Path, name: str, env: dict[str, str], kind: str) -> dict[str, float]:
+    """Snapshot the VM, restore it once: disk space of the snapshot's disk and
+    of the clone's own disk (bytes), and the restore's time to answer (s)."""
+    snap = work / f"snap-{kind}"
     run = subprocess.run(pocket_cmd("snapshot", name, snap), capture_output=True, env=env, timeout=600)
     if run.returncode:
         raise RuntimeError(run.stderr.decode())
-    out = {"snapshot disk": allocated(snap / "disk0.qcow2")}
-    disk_dir = work / "clone-disks"
+    disk = f"disk0.{kind}"
+    out: dict[str, float] = {f"{kind}: snapshot's disk": allocated(snap / disk)}
+    disk_dir = work / f"clone-disks-{kind}"
     con = Console(pocket_cmd("restore", snap, "--name", f"{name}-clone", "--disk-dir", disk_dir, "--discard"), env)
     try:
         con.send(b"echo CLONE-$((6*7))\n")
-        con.wait_for(b"CLONE-42", 300)
-        out["restored VM's overlay"] = allocated(disk_dir / "disk0.qcow2")
-        timed(con, "echo 1 > /tmp/x; sync")
-        out["restored VM's overlay, guest idle 1 s"] = allocated(disk_dir / "disk0.qcow2")
+        out[f"{kind}: restore to answer (own process), s"] = con.wait_for(b"CLONE-42", 300)
+        out[f"{kind}: restored VM's disk"] = allocated(disk_dir / disk)
+        timed(con, "dd if=/dev/urandom of=/dev/vda bs=4k count=1 seek=1000 conv=fsync")
+        out[f"{kind}: restored VM's disk after the guest wrote 4 KiB"] = allocated(disk_dir / disk)
     finally:
         con.stop()
     return out
@@ -210,7 +217,9 @@ def main() -> int:
             p_runs.append(times)
             space = space or s
             if not args.no_raw:
-                r_runs.append(bench_pocketvm(work, base, files, env, clone=False, raw=True)[0])
+                times, s = bench_pocketvm(work, base, files, env, clone=(i == 0), raw=True)
+                r_runs.append(times)
+                space.update(s if i == 0 else {})
             if not args.no_qemu:
                 q_runs.append(bench_qemu(work, base, files))
         print(f"dd of {COUNT} MiB in the guest on a qcow2 overlay of a qcow2 base (best of {args.runs}):")
@@ -227,9 +236,10 @@ def main() -> int:
         print(f"block layer alone on the host, {COUNT} MiB sequential on a fresh overlay (best of 2):")
         for line in host_bench(work, base, not args.no_qemu):
             print(line)
-        print("disk space (allocated on the host):")
+        print("clones (disk space allocated on the host):")
         for what, n in space.items():
-            print(f"  {what:40s} {n / 1024:10.0f} KiB")
+            value = f"{n:10.2f} s" if what.endswith(", s") else f"{n / 1024:10.0f} KiB"
+            print(f"  {what.removesuffix(', s'):55s} {value}")
     return 0
 
 
