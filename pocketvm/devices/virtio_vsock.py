@@ -462,6 +462,10 @@ class VirtioVsock(v.VirtioDevice):
             return
         assert self.transport is not None
         queue = self.transport.queues[RX]
+        # Connections marked earlier may have nothing left to send (the
+        # guest took back its credit): they must not cost it a buffer.
+        for conn in [c for c in self._ready if not (self.conns.get(c.key) is c and c.has_output())]:
+            del self._ready[conn]
         pushed = False
         for _ in range(queue.num):
             if not self._orphan_resets and not self._ready:
@@ -501,11 +505,14 @@ class VirtioVsock(v.VirtioDevice):
         if self._orphan_resets:
             self.stats["resets_sent"] += 1
             return self._orphan_resets.popleft()
-        while self._ready:
+        # Each connection gets one look: one whose data does not fit this
+        # buffer (a guest may post buffers with no room past the header)
+        # waits for the next.
+        for _ in range(len(self._ready)):
             conn = next(iter(self._ready))
             del self._ready[conn]
             packet = self._conn_packet(conn, room)
-            if conn.key in self.conns and conn.has_output():
+            if self.conns.get(conn.key) is conn and conn.has_output():
                 self._ready[conn] = None  # its turn again after the others
             if packet is not None:
                 return packet
@@ -550,7 +557,7 @@ class VirtioVsock(v.VirtioDevice):
     # --- connection bookkeeping -------------------------------------------------------------------
 
     def _mark(self, conn: Conn) -> None:
-        if conn.key in self.conns and conn.has_output():
+        if self.conns.get(conn.key) is conn and conn.has_output():
             self._ready.setdefault(conn, None)
 
     def _reset(self, conn: Conn) -> None:

@@ -490,3 +490,30 @@ def test_buffers_posted_before_driver_ok_and_interrupts(guest):
     assert guest.rx.ack_interrupt() & m.INT_USED_BUFFER
     s.close()
     _ = struct, v, GUEST_BUF_ALLOC
+
+
+def test_data_waits_when_rx_buffers_hold_only_a_header(guest):
+    """Found by the fuzz: receive buffers with no room past the header while
+    there is data to send once made the device loop forever."""
+    guest.start(rx_buffers=0)
+    guest.repost = False
+    s = guest.host_connect(52)
+    guest.pump(lambda: bool(guest.dev.conns))
+    conn = next(iter(guest.dev.conns.values()))
+    guest.post_rx(1)
+    req = guest.wait_packet(vs.OP_REQUEST)
+    guest.send(52, req.src_port, vs.OP_RESPONSE)
+    assert s.recv(64).startswith(b"OK")
+    s.sendall(b"data")
+    guest.pump(lambda: bool(conn.to_guest))
+    for i in range(4):  # header-sized buffers only
+        idx = guest.rx.next_desc
+        guest.rx.next_desc = (idx + 1) % guest.qsize
+        guest.rx.write_desc(idx, guest.rx_addr[idx], vs.HDR.size, 2, 0)
+        guest.rx.make_available(idx)
+    guest.rx.notify(vs.RX)
+    guest.dev.poll()
+    assert bytes(conn.to_guest) == b"data"
+    guest.post_rx(1)
+    assert guest.wait_packet(vs.OP_RW).payload == b"data"
+    s.close()

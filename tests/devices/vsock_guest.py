@@ -69,6 +69,7 @@ class VsockGuest:
         self.tx_free = list(range(0, qsize, 2))  # header + payload descriptors in pairs
         self.received: list[Packet] = []
         self.events: list[int] = []
+        self.repost = True  # collect() gives used receive buffers back at once
 
     # --- bring-up ---------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class VsockGuest:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def collect(self, repost: bool = True) -> list[Packet]:
+    def collect(self, repost: bool | None = None) -> list[Packet]:
         """Packets the device put in receive buffers since the last call."""
         got = []
         used = self.rx.used()
@@ -146,7 +147,7 @@ class VsockGuest:
                 got.append(Packet(self.ram.read(self.rx_addr[head], length)))
         for head, length in self.ev.used():
             self.events.append(struct.unpack("<I", self.ram.read(RAM_BASE + 0xF00000 + 16 * head, 4))[0])
-        if repost and used:
+        if (self.repost if repost is None else repost) and used:
             self.post_rx(len(used))
         self.received += got
         return got
@@ -178,10 +179,24 @@ class VsockGuest:
     # --- host side ----------------------------------------------------------------------------
 
     def host_connect(self, port: int) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(str(self.path))
+        s = self.host_socket()
         s.sendall(f"CONNECT {port}\n".encode())
+        return s
+
+    def host_socket(self) -> socket.socket:
+        """A host program's stream to the VM's socket, before its CONNECT line."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                s.connect(str(self.path))
+                break
+            except BlockingIOError:  # the listen backlog is full: let the device accept
+                assert time.monotonic() < deadline, "the device accepts no connection"
+                self.dev.poll()
+                time.sleep(0.005)
+        s.settimeout(10)
         return s
 
     def close(self) -> None:
