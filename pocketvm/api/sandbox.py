@@ -30,10 +30,11 @@ def _process_manager() -> Manager:
     global _manager
     with _manager_lock:
         if _manager is None:
-            from pocketvm.launcher import client
+            from pocketvm.launcher.protocol import ENV_SWITCH
             from pocketvm.paths import runtime_dir
 
-            launcher = client.request("ping", timeout=1.0) is not None
+            # Each create asks the launcher first (one failed connect when none runs).
+            launcher = os.environ.get(ENV_SWITCH, "").lower() not in ("off", "0", "no", "false")
             home = runtime_dir() / f".api-{os.getpid()}"
             _manager = Manager(home, max_vms=int(os.environ.get("POCKETVM_MAX_SANDBOXES", "64")),
                                use_launcher=launcher, persist=False)  # fmt: skip

@@ -105,6 +105,8 @@ def open_channel(vsock: Path, timeout: float = 30.0) -> GuestChannel:
     if importlib.util.find_spec("pocketvm.agent") is None:
         raise AgentUnavailable("the guest agent client is not part of this pocketvm yet: "
                                "exec and file transfer need it")  # fmt: skip
-    from pocketvm.manager.agent_channel import AgentChannel
-
+    try:
+        from pocketvm.manager.agent_channel import AgentChannel
+    except ImportError as e:
+        raise AgentUnavailable(f"the guest agent client cannot be loaded: {e}") from None
     return AgentChannel(vsock, timeout=timeout)

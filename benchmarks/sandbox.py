@@ -1,0 +1,176 @@
+"""Sandbox benchmark: pocketvm.Sandbox (the Python API over the manager).
+
+  create     from `Sandbox(...)` to the VM answering on its control socket,
+             p50/p95 over --runs sandboxes (created and deleted one by one)
+  first out  from `Sandbox(...)` to the first command's output (`echo`),
+             p50/p95 (needs the guest agent)
+  exec       round trip of `true` on a running sandbox, p50/p95 (agent)
+  files      64 MiB upload and download, MiB/s, checksums compared (agent)
+  idle PSS   host memory per idle sandbox, proportional set size (shared
+             pages split between the sandboxes), with --idle sandboxes up
+  how many   sandboxes created one after the other and kept, until a
+             create fails or takes twice the first ones' median (bounded by
+             --max and by host memory)
+
+The source is the Debian image's template (`--image debian`, the default
+when it is built), or any snapshot directory (`--snapshot DIR`). VMs are
+forked by a launcher started here (one already running is stopped first:
+it may predate a change of the sources) and stopped at the end.
+
+The peer the issue names (QEMU with qemu-guest-agent over virtio-serial on
+the same Debian image) needs that package in the image; it is not measured
+yet, and the script says so.
+
+    .venv/bin/python benchmarks/sandbox.py [--runs 50] [--image debian | --snapshot DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def fmt(values: list[float]) -> str:
+    return f"p50 {statistics.median(values) * 1000:7.1f} ms   p95 {pct(values, 95) * 1000:7.1f} ms   (n={len(values)})"
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--image", default=None)
+    ap.add_argument("--snapshot", default=None)
+    ap.add_argument("--idle", type=int, default=8, help="sandboxes up for the idle PSS figure")
+    ap.add_argument("--max", type=int, default=32, help="most sandboxes in the how-many ramp")
+    args = ap.parse_args()
+
+    import pocketvm
+    from pocketvm.launcher import client
+
+    started_launcher = False
+    if os.environ.get("POCKETVM_LAUNCHER", "").lower() != "off":
+        # A fresh one: a launcher that predates a change of pocketvm's sources declines every VM.
+        client.stop()
+        info, started_launcher = client.start()
+        print(f"launcher pid {info['pid']} (started here; stopped at the end)")
+    source: dict[str, object]
+    if args.snapshot:
+        source = {"snapshot": args.snapshot}
+    else:
+        from pocketvm.images.debian import load
+
+        name = args.image or "debian"
+        image = load(name)
+        if image is None or image.template is None:
+            print(f"no image {name!r} with a template: build it (`pocket image build debian`) or give --snapshot DIR")
+            return 2
+        source = {"image": name}
+    print(f"source: {source}")
+
+    try:
+        # Warm-up: the first create loads the manager and its imports.
+        pocketvm.Sandbox(**source, timeout=120).close()  # type: ignore[arg-type]
+
+        creates, firsts, agent_error = [], [], None
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            sb = pocketvm.Sandbox(**source, timeout=120)  # type: ignore[arg-type]
+            t1 = time.perf_counter()
+            creates.append(t1 - t0)
+            if agent_error is None:
+                try:
+                    for item in sb.run_stream(["echo", "hi"]):
+                        if isinstance(item, pocketvm.Output):
+                            firsts.append(time.perf_counter() - t0)
+                            break
+                except pocketvm.GuestError as e:
+                    agent_error = str(e)
+            sb.close()
+        print(f"create (to a running VM)        {fmt(creates)}   target for first output: p50 <= 150 ms")
+        if firsts:
+            print(f"create to first output (echo)   {fmt(firsts)}")
+        else:
+            print(f"create to first output          not measured: {agent_error}")
+
+        with pocketvm.Sandbox(**source, timeout=600) as sb:  # type: ignore[arg-type]
+            if agent_error is None:
+                trips = []
+                for _ in range(args.runs):
+                    t0 = time.perf_counter()
+                    sb.run(["true"])
+                    trips.append(time.perf_counter() - t0)
+                print(f"exec round trip (true)          {fmt(trips)}   target p50 <= 20 ms")
+                data = os.urandom(64 * MiB)
+                t0 = time.perf_counter()
+                sb.files.write("/tmp/bench.bin", data)
+                up = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                back = sb.files.read("/tmp/bench.bin")
+                down = time.perf_counter() - t0
+                same = hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+                print(f"upload 64 MiB                   {64 / up:7.1f} MiB/s   download {64 / down:7.1f} MiB/s   "
+                      f"checksums {'match' if same else 'DIFFER'}   target >= 50 MiB/s")  # fmt: skip
+            else:
+                print("exec round trip, file transfer not measured: no guest agent")
+
+        boxes = [pocketvm.Sandbox(**source, timeout=600) for _ in range(args.idle)]  # type: ignore[arg-type]
+        time.sleep(3)
+        pss = [b.metrics()["pss_bytes"] or 0 for b in boxes]
+        rss = [b.metrics()["rss_bytes"] or 0 for b in boxes]
+        print(f"idle sandbox host memory        PSS {statistics.mean(pss) / MiB:6.1f} MiB   "
+              f"RSS {statistics.mean(rss) / MiB:6.1f} MiB   ({args.idle} up)   target PSS <= 64 MiB")  # fmt: skip
+        for b in boxes:
+            b.close()
+
+        ramp: list[pocketvm.Sandbox] = []
+        times: list[float] = []
+        why = f"reached --max {args.max}"
+        try:
+            while len(ramp) < args.max:
+                if mem_available() < 2 << 30:
+                    why = "host memory available fell under 2 GiB"
+                    break
+                t0 = time.perf_counter()
+                try:
+                    ramp.append(pocketvm.Sandbox(**source, timeout=600))  # type: ignore[arg-type]
+                except Exception as e:  # noqa: BLE001 - reported
+                    why = f"create failed: {e}"
+                    break
+                times.append(time.perf_counter() - t0)
+                base = statistics.median(times[:3])
+                if len(times) > 3 and times[-1] > 2 * base:
+                    why = f"create took {times[-1] * 1000:.0f} ms, twice the first ones' {base * 1000:.0f} ms"
+                    break
+        finally:
+            n = len(ramp)
+            for b in ramp:
+                b.close()
+        print(f"sandboxes at once               {n}   ({why})")
+        print("peer (QEMU + qemu-guest-agent over virtio-serial): not measured (not in the Debian image yet)")
+    finally:
+        if started_launcher:
+            client.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The GuestChannel over pocketvm's guest agent (pocketvm.agent's client).
+
+Translates the agent client's calls and errors into the sandbox layers'
+vocabulary (channel.py): output pieces then one Exit, CommandTimeout,
+SandboxGone-or-AgentUnavailable, GuestFileError. Files stream through a
+bounded queue, so a 64 MiB transfer never sits whole in memory here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pocketvm.agent import client as A
+from pocketvm.manager import channel as C
+
+# VMs whose agent has answered once: later channels skip the wait for it.
+_seen_up: set[str] = set()
+_seen_lock = threading.Lock()
+QUEUE_PIECES = 8
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except A.RemoteError as e:
+        raise C.GuestFileError(f"{what}: {e}") from None
+    except (A.AgentProtocolError, A.ChecksumMismatch) as e:
+        raise C.AgentProtocolError(f"{what}: {e}") from None
+    except (A.AgentUnavailable, A.AgentTimeout) as e:
+        raise C.AgentUnavailable(f"{what}: {e}") from None
+    except A.AgentError as e:
+        raise C.GuestError(f"{what}: {e}") from None
+
+
+def _signal_number(name: str | None) -> int | None:
+    if name is None:
+        return None
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        return None
+
+
+class _IterReader:
+    """A binary file object reading from an iterable of byte strings."""
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self._it = iter(pieces)
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            try:
+                piece = next(self._it)
+            except StopIteration:
+                break
+            self._buf += bytes(piece)
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class _QueueWriter:
+    """A binary file object that hands what is written to a bounded queue."""
+
+    def __init__(self, q: queue.Queue[Any], stop: threading.Event):
+        self.q = q
+        self.stop = stop
+
+    def write(self, data: bytes) -> int:
+        while not self.stop.is_set():
+            try:
+                self.q.put(bytes(data), timeout=0.5)
+                return len(data)
+            except queue.Full:
+                continue
+        raise A.AgentUnavailable("the reader went away")
+
+
+class AgentChannel:
+    def __init__(self, vsock: Path | None = None, timeout: float = 30.0, client: A.AgentClient | None = None):
+        """The agent of the VM whose vsock socket is `vsock` (or any `client`);
+        the first channel to a VM waits up to `timeout` for its agent."""
+        self.client = client if client is not None else A.AgentClient.for_vm_socket(vsock, timeout=timeout)  # type: ignore[arg-type]
+        key = str(vsock) if vsock is not None else ""
+        if key:
+            with _seen_lock:
+                seen = key in _seen_up
+            if not seen:
+                with _mapped("the guest agent does not answer"):
+                    A.wait_until_up(self.client, timeout)
+                with _seen_lock:
+                    _seen_up.add(key)
+
+    def stream(self, request: C.ExecRequest) -> Iterator[C.Output | C.Exit]:
+        with _mapped("exec"):
+            running = self.client.exec_stream(request.command, env=request.env or None, cwd=request.cwd,
+                                              user=request.user, stdin=request.stdin is not None,
+                                              timeout=request.timeout)  # fmt: skip
+        feeder = None
+        if request.stdin is not None:
+            data = request.stdin
+
+            def feed() -> None:  # alongside the output: a command may write before it has read everything
+                try:
+                    running.write_stdin(data)
+                    running.close_stdin()
+                except (A.AgentError, OSError):
+                    pass  # it ended without reading it all; its result says how
+
+            feeder = threading.Thread(target=feed, name="exec-stdin", daemon=True)
+            feeder.start()
+        try:
+            with _mapped("exec"):
+                for name, data in running:
+                    yield C.Output(name, data)
+            result = running.result
+            if result is None:
+                raise C.AgentProtocolError("exec: the agent ended the command without a result")
+            if result.timed_out:
+                raise C.CommandTimeout(f"the command ran longer than {request.timeout:g} s and was killed")
+            signum = _signal_number(result.signal)
+            code = result.exit_code if result.exit_code is not None else 128 + (signum or 0)
+            yield C.Exit(code, signum)
+        finally:
+            running.close()
+            if feeder is not None:
+                feeder.join(1.0)
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        q: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_PIECES)
+        stop = threading.Event()
+        end = object()
+
+        def pull() -> None:
+            try:
+                with _mapped(path):
+                    self.client.download(path, _QueueWriter(q, stop))
+                item: Any = end
+            except BaseException as e:  # handed to the reader
+                item = e
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+        t = threading.Thread(target=pull, name="download", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            t.join(5.0)
+
+    def write_file(self, path: str, data: Iterable[bytes], mode: int = 0o644) -> int:
+        with _mapped(path):
+            reply = self.client.upload(_IterReader(data), path, mode=mode)  # type: ignore[arg-type]
+        return int(reply.get("size", 0))
+
+    def close(self) -> None:
+        pass  # one connection per request: nothing stays open
