@@ -1,0 +1,542 @@
+"""Host side of the guest agent protocol (docs/agent-protocol.md).
+
+Every byte from the agent is untrusted: frames are size-checked before
+they are read, JSON is checked for shape, every wait has a timeout, and a
+guest whose agent dies or answers garbage gives an `AgentError` subclass
+with a one-line message, never a hang of the caller.
+
+One request per connection, so requests from several threads run at once
+(each opens its own connection). Connections are made by a `connect`
+callable; `AgentClient.for_vm_socket(path)` reaches the agent through a
+VM's vsock Unix socket (Firecracker's `CONNECT <port>`), `for_unix(path)`
+an agent listening on a plain Unix socket (tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pocketvm.guest.agent import (
+    DEFAULT_PORT,
+    FRAME,
+    MAX_DATA,
+    MAX_JSON,
+    T_DATA,
+    T_JSON,
+    T_KEEPALIVE,
+    T_STDERR,
+    T_STDIN,
+    T_STDOUT,
+)
+
+_LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0}
+SEND_CHUNK = 256 * 1024
+MAX_LIST_ENTRIES = 1_000_000
+_OK_LINE = re.compile(rb"OK ([0-9]{1,10})\n")
+
+
+class AgentError(Exception):
+    """Anything that went wrong talking to the guest agent."""
+
+
+class AgentUnavailable(AgentError):
+    """No agent answers, or the connection to it broke (agent killed, VM gone)."""
+
+
+class AgentTimeout(AgentError):
+    """The agent went silent for longer than the client's timeout."""
+
+
+class AgentProtocolError(AgentError):
+    """The agent sent something that is not the protocol (garbage, oversized frames)."""
+
+
+class RemoteError(AgentError):
+    """The agent refused or failed the request (no such file, bad argument...)."""
+
+    def __init__(self, message: str, code: str = "EIO"):
+        super().__init__(message)
+        self.code = code
+
+
+class ChecksumMismatch(AgentError):
+    """A transferred file's size or checksum differs from what the other side saw."""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None  # None when killed by a signal
+    signal: str | None  # e.g. "SIGKILL"
+    timed_out: bool
+    stdout: bytes = b""
+    stderr: bytes = b""
+    pid: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    timeout: float
+    buf: bytearray = field(default_factory=bytearray)
+
+    def send_frame(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
+        try:
+            self.sock.sendall(FRAME.pack(kind, len(payload)))
+            if payload:
+                self.sock.sendall(payload)
+        except socket.timeout:
+            raise AgentTimeout(f"the agent took no data for {self.timeout:g} s") from None
+        except OSError as e:
+            raise AgentUnavailable(f"connection to the agent lost: {e.strerror or e}") from None
+
+    def send_json(self, obj: dict[str, Any]) -> None:
+        self.send_frame(T_JSON, json.dumps(obj).encode())
+
+    def _exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            try:
+                chunk = self.sock.recv(min(n - len(out), 1 << 20))
+            except socket.timeout:
+                raise AgentTimeout(f"no answer from the agent for {self.timeout:g} s") from None
+            except OSError as e:
+                raise AgentUnavailable(f"connection to the agent lost: {e.strerror or e}") from None
+            if not chunk:
+                raise AgentUnavailable("the agent closed the connection mid-reply (killed, or the VM stopped?)")
+            out += chunk
+        return bytes(out)
+
+    def recv_frame(self) -> tuple[bytes, bytes]:
+        """The next frame that is not a keep-alive."""
+        while True:
+            kind, length = FRAME.unpack(self._exact(FRAME.size))
+            limit = _LIMITS.get(kind)
+            if limit is None:
+                raise AgentProtocolError(f"the agent sent an unknown frame type {kind!r} (garbage?)")
+            if length > limit:
+                raise AgentProtocolError(f"the agent sent a {length}-byte {kind!r} frame (limit {limit})")
+            payload = self._exact(length)
+            if kind != T_KEEPALIVE:
+                return kind, payload
+
+    def recv_json(self) -> dict[str, Any]:
+        kind, payload = self.recv_frame()
+        if kind != T_JSON:
+            raise AgentProtocolError(f"expected a JSON frame from the agent, got {kind!r}")
+        return _decode(payload)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _decode(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise AgentProtocolError("the agent sent malformed JSON") from None
+    if not isinstance(obj, dict):
+        raise AgentProtocolError("the agent sent JSON that is not an object")
+    return obj
+
+
+def _final(reply: dict[str, Any]) -> dict[str, Any]:
+    """A final reply: its data when ok, RemoteError otherwise."""
+    ok = reply.get("ok")
+    if ok is True:
+        return reply
+    if ok is False:
+        error = reply.get("error")
+        code = reply.get("code")
+        raise RemoteError(str(error)[:500] if error else "the agent refused the request",
+                          str(code)[:32] if isinstance(code, str) else "EIO")  # fmt: skip
+    raise AgentProtocolError(f"the agent sent an unexpected message: {str(reply)[:200]}")
+
+
+def _int(reply: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 63) -> int:
+    value = reply.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise AgentProtocolError(f"the agent sent an invalid {key!r}: {str(value)[:50]}")
+    return value
+
+
+class ExecStream:
+    """A running command: iterate for ("stdout"|"stderr", bytes) as it comes;
+    `result` is set once the iteration ends."""
+
+    def __init__(self, conn: _Conn, pid: int):
+        self._conn = conn
+        self.pid = pid
+        self.result: ExecResult | None = None
+
+    def write_stdin(self, data: bytes) -> None:
+        view = memoryview(data)
+        for i in range(0, len(view), SEND_CHUNK):
+            self._conn.send_frame(T_STDIN, view[i : i + SEND_CHUNK])
+
+    def close_stdin(self) -> None:
+        self._conn.send_frame(T_STDIN, b"")
+
+    def signal(self, sig: str | int = "TERM") -> None:
+        self._conn.send_json({"op": "signal", "signal": sig})
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._conn.send_json({"op": "resize", "rows": rows, "cols": cols})
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        try:
+            while True:
+                kind, payload = self._conn.recv_frame()
+                if kind == T_STDOUT:
+                    yield "stdout", payload
+                elif kind == T_STDERR:
+                    yield "stderr", payload
+                elif kind == T_JSON:
+                    reply = _final(_decode(payload))
+                    timed_out = reply.get("timed_out")
+                    code = reply.get("exit_code")
+                    sig = reply.get("signal")
+                    if code is not None and (isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < 256):
+                        raise AgentProtocolError(f"the agent sent an invalid exit code {str(code)[:20]}")
+                    if (code is None) == (sig is None) or not isinstance(timed_out, bool):
+                        raise AgentProtocolError("the agent sent an invalid command result")
+                    self.result = ExecResult(code, None if sig is None else str(sig)[:32], timed_out, pid=self.pid)
+                    return
+                else:
+                    raise AgentProtocolError(f"unexpected {kind!r} frame while a command runs")
+        finally:
+            self._conn.close()
+
+    def wait(self, max_output: int | None = None) -> ExecResult:
+        """Collect the rest of the output; the result with stdout and stderr."""
+        out, err = bytearray(), bytearray()
+        for name, data in self:
+            (out if name == "stdout" else err).extend(data)
+            if max_output is not None and len(out) + len(err) > max_output:
+                self._conn.close()
+                raise AgentError(f"the command printed more than {max_output} bytes")
+        assert self.result is not None
+        self.result.stdout, self.result.stderr = bytes(out), bytes(err)
+        return self.result
+
+    def close(self) -> None:
+        """Stop listening; the agent kills the command if it still runs."""
+        self._conn.close()
+
+
+class AgentClient:
+    """Requests to one guest agent."""
+
+    def __init__(self, connect: Callable[[float], socket.socket], timeout: float = 30.0):
+        """`connect(timeout)` returns a socket connected to the agent.
+        `timeout`: the longest the agent may stay silent (it sends keep-alives
+        while a command runs quietly, so this is not a limit on commands)."""
+        self._connect = connect
+        self.timeout = timeout
+
+    @classmethod
+    def for_vm_socket(cls, path: str | os.PathLike[str], port: int = DEFAULT_PORT, timeout: float = 30.0) -> AgentClient:
+        """The agent on vsock `port` of the VM whose vsock Unix socket is `path`."""
+
+        def connect(t: float) -> socket.socket:
+            sock = _unix(path, t)
+            try:
+                sock.sendall(f"CONNECT {port}\n".encode())
+                line = b""
+                while not line.endswith(b"\n") and len(line) < 32:
+                    chunk = sock.recv(1)  # the line only: what follows is the agent's
+                    if not chunk:
+                        raise AgentUnavailable(f"no agent listens on vsock port {port} (not started yet, or killed?)")
+                    line += chunk
+                if not _OK_LINE.fullmatch(line):
+                    raise AgentProtocolError(f"the VM's vsock socket answered {line[:32]!r}")
+            except socket.timeout:
+                sock.close()
+                raise AgentTimeout(f"the VM did not connect vsock port {port} within {t:g} s") from None
+            except OSError as e:
+                sock.close()
+                raise AgentUnavailable(f"vsock connection failed: {e.strerror or e}") from None
+            except AgentError:
+                sock.close()
+                raise
+            return sock
+
+        return cls(connect, timeout)
+
+    @classmethod
+    def for_unix(cls, path: str | os.PathLike[str], timeout: float = 30.0) -> AgentClient:
+        """An agent listening on a plain Unix socket (`agent.py --unix PATH`)."""
+        return cls(lambda t: _unix(path, t), timeout)
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _open(self, request: dict[str, Any]) -> _Conn:
+        sock = self._connect(self.timeout)
+        sock.settimeout(self.timeout)
+        conn = _Conn(sock, self.timeout)
+        try:
+            conn.send_json(request)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _simple(self, request: dict[str, Any]) -> dict[str, Any]:
+        conn = self._open(request)
+        try:
+            return _final(conn.recv_json())
+        finally:
+            conn.close()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The agent's version, pid and uptime; AgentError when it does not answer."""
+        return self._simple({"op": "health"})
+
+    def stat(self, path: str, follow_symlinks: bool = True) -> dict[str, Any]:
+        reply = self._simple({"op": "stat", "path": path, "follow": follow_symlinks})
+        st = reply.get("stat")
+        if not isinstance(st, dict):
+            raise AgentProtocolError("the agent sent a stat reply without a stat")
+        return st
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except RemoteError as e:
+            if e.code == "ENOENT":
+                return False
+            raise
+        return True
+
+    def list(self, path: str) -> list[dict[str, Any]]:
+        conn = self._open({"op": "list", "path": path})
+        entries: list[dict[str, Any]] = []
+        try:
+            while True:
+                reply = conn.recv_json()
+                if reply.get("event") == "entries" and isinstance(reply.get("entries"), list):
+                    for e in reply["entries"]:
+                        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                            raise AgentProtocolError("the agent sent a malformed directory entry")
+                        entries.append(e)
+                    if len(entries) > MAX_LIST_ENTRIES:
+                        raise AgentProtocolError(f"more than {MAX_LIST_ENTRIES} directory entries")
+                    continue
+                _final(reply)
+                return entries
+        finally:
+            conn.close()
+
+    def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> None:
+        self._simple({"op": "mkdir", "path": path, "parents": parents, "mode": mode})
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        self._simple({"op": "remove", "path": path, "recursive": recursive})
+
+    def signal(self, pid: int, sig: str | int = "TERM") -> None:
+        """Signal a command the agent runs (and its process group)."""
+        self._simple({"op": "signal", "pid": pid, "signal": sig})
+
+    def exec_stream(
+        self,
+        command: list[str] | str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        pty: bool = False,
+        clear_env: bool = False,
+    ) -> ExecStream:
+        """Start `command` (an argv list, or a string for /bin/sh -c) and
+        return its stream. With `stdin=True` the caller writes its input
+        (`write_stdin`, then `close_stdin`); otherwise it reads /dev/null."""
+        request: dict[str, Any] = {"op": "exec", "stdin": stdin, "pty": pty, "clear_env": clear_env}
+        if isinstance(command, str):
+            request["shell"] = command
+        else:
+            request["argv"] = list(command)
+        for key, value in (("env", env), ("cwd", cwd), ("user", user), ("timeout", timeout)):
+            if value is not None:
+                request[key] = value
+        conn = self._open(request)
+        try:
+            reply = conn.recv_json()
+            if reply.get("event") != "started":
+                _final(reply)
+                raise AgentProtocolError("the agent did not start the command and gave no reason")
+            pid = _int(reply, "pid", 1, 1 << 31)
+        except BaseException:
+            conn.close()
+            raise
+        return ExecStream(conn, pid)
+
+    def run(
+        self,
+        command: list[str] | str,
+        *,
+        input: bytes | None = None,
+        max_output: int | None = 1 << 30,
+        **kwargs: Any,
+    ) -> ExecResult:
+        """Run `command` to its end; its output collected (at most `max_output` bytes)."""
+        stream = self.exec_stream(command, stdin=input is not None, **kwargs)
+        if input is not None:
+            try:
+                stream.write_stdin(input)
+                stream.close_stdin()
+            except AgentUnavailable:
+                pass  # the command ended without reading it all; its result says how
+        return stream.wait(max_output)
+
+    def upload(self, source: str | os.PathLike[str] | bytes | IO[bytes], path: str, mode: int | None = None,
+               parents: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Write `source` (bytes, a local file path or a binary file object)
+        to `path` in the guest, atomically; checked by size and SHA-256."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            size: int | None = len(data)
+            sha = hashlib.sha256(data).hexdigest()
+            chunks: Iterator[bytes] = (data[i : i + SEND_CHUNK] for i in range(0, len(data), SEND_CHUNK))
+            return self._upload(path, size, sha, mode, parents, chunks, None)
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                st = os.fstat(f.fileno())
+                return self._upload(path, st.st_size, None, mode, parents, _read_chunks(f), f)
+        return self._upload(path, None, None, mode, parents, _read_chunks(source), source)
+
+    def _upload(self, path: str, size: int | None, sha: str | None, mode: int | None, parents: bool,
+                chunks: Iterator[bytes], _f: Any) -> dict[str, Any]:  # fmt: skip
+        request: dict[str, Any] = {"op": "upload", "path": path, "parents": parents}
+        if size is not None:
+            request["size"] = size
+        if sha is not None:
+            request["sha256"] = sha
+        if mode is not None:
+            request["mode"] = mode
+        conn = self._open(request)
+        try:
+            ready = conn.recv_json()
+            if ready.get("event") != "ready":
+                _final(ready)
+                raise AgentProtocolError("the agent neither took nor refused the upload")
+            digest = hashlib.sha256()
+            sent = 0
+            for chunk in chunks:
+                digest.update(chunk)
+                sent += len(chunk)
+                conn.send_frame(T_DATA, chunk)
+            conn.send_frame(T_DATA, b"")
+            reply = _final(conn.recv_json())
+            if reply.get("size") != sent or reply.get("sha256") != digest.hexdigest():
+                raise ChecksumMismatch(f"{path}: the guest wrote something else than was sent")
+            return {"size": sent, "sha256": digest.hexdigest()}
+        finally:
+            conn.close()
+
+    def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        """Copy `path` from the guest to a local path or binary file object;
+        checked by size and SHA-256. A local path is written atomically."""
+        if isinstance(dest, (str, os.PathLike)):
+            target = Path(dest)
+            tmp = target.with_name(f".{target.name}.pocketvm-download")
+            try:
+                with open(tmp, "wb") as f:
+                    info = self.download(path, f)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return info
+        conn = self._open({"op": "download", "path": path})
+        try:
+            head = conn.recv_json()
+            if head.get("event") != "file":
+                _final(head)
+                raise AgentProtocolError("the agent neither sent nor refused the file")
+            size = _int(head, "size")
+            mode = _int(head, "mode", 0, 0o7777)
+            digest = hashlib.sha256()
+            got = 0
+            while True:
+                kind, data = conn.recv_frame()
+                if kind != T_DATA:
+                    raise AgentProtocolError(f"expected file data from the agent, got {kind!r}")
+                if not data:
+                    break
+                got += len(data)
+                if got > size:
+                    raise ChecksumMismatch(f"{path}: the agent sent more than the {size} bytes it announced")
+                digest.update(data)
+                dest.write(data)
+            reply = _final(conn.recv_json())
+            if got != size or reply.get("size") != got or reply.get("sha256") != digest.hexdigest():
+                raise ChecksumMismatch(f"{path}: received {got} bytes that do not match what the agent sent")
+            return {"size": got, "sha256": digest.hexdigest(), "mode": mode}
+        finally:
+            conn.close()
+
+    def read_bytes(self, path: str, max_size: int = 1 << 30) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        st = self.stat(path)
+        if isinstance(st.get("size"), int) and st["size"] > max_size:
+            raise AgentError(f"{path} is {st['size']} bytes, more than {max_size}")
+        self.download(path, buf)
+        return buf.getvalue()
+
+    def write_bytes(self, path: str, data: bytes, mode: int | None = None) -> None:
+        self.upload(data, path, mode=mode)
+
+
+def _read_chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while True:
+        chunk = f.read(SEND_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _unix(path: str | os.PathLike[str], timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(os.fspath(path))
+    except socket.timeout:
+        sock.close()
+        raise AgentTimeout(f"{path}: no answer within {timeout:g} s") from None
+    except OSError as e:
+        sock.close()
+        raise AgentUnavailable(f"cannot connect to {path}: {e.strerror or e}") from None
+    return sock
+
+
+def wait_until_up(client: AgentClient, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll `health` until the agent answers (it starts with the guest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.health()
+        except (AgentUnavailable, AgentTimeout):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

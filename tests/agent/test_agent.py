@@ -1,0 +1,416 @@
+"""The guest agent and its host client, on the host over a Unix socket.
+
+The agent runs as its own process (`agent.py --unix PATH`), exactly the
+program a guest runs, so killing it is real. Fake agents that answer
+garbage check that the client never hangs and always says what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pocketvm.guest
+from pocketvm.agent import (
+    AgentClient,
+    AgentProtocolError,
+    AgentTimeout,
+    AgentUnavailable,
+    ChecksumMismatch,
+    RemoteError,
+    wait_until_up,
+)
+from pocketvm.guest import agent as proto
+
+AGENT = Path(pocketvm.guest.__file__).parent / "agent.py"
+MiB = 1 << 20
+
+
+class Agent:
+    def __init__(self, path: Path):
+        self.path = path
+        self.proc = subprocess.Popen([sys.executable, str(AGENT), "--unix", str(path)], stdout=subprocess.DEVNULL)
+        self.client = AgentClient.for_unix(path, timeout=20)
+        wait_until_up(self.client, 20)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    a = Agent(tmp_path / "agent.sock")
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def client(agent) -> AgentClient:
+    return agent.client
+
+
+def test_health_and_version(client, agent):
+    h = client.health()
+    assert h["ok"] and h["agent"] == proto.VERSION and h["protocol"] == proto.PROTOCOL
+    assert h["pid"] == agent.proc.pid
+
+
+def test_run_argv_and_exit_codes(client):
+    r = client.run(["echo", "hello", "world"])
+    assert (r.stdout, r.stderr, r.exit_code, r.signal, r.timed_out) == (b"hello world\n", b"", 0, None, False)
+    r = client.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 3)
+    r = client.run("kill -KILL $$")
+    assert (r.exit_code, r.signal) == (None, "SIGKILL")
+
+
+def test_env_cwd_and_shell(client, tmp_path):
+    r = client.run("echo $GREETING from $(pwd)", env={"GREETING": "hi"}, cwd=str(tmp_path))
+    assert r.stdout == f"hi from {tmp_path}\n".encode()
+    r = client.run(["env"], env={"ONLY": "1"}, clear_env=True)
+    assert b"ONLY=1\n" in r.stdout and b"HOME=" not in r.stdout
+
+
+def test_bad_commands_are_clear_errors(client, tmp_path):
+    with pytest.raises(RemoteError) as e:
+        client.run(["/no/such/program"])
+    assert e.value.code == "ENOENT"
+    with pytest.raises(RemoteError):
+        client.run(["true"], cwd=str(tmp_path / "missing"))
+    with pytest.raises(RemoteError, match="argv"):
+        client.run([])
+    with pytest.raises(RemoteError, match="no user"):
+        client.run(["true"], user="no-such-user-here")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_run_as_another_user(client):
+    r = client.run(["id", "-un"], user="nobody")
+    assert r.stdout == b"nobody\n"
+
+
+def test_stdin_is_streamed(client):
+    data = os.urandom(3 * MiB)
+    r = client.run(["sha256sum"], input=data)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    r = client.run(["cat"])  # no input: /dev/null
+    assert r.stdout == b"" and r.exit_code == 0
+
+
+def test_output_streams_as_it_comes(client):
+    """The command's first line reaches us before it gets its input, so
+    output is not held back until the end."""
+    stream = client.exec_stream("echo ready; read line; echo got $line", stdin=True)
+    it = iter(stream)
+    assert next(it) == ("stdout", b"ready\n")
+    stream.write_stdin(b"42\n")
+    assert next(it) == ("stdout", b"got 42\n")
+    assert list(it) == []
+    assert stream.result is not None and stream.result.exit_code == 0
+
+
+def test_100_mib_of_output(client):
+    size = 100 * MiB
+    stream = client.exec_stream(f"yes abcdefghi | head -c {size}; echo done >&2")
+    digest = hashlib.sha256()
+    got = 0
+    chunks = 0
+    err = b""
+    for name, data in stream:
+        if name == "stdout":
+            digest.update(data)
+            got += len(data)
+            chunks += 1
+        else:
+            err += data
+    assert got == size and chunks > 100 and err == b"done\n"
+    assert digest.hexdigest() == hashlib.sha256((b"abcdefghi\n" * (size // 10 + 1))[:size]).hexdigest()
+    assert stream.result.exit_code == 0
+
+
+def test_timeout_kills_the_command_and_its_children(client, tmp_path):
+    marker = tmp_path / "child.pid"
+    r = client.run(f"sleep 60 & echo $! > {marker}; wait", timeout=0.5)
+    assert r.timed_out and r.signal == "SIGKILL" and r.exit_code is None
+    child = int(marker.read_text())
+    _gone(child)
+
+
+def test_signals_through_the_stream_and_by_pid(client):
+    stream = client.exec_stream(["sleep", "60"])
+    stream.signal("TERM")
+    assert stream.wait().signal == "SIGTERM"
+    stream = client.exec_stream("trap 'echo got usr1; exit 7' USR1; echo armed; while :; do sleep 0.05; done")
+    it = iter(stream)
+    assert next(it) == ("stdout", b"armed\n")
+    client.signal(stream.pid, "USR1")
+    assert ("stdout", b"got usr1\n") in list(it)  # (the group's sleep died of it too)
+    assert stream.result.exit_code == 7
+    with pytest.raises(RemoteError) as e:
+        client.signal(stream.pid, "TERM")  # no longer running
+    assert e.value.code == "ESRCH"
+    with pytest.raises(RemoteError, match="unknown signal"):
+        client.signal(1, "NOPE")
+
+
+def test_pty(client):
+    r = client.run("tty; test -t 0 && test -t 1 && echo terminal; stty size", pty=True)
+    lines = r.stdout.replace(b"\r\n", b"\n").splitlines()
+    assert lines[0].startswith(b"/dev/pts/") and lines[1] == b"terminal" and lines[2] == b"24 80"
+    r = client.run("read x; echo got $x", pty=True, input=b"hello\n")
+    assert b"got hello" in r.stdout
+
+
+def test_upload_and_download_64_mib_with_checksums(client, tmp_path):
+    data = os.urandom(64 * MiB)
+    local = tmp_path / "big.bin"
+    local.write_bytes(data)
+    target = tmp_path / "guest" / "big.bin"
+    with pytest.raises(RemoteError) as e:
+        client.upload(local, str(target))
+    assert e.value.code == "ENOENT"
+    info = client.upload(local, str(target), mode=0o600, parents=True)
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data and (target.stat().st_mode & 0o777) == 0o600
+    back = tmp_path / "back.bin"
+    info = client.download(str(target), back)
+    assert back.read_bytes() == data and info["mode"] == 0o600 and info["size"] == len(data)
+    # From bytes and to bytes, and an empty file.
+    client.write_bytes(str(tmp_path / "small"), b"small file")
+    assert client.read_bytes(str(tmp_path / "small")) == b"small file"
+    client.write_bytes(str(tmp_path / "empty"), b"")
+    assert client.read_bytes(str(tmp_path / "empty")) == b""
+    assert not [p for p in (tmp_path / "guest").iterdir() if p.name.startswith(".pocketvm")]
+
+
+def test_download_errors(client, tmp_path):
+    with pytest.raises(RemoteError) as e:
+        client.download(str(tmp_path / "missing"), tmp_path / "x")
+    assert e.value.code == "ENOENT" and not (tmp_path / "x").exists()
+    with pytest.raises(RemoteError) as e:
+        client.download(str(tmp_path), tmp_path / "x")
+    assert e.value.code == "EISDIR"
+    with pytest.raises(RemoteError, match="not a regular file"):
+        client.download("/dev/null", tmp_path / "x")
+
+
+def test_stat_list_mkdir_remove(client, tmp_path):
+    d = tmp_path / "d"
+    client.mkdir(str(d / "a" / "b"), parents=True)
+    with pytest.raises(RemoteError) as e:
+        client.mkdir(str(d / "a"))
+    assert e.value.code == "EEXIST"
+    for i in range(1200):  # more than one batch of entries
+        (d / f"f{i:04d}").write_bytes(b"x" * i)
+    entries = client.list(str(d))
+    assert len(entries) == 1201
+    by_name = {e["name"]: e for e in entries}
+    assert by_name["a"]["type"] == "dir" and by_name["f0007"] == {**by_name["f0007"], "type": "file", "size": 7}
+    st = client.stat(str(d / "f0010"))
+    assert st["type"] == "file" and st["size"] == 10
+    assert client.exists(str(d)) and not client.exists(str(d / "nope"))
+    with pytest.raises(RemoteError):
+        client.remove(str(d))  # not empty
+    client.remove(str(d), recursive=True)
+    assert not d.exists()
+    with pytest.raises(RemoteError) as e:
+        client.list(str(d))
+    assert e.value.code == "ENOENT"
+
+
+def test_many_requests_at_once(client, tmp_path):
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            client.write_bytes(str(tmp_path / f"m{i}"), f"marker {i}".encode())
+            r = client.run(f"sleep 0.2; cat {tmp_path / f'm{i}'}")
+            results[i] = r.stdout
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and results == {i: f"marker {i}".encode() for i in range(12)}
+
+
+def test_agent_killed_mid_command_is_a_clear_error(agent, client):
+    stream = client.exec_stream(["sleep", "60"])
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait()
+    with pytest.raises(AgentUnavailable, match="closed the connection"):
+        stream.wait()
+    with pytest.raises(AgentUnavailable):
+        client.health()
+
+
+def test_client_going_away_kills_the_command(client, tmp_path):
+    marker = tmp_path / "pid"
+    stream = client.exec_stream(f"echo $$ > {marker}; echo started; exec sleep 60")
+    it = iter(stream)
+    assert next(it) == ("stdout", b"started\n")
+    pid = int(marker.read_text())
+    stream.close()
+    _gone(pid)
+    assert client.health()["ok"]
+
+
+def test_garbage_to_the_agent_keeps_it_serving(agent, client):
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", proto.FRAME.pack(b"J", 1 << 30), proto.FRAME.pack(b"J", 5) + b"[1,2]",
+                 proto.FRAME.pack(b"J", 4) + b"\xff\xfe{}", proto.FRAME.pack(b"D", 3) + b"abc", b"J\x00"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(agent.path))
+        s.sendall(junk)
+        s.shutdown(socket.SHUT_WR)
+        try:
+            s.recv(4096)  # closed (perhaps after an error reply), never hangs
+        except ConnectionResetError:
+            pass  # closed with our junk unread
+        s.close()
+    assert client.run(["true"]).exit_code == 0
+    # An unknown op gets an error reply.
+    with pytest.raises(RemoteError) as e:
+        client._simple({"op": "format-the-disk"})
+    assert e.value.code == "ENOSYS"
+
+
+# --- a hostile agent ------------------------------------------------------------------------------
+
+
+class FakeAgent:
+    """Answers every connection with `reply` (after reading the request frame)."""
+
+    def __init__(self, path: Path, reply: bytes, close: bool = True, delay: float = 0.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.reply, self.close_after, self.delay = reply, close, delay
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            try:
+                head = c.recv(5)
+                if len(head) == 5:
+                    c.recv(struct.unpack(">I", head[1:])[0])
+                time.sleep(self.delay)
+                c.sendall(self.reply)
+                if self.close_after:
+                    c.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return proto.FRAME.pack(kind, len(payload)) + payload
+
+
+GARBAGE = [
+    (b"HTTP/1.1 200 OK\r\n\r\n", AgentProtocolError),
+    (proto.FRAME.pack(b"J", 1 << 31), AgentProtocolError),
+    (proto.FRAME.pack(b"O", proto.MAX_DATA + 1), AgentProtocolError),
+    (_frame(b"J", b"not json"), AgentProtocolError),
+    (_frame(b"J", b"[1, 2]"), AgentProtocolError),
+    (_frame(b"J", b'{"ok": "maybe"}'), AgentProtocolError),
+    (_frame(b"J", b'{"ok": false, "error": "' + b"x" * 5000 + b'"}'), RemoteError),
+    (_frame(b"J", b"{}")[:6], AgentUnavailable),
+    (b"", AgentUnavailable),
+    (_frame(b"K", b"") * 3 + _frame(b"D", b"data"), AgentProtocolError),
+]
+
+
+@pytest.mark.parametrize("reply,error", GARBAGE)
+def test_garbage_from_the_agent_is_a_clear_error(tmp_path, reply, error):
+    fake = FakeAgent(tmp_path / "fake.sock", reply)
+    client = AgentClient.for_unix(tmp_path / "fake.sock", timeout=5)
+    try:
+        for call in (client.health, lambda: client.run(["true"]), lambda: client.read_bytes("/x"),
+                     lambda: client.list("/")):  # fmt: skip
+            with pytest.raises(error) as e:
+                call()
+            assert len(str(e.value)) < 600
+    finally:
+        fake.stop()
+
+
+def test_bad_command_results_from_the_agent(tmp_path):
+    started = _frame(b"J", b'{"event": "started", "pid": 5}')
+    for result in (b'{"ok": true, "exit_code": 999, "signal": null, "timed_out": false}',
+                   b'{"ok": true, "exit_code": 0, "signal": "SIGKILL", "timed_out": false}',
+                   b'{"ok": true, "exit_code": 0, "signal": null}',
+                   b'{"event": "started", "pid": -1}'):  # fmt: skip
+        path = tmp_path / f"fake{hash(result)}.sock"
+        fake = FakeAgent(path, started + _frame(b"J", result) if b"started" not in result else _frame(b"J", result))
+        with pytest.raises(AgentProtocolError):
+            AgentClient.for_unix(path, timeout=5).run(["true"])
+        fake.stop()
+
+
+def test_download_that_lies_about_its_size(tmp_path):
+    head = _frame(b"J", b'{"event": "file", "size": 3, "mode": 420}')
+    for body in (_frame(b"D", b"abcd"), _frame(b"D", b"ab") + _frame(b"D", b"") + _frame(b"J", b'{"ok": true, "size": 2, "sha256": "x"}')):
+        path = tmp_path / f"lie{len(body)}.sock"
+        fake = FakeAgent(path, head + body)
+        with pytest.raises(ChecksumMismatch):
+            AgentClient.for_unix(path, timeout=5).download("/x", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        fake.stop()
+
+
+def test_silent_agent_times_out(tmp_path):
+    fake = FakeAgent(tmp_path / "silent.sock", b"", close=False, delay=30)
+    t0 = time.monotonic()
+    with pytest.raises(AgentTimeout):
+        AgentClient.for_unix(tmp_path / "silent.sock", timeout=0.5).health()
+    assert time.monotonic() - t0 < 10
+    fake.stop()
+
+
+def test_nobody_listening(tmp_path):
+    with pytest.raises(AgentUnavailable, match="cannot connect"):
+        AgentClient.for_unix(tmp_path / "none.sock", timeout=2).health()
+
+
+def _gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # A zombie still answers kill(0): check its state.
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs")
