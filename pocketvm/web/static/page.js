@@ -13,7 +13,7 @@ function showState(running, reason) {
     if (!running) {
         $('stopped').hidden = false;
         $('stopped').textContent = 'The VM has stopped' + (reason ? ' (' + reason + ')' : '') + '.';
-        document.title = 'pocketvm (stopped)';
+        document.title = $('name').textContent + ' - pocketvm (stopped)';
     }
 }
 
@@ -22,6 +22,7 @@ const rfb = new RFB($('screen'), wsBase + '/rfb', { wsProtocols: ['binary'] });
 rfb.scaleViewport = false;   // 1:1, so pointer positions map exactly to the guest's screen
 rfb.resizeSession = false;
 rfb.focusOnClick = true;
+rfb.showDotCursor = true;    // a dot where the guest shows no pointer of its own (the text console)
 rfb.addEventListener('connect', () => { $('screen-state').textContent = ''; });
 rfb.addEventListener('disconnect', () => { $('screen-state').textContent = 'disconnected'; });
 
@@ -35,6 +36,7 @@ consoleWs.onmessage = (ev) => {
     if (typeof ev.data === 'string') {
         const st = JSON.parse(ev.data);
         $('name').textContent = st.name;
+        if (st.running) document.title = st.name + ' - pocketvm';
         if (st.running) { showState(true); } else { stopped = true; showState(false, st.stopped); }
     } else {
         term.write(new Uint8Array(ev.data));
