@@ -2,7 +2,9 @@
 
 numba's on-disk cache is keyed by each function's own source file only, so a
 change in a helper module would leave a stale compiled core behind. The cache
-directory is therefore named after a digest of every module in this package.
+directory is therefore named after a digest of every module in this package
+and of the sub-package modules the core compiles in (not the translator
+itself, which runs on the host side: changing it needs no recompilation).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import numba
 from pocketvm.paths import cache_dir
 
 
+_COMPILED_SUBMODULES = ("tier1/layout.py", "tier1/native_call.py")
+
+
 def _source_digest() -> str:
     h = hashlib.sha256(numba.__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
+    here = Path(__file__).parent
+    for path in sorted(here.glob("*.py")) + [here / name for name in _COMPILED_SUBMODULES]:
+        h.update(str(path.relative_to(here)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -70,6 +70,21 @@ from pocketvm.cpu.state import (
     TLB_ENTRIES,
     WFI_FLAG,
 )
+from pocketvm.cpu.tier1.layout import (
+    JT_FN,
+    JT_HOT,
+    JT_KEY,
+    JT_MODE,
+    JT_QLEN,
+    JT_QUEUE,
+    JT_STALE,
+    JT_THRESHOLD,
+    MODE_ALL,
+    QUEUE_SIZE,
+    QUEUED,
+    slot_of,
+)
+from pocketvm.cpu.tier1.native_call import call_block
 from pocketvm.cpu.trap import current_mip, mret, pending_interrupt, sret, take_trap, update_mtime
 
 # How many instructions run between two looks at pending interrupts and time.
@@ -453,15 +468,22 @@ def _fetch_page(st, ram64, ram_size, pc):
 
 
 @core_jit
-def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
+def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     """Run the hart for at most `budget` instructions. Returns an exit reason.
 
     `ctab` is `pocketvm.cpu.rvc.expansion_table()`. Traps count against the
     budget too, so a guest stuck in a trap loop still comes back to the host.
+    `jt` is the tier-1 translation table (`pocketvm.cpu.tier1.layout`).
     """
     ram_size = ram.shape[0]
     pc = st[PC]
     n = 0
+    # Tier 1: `jc` says where to look for a translated block: 0 not here,
+    # 1 at this pc (a block entry: jump target, trap handler, ...), 2 here
+    # and, on a miss, at the next instruction too (where a translated block
+    # handed back control because it stops before this instruction).
+    jon = 1 if jt[JT_MODE] != 0 else 0
+    jc = jon
     limit = 0  # next look at interrupts and time, at n == limit (<= budget)
     reason = EXIT_SLICE
     dx, dtag = _data_mode(st)
@@ -482,6 +504,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                 st[WFI_FLAG] = 0
                 dx, dtag = _data_mode(st)
                 fpage = _NO_PAGE
+                jc = jon
 
         # --- fetch ----------------------------------------------------------
         if (pc & -4096) != fpage:
@@ -494,6 +517,32 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                 fdelta = base - fpage
         if trap_cause < 0:
             off = pc + fdelta
+            if jc != 0:
+                jslot = slot_of(off)
+                if jt[_u(JT_KEY + jslot)] == off:
+                    jfn = jt[_u(JT_FN + jslot)]
+                    if jfn != 0:
+                        r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n)
+                        if r > 0:
+                            n += r
+                            pc = st[PC]
+                            jc = 2
+                            continue
+                        if r < 0:  # the code changed: translate it again once hot
+                            jt[_u(JT_KEY + jslot)] = -1
+                            jt[_u(JT_HOT + jslot)] = 0
+                            jt[JT_STALE] += 1
+                    jc = 1 if jc == 2 else 0
+                else:
+                    jc = 1 if jc == 2 else 0
+                    hot = jt[_u(JT_HOT + jslot)] + 1
+                    jt[_u(JT_HOT + jslot)] = hot
+                    if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
+                        jt[_u(JT_QUEUE + jt[JT_QLEN])] = off
+                        jt[JT_QLEN] += 1
+                        jt[_u(JT_HOT + jslot)] = QUEUED
+                        if jt[JT_MODE] == MODE_ALL:
+                            break  # translate it now: the host installs it and calls run() again
             insn = np.int64(ram16[_u(off >> 1)])
             if (insn & 3) == 3:
                 if (pc & 0xFFF) == 0xFFE:
@@ -682,6 +731,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     illegal = True
                     taken = False
                 if taken:
+                    jc = jon
                     npc = pc + (
                         ((insn >> 31) << 12)
                         | (((insn >> 7) & 1) << 11)
@@ -750,6 +800,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
             elif opcode == 0x17:  # AUIPC
                 st[rd] = pc + (insn & -4096)
             elif opcode == 0x6F:  # JAL
+                jc = jon
                 st[rd] = npc
                 npc = pc + (
                     ((insn >> 31) << 20)
@@ -764,6 +815,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                     target = (st[rs1] + (insn >> 20)) & -2
                     st[rd] = npc
                     npc = target
+                    jc = jon
             elif opcode == 0x2F:  # AMO
                 cause = _amo(st, ram, ram16, ram32, ram64, insn, pc)
                 if cause == _CAUSE_ILLEGAL:
@@ -778,6 +830,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
                 npc, code = _system(st, sh, insn, pc, npc, n)
                 dx, dtag = _data_mode(st)
                 fpage = _NO_PAGE
+                jc = jon
                 if code == SYS_TRAPPED:
                     st[0] = 0
                     pc = npc
@@ -845,6 +898,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget):
             trap_cause = -1
             dx, dtag = _data_mode(st)
             fpage = _NO_PAGE
+            jc = jon
             budget -= 1
             limit = min(limit, budget)
             continue

@@ -10,7 +10,12 @@ from pocketvm.memory import GuestRAM
 
 
 class Hart:
-    def __init__(self, hart_id: int, ram: GuestRAM, sh: np.ndarray, st: np.ndarray | None = None):
+    def __init__(
+        self, hart_id: int, ram: GuestRAM, sh: np.ndarray, st: np.ndarray | None = None, jit: str | None = None
+    ):
+        """`jit`: "off", "on" or "all" (every block, for testing); None = $POCKETVM_JIT, default off."""
+        from pocketvm.cpu.tier1 import engine
+
         self.id = hart_id
         self.ram = ram
         self.sh = sh
@@ -20,16 +25,22 @@ class Hart:
         self._ram32 = ram.u32
         self._ram64 = ram.u8.view(np.int64)
         self._ctab = expansion_table()
+        mode = engine.mode_from_env() if jit is None else engine.MODES[jit]
+        self.tier1 = engine.tier1_for(ram, mode) if mode != 0 else None
+        self._jt = self.tier1.table if self.tier1 is not None else engine.OFF_TABLE
 
     def run(self, budget: int) -> int:
         from pocketvm.cpu.core import run
 
-        return int(
+        reason = int(
             run(
                 self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
-                self._ctab, budget,
+                self._ctab, budget, self._jt,
             )
         )
+        if self.tier1 is not None and self._jt[2]:  # JT_QLEN: blocks queued for translation
+            self.tier1.translate_queued(self.ram.u16, self._ctab)
+        return reason
 
     # --- register access for loaders, debuggers and tests ------------------
     @property

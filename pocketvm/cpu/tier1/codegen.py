@@ -1,0 +1,339 @@
+"""LLVM IR for one block (see `native_call` for the function's signature).
+
+Guest registers live in allocas for the whole block, which LLVM promotes
+to host registers; they are written back to `st` at every exit. Loads and
+stores do the TLB lookup inline, exactly as the interpreter's fast path
+does, and anything else (TLB miss, device, misaligned, a store into the
+block's own code page) exits *before* the instruction with st[PC] = its pc
+and the count of instructions retired so far, for the interpreter to run
+it. A block that ends with a branch or jump back to its own start loops in
+native code for as long as `max_insns` allows.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from pocketvm.cpu.state import PC, RAM_BASE, TLB, TLB_ENTRIES
+from pocketvm.cpu.tier1.decode import Insn
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+I128 = ir.IntType(128)
+FN_TYPE = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64, I64, I64, I64])
+
+_ACC_LOAD = 1
+_ACC_STORE = 2
+_INT64_MIN = -(1 << 63)
+
+
+def c64(v: int) -> ir.Constant:
+    v &= (1 << 64) - 1
+    return ir.Constant(I64, v - (1 << 64) if v >> 63 else v)
+
+
+def c32(v: int) -> ir.Constant:
+    v &= (1 << 32) - 1
+    return ir.Constant(I32, v - (1 << 32) if v >> 31 else v)
+
+
+class BlockCodegen:
+    """Emits one function into `module` for the block at RAM offset `off`."""
+
+    def __init__(self, module: ir.Module, name: str, off: int, insns: list[Insn]):
+        self.off = off
+        self.insns = insns
+        self.fn = ir.Function(module, FN_TYPE, name=name)
+        self.st, self.ram, self.ram_size, self.pc, self.dx, self.dtag, self.max_insns = self.fn.args
+        for a in (self.st, self.ram):
+            a.add_attribute("noalias")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        used = set()
+        for insn in insns:
+            used.update((insn.rd, insn.rs1, insn.rs2))
+        used.discard(0)
+        self.used = sorted(used)
+        self.regs: dict[int, ir.AllocaInstr] = {}
+        self.written: set[int] = {i.rd for i in insns if i.rd} - {0}
+        self.done = None  # alloca: instructions retired by earlier loop iterations
+
+    # --- helpers ----------------------------------------------------------------
+    def st_ptr(self, index) -> ir.Value:
+        idx = index if isinstance(index, ir.Value) else c64(index)
+        return self.b.gep(self.st, [idx])
+
+    def get(self, r: int) -> ir.Value:
+        if r == 0:
+            return c64(0)
+        return self.b.load(self.regs[r])
+
+    def set(self, r: int, v: ir.Value) -> None:
+        if r != 0:
+            self.b.store(v, self.regs[r])
+
+    def pc_plus(self, rel: int) -> ir.Value:
+        return self.b.add(self.pc, c64(rel)) if rel else self.pc
+
+    def exit_block(self, next_pc: ir.Value | int, retired_in_pass: int, done: ir.Value | None = None) -> None:
+        """Write registers and st[PC] back and return the count (terminates the current block)."""
+        b = self.b
+        for r in sorted(self.written):
+            b.store(b.load(self.regs[r]), self.st_ptr(r))
+        npc = self.pc_plus(next_pc) if isinstance(next_pc, int) else next_pc
+        b.store(npc, self.st_ptr(PC))
+        base = done if done is not None else b.load(self.done)
+        b.ret(b.add(base, c64(retired_in_pass)))
+
+    def side_exit_if(self, cond: ir.Value, index: int) -> None:
+        """Leave before instruction `index` when `cond` holds."""
+        insn = self.insns[index]
+        exit_bb = self.fn.append_basic_block(f"exit{index}")
+        cont = self.fn.append_basic_block(f"i{index}c")
+        self.b.cbranch(cond, exit_bb, cont)
+        self.b.position_at_end(exit_bb)
+        self.exit_block(insn.rel, index)
+        self.b.position_at_end(cont)
+
+    # --- the function ------------------------------------------------------------
+    def emit(self) -> None:
+        b = self.b
+        n = len(self.insns)
+        # Not enough budget left for one pass: let the interpreter go on.
+        small = b.icmp_signed("<", self.max_insns, c64(n))
+        with b.if_then(small, likely=False):
+            b.ret(c64(0))
+        # The code must still be what it was translated from.
+        diff = None
+        for insn in self.insns:
+            ty = I16 if insn.length == 2 else I32
+            p = b.bitcast(b.gep(self.ram, [c64(self.off + insn.rel)]), ty.as_pointer())
+            word = b.load(p, align=2)
+            x = b.xor(word, ir.Constant(ty, insn.raw))
+            if ty is I16:
+                x = b.zext(x, I32)
+            diff = x if diff is None else b.or_(diff, x)
+        with b.if_then(b.icmp_unsigned("!=", diff, c32(0)), likely=False):
+            b.ret(c64(-1))
+        for r in self.used:
+            a = b.alloca(I64, name=f"x{r}")
+            b.store(b.load(self.st_ptr(r)), a)
+            self.regs[r] = a
+        self.done = b.alloca(I64, name="done")
+        b.store(c64(0), self.done)
+        head = self.fn.append_basic_block("head")
+        b.branch(head)
+        b.position_at_end(head)
+        self.head = head
+        for i, insn in enumerate(self.insns):
+            if not self.emit_insn(i, insn):
+                return  # the instruction ended the function
+        last = self.insns[-1]
+        self.exit_block(last.rel + last.length, n)
+
+    def loop_or_exit(self, target_rel: int) -> None:
+        """End of a pass that goes on at block-relative `target_rel`."""
+        n = len(self.insns)
+        b = self.b
+        if target_rel != 0:
+            self.exit_block(target_rel, n)
+            return
+        done = b.add(b.load(self.done), c64(n))
+        again = b.icmp_signed("<=", b.add(done, c64(n)), self.max_insns)
+        loop_bb = self.fn.append_basic_block("again")
+        out_bb = self.fn.append_basic_block("out")
+        b.cbranch(again, loop_bb, out_bb)
+        b.position_at_end(loop_bb)
+        b.store(done, self.done)
+        b.branch(self.head)
+        b.position_at_end(out_bb)
+        self.exit_block(0, 0, done)
+
+    # --- memory -------------------------------------------------------------------
+    def ram_pointer(self, i: int, addr: ir.Value, size: int, acc: int) -> ir.Value:
+        """Host pointer for an aligned RAM access at guest `addr`, or a side exit."""
+        b = self.b
+        if size > 1:
+            self.side_exit_if(b.icmp_unsigned("!=", b.and_(addr, c64(size - 1)), c64(0)), i)
+        bare_bb = self.fn.append_basic_block(f"i{i}bare")
+        tlb_bb = self.fn.append_basic_block(f"i{i}tlb")
+        join = self.fn.append_basic_block(f"i{i}mem")
+        b.cbranch(b.icmp_unsigned("!=", self.dx, c64(0)), tlb_bb, bare_bb)
+        b.position_at_end(bare_bb)
+        off_bare = b.sub(addr, c64(RAM_BASE))
+        ok_bare = b.icmp_unsigned("<", off_bare, self.ram_size)
+        b.branch(join)
+        b.position_at_end(tlb_bb)
+        table = TLB + acc * 2 * TLB_ENTRIES
+        slot = b.add(b.and_(b.lshr(addr, c64(11)), c64(2 * TLB_ENTRIES - 2)), c64(table))
+        tag = b.load(self.st_ptr(slot))
+        want = b.or_(b.and_(addr, c64(-4096)), self.dtag)
+        ok_tlb = b.icmp_signed("==", tag, want)
+        page = b.load(self.st_ptr(b.add(slot, c64(1))))
+        off_tlb = b.add(page, b.and_(addr, c64(0xFFF)))
+        b.branch(join)
+        b.position_at_end(join)
+        ok = b.phi(I1)
+        ok.add_incoming(ok_bare, bare_bb)
+        ok.add_incoming(ok_tlb, tlb_bb)
+        off = b.phi(I64)
+        off.add_incoming(off_bare, bare_bb)
+        off.add_incoming(off_tlb, tlb_bb)
+        self.side_exit_if(b.not_(ok), i)
+        if acc == _ACC_STORE:
+            same_page = b.icmp_signed("==", b.lshr(off, c64(12)), c64(self.off >> 12))
+            self.side_exit_if(same_page, i)
+        ty = {1: I8, 2: I16, 4: I32, 8: I64}[size]
+        return b.bitcast(b.gep(self.ram, [off]), ty.as_pointer())
+
+    # --- instructions ---------------------------------------------------------------
+    def emit_insn(self, i: int, insn: Insn) -> bool:
+        """Emit one instruction; False when it ended the function (block-ending jump)."""
+        b = self.b
+        op, f3, rd = insn.opcode, insn.f3, insn.rd
+        if op == 0x13:
+            a = self.get(insn.rs1)
+            imm = insn.imm_i
+            if f3 == 0:
+                v = b.add(a, c64(imm))
+            elif f3 == 1:
+                v = b.shl(a, c64(imm & 63))
+            elif f3 == 2:
+                v = b.zext(b.icmp_signed("<", a, c64(imm)), I64)
+            elif f3 == 3:
+                v = b.zext(b.icmp_unsigned("<", a, c64(imm)), I64)
+            elif f3 == 4:
+                v = b.xor(a, c64(imm))
+            elif f3 == 5:
+                v = b.ashr(a, c64(imm & 63)) if (insn.bits >> 30) & 1 else b.lshr(a, c64(imm & 63))
+            elif f3 == 6:
+                v = b.or_(a, c64(imm))
+            else:
+                v = b.and_(a, c64(imm))
+            self.set(rd, v)
+        elif op == 0x1B:
+            a32 = b.trunc(self.get(insn.rs1), I32)
+            sh = insn.rs2  # shamt[4:0]
+            if f3 == 0:
+                v = b.add(a32, c32(insn.imm_i))
+            elif f3 == 1:
+                v = b.shl(a32, c32(sh))
+            elif insn.f7 == 0:
+                v = b.lshr(a32, c32(sh))
+            else:
+                v = b.ashr(a32, c32(sh))
+            self.set(rd, b.sext(v, I64))
+        elif op == 0x33:
+            self.set(rd, self.op(insn, self.get(insn.rs1), self.get(insn.rs2)))
+        elif op == 0x3B:
+            self.set(rd, self.op32(insn, self.get(insn.rs1), self.get(insn.rs2)))
+        elif op == 0x37:
+            self.set(rd, c64(insn.imm_u))
+        elif op == 0x17:
+            self.set(rd, b.add(self.pc, c64(insn.rel + insn.imm_u)))
+        elif op == 0x03:
+            addr = b.add(self.get(insn.rs1), c64(insn.imm_i))
+            size = 1 << (f3 & 3)
+            p = self.ram_pointer(i, addr, size, _ACC_LOAD)
+            v = b.load(p, align=size)
+            if size < 8:
+                v = b.zext(v, I64) if f3 >= 4 else b.sext(v, I64)
+            self.set(rd, v)
+        elif op == 0x23:
+            addr = b.add(self.get(insn.rs1), c64(insn.imm_s))
+            size = 1 << f3
+            v = self.get(insn.rs2)  # read before the exits: no register changes in between
+            p = self.ram_pointer(i, addr, size, _ACC_STORE)
+            if size < 8:
+                v = b.trunc(v, {1: I8, 2: I16, 4: I32}[size])
+            b.store(v, p, align=size)
+        elif op == 0x0F:
+            pass  # fence: nothing to order in a single-threaded emulator
+        elif op == 0x6F:
+            self.set(rd, self.pc_plus(insn.rel + insn.length))
+            self.loop_or_exit(insn.rel + insn.imm_j)
+            return False
+        elif op == 0x67:
+            target = b.and_(b.add(self.get(insn.rs1), c64(insn.imm_i)), c64(-2))
+            self.set(rd, self.pc_plus(insn.rel + insn.length))
+            self.exit_block(target, i + 1)
+            return False
+        elif op == 0x63:
+            a, c = self.get(insn.rs1), self.get(insn.rs2)
+            pred = {0: ("==", True), 1: ("!=", True), 4: ("<", True), 5: (">=", True), 6: ("<", False), 7: (">=", False)}
+            cmp, signed = pred[f3]
+            taken = b.icmp_signed(cmp, a, c) if signed else b.icmp_unsigned(cmp, a, c)
+            t_bb = self.fn.append_basic_block(f"i{i}taken")
+            f_bb = self.fn.append_basic_block(f"i{i}fall")
+            b.cbranch(taken, t_bb, f_bb)
+            b.position_at_end(t_bb)
+            self.loop_or_exit(insn.rel + insn.imm_b)
+            b.position_at_end(f_bb)
+            self.exit_block(insn.rel + insn.length, i + 1)
+            return False
+        else:  # decode_block only lets through what is handled above
+            raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")
+        return True
+
+    def op(self, insn: Insn, a: ir.Value, c: ir.Value) -> ir.Value:
+        b = self.b
+        f3, f7 = insn.f3, insn.f7
+        if f7 == 0:
+            return [
+                lambda: b.add(a, c),
+                lambda: b.shl(a, b.and_(c, c64(63))),
+                lambda: b.zext(b.icmp_signed("<", a, c), I64),
+                lambda: b.zext(b.icmp_unsigned("<", a, c), I64),
+                lambda: b.xor(a, c),
+                lambda: b.lshr(a, b.and_(c, c64(63))),
+                lambda: b.or_(a, c),
+                lambda: b.and_(a, c),
+            ][f3]()
+        if f7 == 0x20:
+            return b.sub(a, c) if f3 == 0 else b.ashr(a, b.and_(c, c64(63)))
+        # M extension
+        if f3 == 0:
+            return b.mul(a, c)
+        if f3 in (1, 2, 3):
+            wa = b.sext(a, I128) if f3 in (1, 2) else b.zext(a, I128)
+            wc = b.sext(c, I128) if f3 == 1 else b.zext(c, I128)
+            return b.trunc(b.lshr(b.mul(wa, wc), ir.Constant(I128, 64)), I64)
+        return self.divrem(f3, a, c, I64)
+
+    def op32(self, insn: Insn, a: ir.Value, c: ir.Value) -> ir.Value:
+        b = self.b
+        f3, f7 = insn.f3, insn.f7
+        a32, c32_ = b.trunc(a, I32), b.trunc(c, I32)
+        sh = b.and_(c32_, c32(31))
+        if f7 == 0:
+            v = {0: lambda: b.add(a32, c32_), 1: lambda: b.shl(a32, sh), 5: lambda: b.lshr(a32, sh)}[f3]()
+        elif f7 == 0x20:
+            v = b.sub(a32, c32_) if f3 == 0 else b.ashr(a32, sh)
+        elif f3 == 0:
+            v = b.mul(a32, c32_)
+        else:
+            v = self.divrem(f3, a32, c32_, I32)
+        return b.sext(v, I64)
+
+    def divrem(self, f3: int, a: ir.Value, c: ir.Value, ty: ir.IntType) -> ir.Value:
+        """RISC-V division: x/0 = -1 (all ones), x%0 = x, MIN/-1 = MIN, MIN%-1 = 0."""
+        b = self.b
+        zero = ir.Constant(ty, 0)
+        one = ir.Constant(ty, 1)
+        ones = ir.Constant(ty, -1)
+        by_zero = b.icmp_signed("==", c, zero)
+        if f3 in (4, 6):  # signed
+            minv = ir.Constant(ty, -(1 << (ty.width - 1)))
+            overflow = b.and_(b.icmp_signed("==", a, minv), b.icmp_signed("==", c, ones))
+            safe = b.select(b.or_(by_zero, overflow), one, c)
+            if f3 == 4:
+                q = b.sdiv(a, safe)
+                return b.select(by_zero, ones, b.select(overflow, a, q))
+            r = b.srem(a, safe)
+            return b.select(by_zero, a, b.select(overflow, zero, r))
+        safe = b.select(by_zero, one, c)
+        if f3 == 5:
+            return b.select(by_zero, ones, b.udiv(a, safe))
+        return b.select(by_zero, a, b.urem(a, safe))

@@ -1,0 +1,135 @@
+"""Compiling queued blocks and installing them in the translation table.
+
+One `Tier1` serves all harts of a machine (translations depend on guest RAM
+only, never on a hart's state). The numba core queues hot blocks in the
+table; after each run() call the hart asks the engine to translate what is
+queued: every block of the batch goes into one LLVM module, compiled by
+llvmlite's MCJIT, and the entry addresses go into the table. Compiled code
+is never freed (a replaced block's code stays in memory, unreachable);
+translations are few and small next to guest RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+
+from pocketvm.cpu.tier1 import layout as L
+from pocketvm.cpu.tier1.codegen import BlockCodegen
+from pocketvm.cpu.tier1.decode import decode_block
+
+ENV_VAR = "POCKETVM_JIT"
+MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
+
+_llvm_lock = threading.Lock()
+_llvm_ready = False
+
+
+def _init_llvm() -> None:
+    global _llvm_ready
+    with _llvm_lock:
+        if not _llvm_ready:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            _llvm_ready = True
+
+
+def mode_from_env(default: str = "off") -> int:
+    """The tier-1 mode named by POCKETVM_JIT (off | on | all), or `default`."""
+    name = os.environ.get(ENV_VAR, default).strip().lower() or default
+    if name not in MODES:
+        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(MODES)}")
+    return MODES[name]
+
+
+@dataclass
+class Stats:
+    blocks: int = 0
+    instructions: int = 0
+    empty: int = 0  # hot places where nothing could be translated
+    batches: int = 0
+    compile_seconds: float = 0.0
+
+    def summary(self, stale: int) -> str:
+        return (
+            f"tier 1: {self.blocks} blocks ({self.instructions} instructions) in {self.batches} batches, "
+            f"{self.compile_seconds:.2f} s compiling, {stale} invalidated"
+        )
+
+
+class Tier1:
+    def __init__(self, mode: int, threshold: int = 50):
+        _init_llvm()
+        self.table = L.new_table(mode, threshold)
+        self.stats = Stats()
+        target = llvm.Target.from_default_triple()
+        self._tm = target.create_target_machine(opt=2, jit=True)
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._tm)
+        self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
+        self._pb = llvm.create_pass_builder(self._tm, self._pto)
+        self._serial = 0
+
+    @property
+    def mode(self) -> int:
+        return int(self.table[L.JT_MODE])
+
+    def translate_queued(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
+        table = self.table
+        count = int(table[L.JT_QLEN])
+        offsets = sorted({int(o) for o in table[L.JT_QUEUE : L.JT_QUEUE + count]})
+        table[L.JT_QLEN] = 0
+        t0 = time.perf_counter()
+        module = ir.Module(name=f"tier1_{self._serial}")
+        module.triple = llvm.get_process_triple()
+        names: dict[int, str] = {}
+        for off in offsets:
+            insns = decode_block(ram16, ctab, off)
+            if not insns:
+                self._install(off, 0)
+                self.stats.empty += 1
+                continue
+            name = f"b{self._serial}_{off:x}"
+            BlockCodegen(module, name, off, insns).emit()
+            names[off] = name
+            self.stats.instructions += len(insns)
+        self._serial += 1
+        if names:
+            mod = llvm.parse_assembly(str(module))
+            mod.verify()
+            mpm = self._pb.getModulePassManager()
+            mpm.run(mod, self._pb)
+            self._engine.add_module(mod)
+            self._engine.finalize_object()
+            for off, name in names.items():
+                self._install(off, self._engine.get_function_address(name))
+            self.stats.blocks += len(names)
+            self.stats.batches += 1
+        self.stats.compile_seconds += time.perf_counter() - t0
+
+    def _install(self, off: int, fn: int) -> None:
+        slot = L.slot_index(off)
+        self.table[L.JT_KEY + slot] = off
+        self.table[L.JT_FN + slot] = fn
+        self.table[L.JT_HOT + slot] = 0
+
+
+_shared: "weakref.WeakKeyDictionary[object, Tier1]" = weakref.WeakKeyDictionary()
+
+
+def tier1_for(ram: object, mode: int) -> Tier1:
+    """The Tier1 of the machine that owns `ram` (created on first use)."""
+    t = _shared.get(ram)
+    if t is None or t.mode != mode:
+        t = Tier1(mode)
+        _shared[ram] = t
+    return t
+
+
+OFF_TABLE = L.new_table(L.MODE_OFF)

@@ -1,0 +1,35 @@
+"""Calling translated code from the numba core.
+
+A translated block is a native function
+
+    int64 block(int64 *st, uint8 *ram, int64 ram_size, int64 pc,
+                int64 data_translated, int64 data_tag, int64 max_insns)
+
+returning the number of instructions it retired (st[PC] then holds the next
+pc), 0 when it did nothing, or -1 when guest RAM no longer holds the code it
+was made from. The intrinsic turns the address into a function pointer and
+calls it (about 2.5 ns a call here).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_I64 = ir.IntType(64)
+
+
+@intrinsic
+def call_block(typingctx, fn, st, ram, ram_size, pc, dx, dtag, max_insns):
+    sig = types.int64(types.int64, st, ram, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        fn_, st_, ram_, ram_size_, pc_, dx_, dtag_, max_ = args
+        st_ptr = context.make_array(signature.args[1])(context, builder, st_).data
+        ram_ptr = context.make_array(signature.args[2])(context, builder, ram_).data
+        fnty = ir.FunctionType(_I64, [st_ptr.type, ram_ptr.type, _I64, _I64, _I64, _I64, _I64])
+        ptr = builder.inttoptr(fn_, fnty.as_pointer())
+        return builder.call(ptr, [st_ptr, ram_ptr, ram_size_, pc_, dx_, dtag_, max_])
+
+    return sig, codegen
