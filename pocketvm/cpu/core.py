@@ -74,9 +74,11 @@ from pocketvm.cpu.tier1.layout import (
     JT_FN,
     JT_HOT,
     JT_KEY,
+    JT_LEFT,
     JT_MODE,
     JT_QLEN,
     JT_QUEUE,
+    JT_RESUME,
     JT_STALE,
     JT_THRESHOLD,
     MODE_ALL,
@@ -478,13 +480,16 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     ram_size = ram.shape[0]
     pc = st[PC]
     n = 0
+    limit = 0  # next look at interrupts and time, at n == limit (<= budget)
     # Tier 1: `jc` says where to look for a translated block: 0 not here,
     # 1 at this pc (a block entry: jump target, trap handler, ...), 2 here
     # and, on a miss, at the next instruction too (where a translated block
     # handed back control because it stops before this instruction).
     jon = 1 if jt[JT_MODE] != 0 else 0
     jc = jon
-    limit = 0  # next look at interrupts and time, at n == limit (<= budget)
+    if jon and jt[JT_RESUME] > 0:  # continuing after an early stop (see JT_LEFT)
+        limit = jt[JT_RESUME]
+        jt[JT_RESUME] = 0
     reason = EXIT_SLICE
     dx, dtag = _data_mode(st)
     fpage = _NO_PAGE  # virtual page (address) of the fetch cache
@@ -542,7 +547,10 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                         jt[JT_QLEN] += 1
                         jt[_u(JT_HOT + jslot)] = QUEUED
                         if jt[JT_MODE] == MODE_ALL:
-                            break  # translate it now: the host installs it and calls run() again
+                            # Translate it now: Hart.run() installs it and calls run() again.
+                            jt[JT_LEFT] = budget - n
+                            jt[JT_RESUME] = limit - n
+                            break
             insn = np.int64(ram16[_u(off >> 1)])
             if (insn & 3) == 3:
                 if (pc & 0xFFF) == 0xFFE:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from pocketvm.cpu import state as S
+from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.memory import GuestRAM
 
@@ -26,6 +28,8 @@ class Hart:
         self._ram64 = ram.u8.view(np.int64)
         self._ctab = expansion_table()
         mode = engine.mode_from_env() if jit is None else engine.MODES[jit]
+        if numba.config.DISABLE_JIT:
+            mode = 0  # interpreted core (debugging): it cannot call native code
         self.tier1 = engine.tier1_for(ram, mode) if mode != 0 else None
         self._jt = self.tier1.table if self.tier1 is not None else engine.OFF_TABLE
 
@@ -38,8 +42,22 @@ class Hart:
                 self._ctab, budget, self._jt,
             )
         )
-        if self.tier1 is not None and self._jt[2]:  # JT_QLEN: blocks queued for translation
-            self.tier1.translate_queued(self.ram.u16, self._ctab)
+        if self.tier1 is not None:
+            jt = self._jt
+            while True:
+                if jt[L.JT_QLEN]:
+                    self.tier1.translate_queued(self.ram.u16, self._ctab)
+                left = int(jt[L.JT_LEFT])
+                if left <= 0:
+                    break
+                # Stopped early for a translation (mode "all"): go on with the rest.
+                jt[L.JT_LEFT] = 0
+                reason = int(
+                    run(
+                        self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32,
+                        self._ram64, self._ctab, left, jt,
+                    )
+                )
         return reason
 
     # --- register access for loaders, debuggers and tests ------------------

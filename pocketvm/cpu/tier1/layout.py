@@ -7,6 +7,11 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_THRESHOLD]   entries of a block before it is queued
     [JT_QLEN]        blocks queued for translation (RAM offsets at JT_QUEUE)
     [JT_STALE]       blocks found stale at entry (their code had changed)
+    [JT_LEFT]        mode 2: run() stopped early to have a block translated;
+                     budget it had left (0 = it did not)
+    [JT_RESUME]      ...and instructions to its next look at interrupts, which
+                     the next run() call keeps, so interrupts come exactly
+                     where they would without the early stop
     [JT_KEY + i]     RAM offset of the block in slot i, -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
     [JT_HOT + i]     entries counted while the slot had no block for them
@@ -25,6 +30,8 @@ JT_MODE = 0
 JT_THRESHOLD = 1
 JT_QLEN = 2
 JT_STALE = 3
+JT_LEFT = 4
+JT_RESUME = 5
 JT_QUEUE = 8
 QUEUE_SIZE = 64
 SLOT_BITS = 15
