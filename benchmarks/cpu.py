@@ -57,7 +57,8 @@ PROGRAMS = {
 class Result:
     name: str
     instructions: int
-    pocket_s: float
+    pocket_s: float  # interpreter only
+    jit_s: float  # with tier 1 (translation time included)
     qemu_s: float
 
     @property
@@ -65,8 +66,16 @@ class Result:
         return self.instructions / self.pocket_s / 1e6
 
     @property
+    def jit_mips(self) -> float:
+        return self.instructions / self.jit_s / 1e6
+
+    @property
     def ratio(self) -> float:
         return self.pocket_s / self.qemu_s if self.qemu_s > 0 else float("inf")
+
+    @property
+    def jit_ratio(self) -> float:
+        return self.jit_s / self.qemu_s if self.qemu_s > 0 else float("inf")
 
 
 def build(name: str, scale: int, out_dir: Path) -> Path:
@@ -86,14 +95,23 @@ def result_line(output: bytes) -> str:
     return "(no result) " + output.decode(errors="replace")[-200:]
 
 
-def run_pocketvm(elf: Path) -> tuple[int, float, str]:
-    """(instructions, seconds in the run loop, result line)."""
+@dataclass
+class JitInfo:
+    blocks: int = 0
+    compile_s: float = 0.0
+    invalidated: int = 0
+
+
+def run_pocketvm(elf: Path, jit: str = "off", info: JitInfo | None = None) -> tuple[int, float, str]:
+    """(instructions, seconds in the run loop, result line); `info` gets tier-1 statistics."""
     from pocketvm.console import CapturedConsole
     from pocketvm.cpu import state as S
     from pocketvm.machine import VirtualMachine, VMConfig
 
     console = CapturedConsole()
-    vm = VirtualMachine(VMConfig(memory=MEMORY, kernel=elf, bios=None, rng=False, deterministic=True), console)
+    vm = VirtualMachine(
+        VMConfig(memory=MEMORY, kernel=elf, bios=None, rng=False, deterministic=True, jit=jit), console
+    )
     try:
         vm.load_boot_files()
         t0 = time.perf_counter()
@@ -104,6 +122,11 @@ def run_pocketvm(elf: Path) -> tuple[int, float, str]:
     if status.code != 0:
         raise SystemExit(f"{elf.name}: pocketvm exit {status.code} ({status.reason}): {bytes(console.output)!r}")
     insns = int(vm.harts[0].st[S.CSR + S.CSR_MINSTRET])
+    tier1 = vm.harts[0].tier1
+    if info is not None and tier1 is not None:
+        info.blocks = tier1.stats.blocks
+        info.compile_s = tier1.stats.compile_seconds
+        info.invalidated = int(tier1.table[3])
     return insns, dt, result_line(bytes(console.output))
 
 
@@ -178,22 +201,31 @@ def main() -> None:
         qemu_base, _ = run_qemu(empty, max(args.qemu_repeat, 3))
         print(f"QEMU start-up + exit (empty program): {qemu_base * 1000:.0f} ms, subtracted below\n")
 
-        header = f"{'program':<6} {'guest insns':>12} {'pocketvm s':>10} {'MIPS':>7} {'QEMU s':>8} {'ratio':>7}  result"
+        header = (
+            f"{'program':<6} {'guest insns':>12} {'interp s':>9} {'MIPS':>7} {'JIT s':>7} {'MIPS':>7} "
+            f"{'QEMU s':>8} {'interp/Q':>9} {'JIT/Q':>7} {'blocks':>6} {'compile':>8}  result"
+        )
         print(header)
         print("-" * len(header))
         results = []
         mismatches = 0
         for name in names:
             insns, pocket_s, pline = run_pocketvm(elves[name])
+            info = JitInfo()
+            jinsns, jit_s, jline = run_pocketvm(elves[name], "on", info)
             _, qline = run_qemu(elves[name], 1)
             qemu_s, _ = run_qemu(big_elves[name], args.qemu_repeat)
             net = max(qemu_s - qemu_base, 1e-3) / args.qemu_factor
-            r = Result(name, insns, pocket_s, net)
+            r = Result(name, insns, pocket_s, jit_s, net)
             results.append(r)
-            same = "same" if pline == qline else f"DIFFERENT: pocketvm {pline!r} QEMU {qline!r}"
-            mismatches += pline != qline
+            bad = [f"{who} {line!r}" for who, line in (("JIT", jline), ("QEMU", qline)) if line != pline]
+            if jinsns != insns:
+                bad.append(f"JIT counted {jinsns} instructions")
+            same = "same" if not bad else f"DIFFERENT from the interpreter's {pline!r}: " + ", ".join(bad)
+            mismatches += bool(bad)
             print(
-                f"{name:<6} {insns:>12,} {pocket_s:>10.2f} {r.mips:>7.1f} {net:>8.3f} {r.ratio:>6.1f}x  {same}",
+                f"{name:<6} {insns:>12,} {pocket_s:>9.2f} {r.mips:>7.1f} {jit_s:>7.2f} {r.jit_mips:>7.1f} "
+                f"{net:>8.3f} {r.ratio:>8.1f}x {r.jit_ratio:>6.1f}x {info.blocks:>6} {info.compile_s:>7.2f}s  {same}",
                 flush=True,
             )
         print()
@@ -202,7 +234,11 @@ def main() -> None:
         total_i = sum(r.instructions for r in results)
         total_p = sum(r.pocket_s for r in results)
         total_q = sum(r.qemu_s for r in results)
-        print(f"\nall: {total_i / total_p / 1e6:.1f} MIPS, pocketvm/QEMU wall time {total_p / total_q:.1f}x")
+        total_j = sum(r.jit_s for r in results)
+        print(
+            f"\nall: interpreter {total_i / total_p / 1e6:.1f} MIPS ({total_p / total_q:.1f}x QEMU's wall time), "
+            f"JIT {total_i / total_j / 1e6:.1f} MIPS ({total_j / total_q:.1f}x QEMU's wall time)"
+        )
         if mismatches:
             raise SystemExit(f"{mismatches} program(s) gave a different result in pocketvm and QEMU")
 

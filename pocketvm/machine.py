@@ -110,6 +110,7 @@ class VMConfig:
     rng: bool = True
     deterministic: bool = False
     name: str = ""
+    jit: str | None = None  # tier 1: "off" | "on" | "all"; None = $POCKETVM_JIT, else off
 
 
 @dataclass
@@ -164,7 +165,7 @@ class VirtualMachine:
         self.ram_file_ranges: list[tuple[int, int]] = []
         self.sh = S.new_shared_state(config.cpus)
         self.sh[S.SH_DETERMINISTIC] = 1 if config.deterministic else 0
-        self.harts = [Hart(i, self.ram, self.sh) for i in range(config.cpus)]
+        self.harts = [Hart(i, self.ram, self.sh, jit=config.jit) for i in range(config.cpus)]
         self._start_ns = time.monotonic_ns()
         self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
         self._console_tail = b""

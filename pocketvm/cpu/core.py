@@ -76,6 +76,8 @@ from pocketvm.cpu.tier1.layout import (
     JT_KEY,
     JT_LEFT,
     JT_MODE,
+    JT_NATIVE,
+    JT_CALLS,
     JT_QLEN,
     JT_QUEUE,
     JT_RESUME,
@@ -528,7 +530,9 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n)
+                        jt[JT_CALLS] += 1
                         if r > 0:
+                            jt[JT_NATIVE] += r
                             n += r
                             pc = st[PC]
                             jc = 2

@@ -7,7 +7,10 @@ does, and anything else (TLB miss, device, misaligned, a store into the
 block's own code page) exits *before* the instruction with st[PC] = its pc
 and the count of instructions retired so far, for the interpreter to run
 it. A block that ends with a branch or jump back to its own start loops in
-native code for as long as `max_insns` allows.
+native code for as long as `max_insns` allows; one that goes on at a known
+place in the same physical page jumps straight to the block there when the
+translation table has one (a guaranteed tail call, so chains of any length
+use no stack).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from llvmlite import ir
 
 from pocketvm.cpu.state import PC, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn
+from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, slot_index
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -23,7 +27,7 @@ I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 I128 = ir.IntType(128)
-FN_TYPE = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64, I64, I64, I64])
+FN_TYPE = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64, I64, I64, I64, I64])
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -43,11 +47,13 @@ def c32(v: int) -> ir.Constant:
 class BlockCodegen:
     """Emits one function into `module` for the block at RAM offset `off`."""
 
-    def __init__(self, module: ir.Module, name: str, off: int, insns: list[Insn]):
+    def __init__(self, module: ir.Module, name: str, off: int, insns: list[Insn], table_addr: int | None):
+        """`table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
         self.off = off
         self.insns = insns
+        self.table_addr = table_addr
         self.fn = ir.Function(module, FN_TYPE, name=name)
-        self.st, self.ram, self.ram_size, self.pc, self.dx, self.dtag, self.max_insns = self.fn.args
+        self.st, self.ram, self.ram_size, self.pc, self.dx, self.dtag, self.max_insns, self.done_in = self.fn.args
         for a in (self.st, self.ram):
             a.add_attribute("noalias")
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
@@ -78,14 +84,53 @@ class BlockCodegen:
         return self.b.add(self.pc, c64(rel)) if rel else self.pc
 
     def exit_block(self, next_pc: ir.Value | int, retired_in_pass: int, done: ir.Value | None = None) -> None:
-        """Write registers and st[PC] back and return the count (terminates the current block)."""
+        """Leave for the interpreter at `next_pc` (block-relative when an int)."""
+        npc = self.pc_plus(next_pc) if isinstance(next_pc, int) else next_pc
+        self._to_epilogue(npc, retired_in_pass, done, None)
+
+    def exit_to(self, target_rel: int, retired_in_pass: int, done: ir.Value | None = None) -> None:
+        """Like exit_block to block-relative `target_rel`, chaining to the block there if there is one."""
+        in_page = 0 <= (self.off & 0xFFF) + target_rel < 0x1000
+        target_off = self.off + target_rel if in_page and self.table_addr is not None else None
+        self._to_epilogue(self.pc_plus(target_rel), retired_in_pass, done, target_off)
+
+    def _to_epilogue(self, npc: ir.Value, retired_in_pass: int, done: ir.Value | None, target_off: int | None) -> None:
         b = self.b
+        base = done if done is not None else b.load(self.done)
+        total = b.add(base, c64(retired_in_pass))
+        if target_off is None:
+            slot_addr, want = 0, -2  # a key that never matches
+        else:
+            slot_addr, want = 8 * (JT_KEY + slot_index(target_off)), target_off
+        self.exits.append((b.block, npc, total, c64(slot_addr), c64(want)))
+        b.branch(self.epilogue)
+
+    def emit_epilogue(self) -> None:
+        """All exits meet here: write the registers back, then chain or return."""
+        b = self.b
+        b.position_at_end(self.epilogue)
+        phis = [b.phi(I64) for _ in range(4)]
+        for block, *values in self.exits:
+            for phi, v in zip(phis, values):
+                phi.add_incoming(v, block)
+        npc, total, slot_addr, want = phis
         for r in sorted(self.written):
             b.store(b.load(self.regs[r]), self.st_ptr(r))
-        npc = self.pc_plus(next_pc) if isinstance(next_pc, int) else next_pc
+        if self.table_addr is not None and any(e[4].constant != -2 for e in self.exits):
+            table = c64(self.table_addr)
+            key = b.load(b.inttoptr(b.add(table, slot_addr), I64.as_pointer()))
+            target = b.load(b.inttoptr(b.add(table, b.add(slot_addr, c64(8 * (JT_FN - JT_KEY)))), I64.as_pointer()))
+            ok = b.and_(b.icmp_signed("==", key, want), b.icmp_signed("!=", target, c64(0)))
+            chain_bb = self.fn.append_basic_block("chain")
+            plain_bb = self.fn.append_basic_block("plain")
+            b.cbranch(ok, chain_bb, plain_bb)
+            b.position_at_end(chain_bb)
+            callee = b.inttoptr(target, FN_TYPE.as_pointer())
+            args = [self.st, self.ram, self.ram_size, npc, self.dx, self.dtag, self.max_insns, total]
+            b.ret(b.call(callee, args, tail="musttail"))
+            b.position_at_end(plain_bb)
         b.store(npc, self.st_ptr(PC))
-        base = done if done is not None else b.load(self.done)
-        b.ret(b.add(base, c64(retired_in_pass)))
+        b.ret(total)
 
     def side_exit_if(self, cond: ir.Value, index: int) -> None:
         """Leave before instruction `index` when `cond` holds."""
@@ -102,9 +147,10 @@ class BlockCodegen:
         b = self.b
         n = len(self.insns)
         # Not enough budget left for one pass: let the interpreter go on.
-        small = b.icmp_signed("<", self.max_insns, c64(n))
+        small = b.icmp_signed(">", b.add(self.done_in, c64(n)), self.max_insns)
         with b.if_then(small, likely=False):
-            b.ret(c64(0))
+            b.store(self.pc, self.st_ptr(PC))
+            b.ret(self.done_in)
         # The code must still be what it was translated from.
         diff = None
         for insn in self.insns:
@@ -116,29 +162,36 @@ class BlockCodegen:
                 x = b.zext(x, I32)
             diff = x if diff is None else b.or_(diff, x)
         with b.if_then(b.icmp_unsigned("!=", diff, c32(0)), likely=False):
-            b.ret(c64(-1))
+            # Stale: -1 tells the interpreter to drop it; a chaining block gets its own count back.
+            b.store(self.pc, self.st_ptr(PC))
+            first = b.icmp_signed("==", self.done_in, c64(0))
+            b.ret(b.select(first, c64(-1), self.done_in))
         for r in self.used:
             a = b.alloca(I64, name=f"x{r}")
             b.store(b.load(self.st_ptr(r)), a)
             self.regs[r] = a
         self.done = b.alloca(I64, name="done")
-        b.store(c64(0), self.done)
+        b.store(self.done_in, self.done)
         head = self.fn.append_basic_block("head")
+        self.epilogue = self.fn.append_basic_block("epilogue")
+        self.exits = []
         b.branch(head)
         b.position_at_end(head)
         self.head = head
         for i, insn in enumerate(self.insns):
             if not self.emit_insn(i, insn):
-                return  # the instruction ended the function
-        last = self.insns[-1]
-        self.exit_block(last.rel + last.length, n)
+                break  # the instruction ended the pass
+        else:
+            last = self.insns[-1]
+            self.exit_to(last.rel + last.length, n)
+        self.emit_epilogue()
 
     def loop_or_exit(self, target_rel: int) -> None:
         """End of a pass that goes on at block-relative `target_rel`."""
         n = len(self.insns)
         b = self.b
         if target_rel != 0:
-            self.exit_block(target_rel, n)
+            self.exit_to(target_rel, n)
             return
         done = b.add(b.load(self.done), c64(n))
         again = b.icmp_signed("<=", b.add(done, c64(n)), self.max_insns)
@@ -271,7 +324,7 @@ class BlockCodegen:
             b.position_at_end(t_bb)
             self.loop_or_exit(insn.rel + insn.imm_b)
             b.position_at_end(f_bb)
-            self.exit_block(insn.rel + insn.length, i + 1)
+            self.exit_to(insn.rel + insn.length, i + 1)
             return False
         else:  # decode_block only lets through what is handled above
             raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")

@@ -56,11 +56,15 @@ class Stats:
     empty: int = 0  # hot places where nothing could be translated
     batches: int = 0
     compile_seconds: float = 0.0
+    ir_seconds: float = 0.0  # of which: generating the IR (Python)
+    opt_seconds: float = 0.0  # LLVM's optimisation passes
+    codegen_seconds: float = 0.0  # machine code
 
     def summary(self, stale: int) -> str:
         return (
             f"tier 1: {self.blocks} blocks ({self.instructions} instructions) in {self.batches} batches, "
-            f"{self.compile_seconds:.2f} s compiling, {stale} invalidated"
+            f"{self.compile_seconds:.2f} s compiling (IR {self.ir_seconds:.2f}, optimisation {self.opt_seconds:.2f}, "
+            f"code {self.codegen_seconds:.2f}), {stale} invalidated"
         )
 
 
@@ -70,7 +74,9 @@ class Tier1:
         self.table = L.new_table(mode, threshold)
         self.stats = Stats()
         target = llvm.Target.from_default_triple()
-        self._tm = target.create_target_machine(opt=2, jit=True)
+        pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "light")
+        self._pipeline = pipeline
+        self._tm = target.create_target_machine(opt=int(os.environ.get("POCKETVM_JIT_CGOPT", "2")), jit=True)
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._tm)
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
         self._pb = llvm.create_pass_builder(self._tm, self._pto)
@@ -85,7 +91,7 @@ class Tier1:
         count = int(table[L.JT_QLEN])
         offsets = sorted({int(o) for o in table[L.JT_QUEUE : L.JT_QUEUE + count]})
         table[L.JT_QLEN] = 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         module = ir.Module(name=f"tier1_{self._serial}")
         module.triple = llvm.get_process_triple()
         names: dict[int, str] = {}
@@ -96,22 +102,42 @@ class Tier1:
                 self.stats.empty += 1
                 continue
             name = f"b{self._serial}_{off:x}"
-            BlockCodegen(module, name, off, insns).emit()
+            BlockCodegen(module, name, off, insns, self.table.ctypes.data).emit()
             names[off] = name
             self.stats.instructions += len(insns)
         self._serial += 1
         if names:
-            mod = llvm.parse_assembly(str(module))
+            text = str(module)
+            t1 = time.process_time()
+            self.stats.ir_seconds += t1 - t0
+            mod = llvm.parse_assembly(text)
             mod.verify()
-            mpm = self._pb.getModulePassManager()
-            mpm.run(mod, self._pb)
+            self._optimise(mod)
+            t2 = time.process_time()
+            self.stats.opt_seconds += t2 - t1
             self._engine.add_module(mod)
             self._engine.finalize_object()
+            self.stats.codegen_seconds += time.process_time() - t2
             for off, name in names.items():
                 self._install(off, self._engine.get_function_address(name))
             self.stats.blocks += len(names)
             self.stats.batches += 1
-        self.stats.compile_seconds += time.perf_counter() - t0
+        self.stats.compile_seconds += time.process_time() - t0
+
+    def _optimise(self, mod: llvm.ModuleRef) -> None:
+        if self._pipeline == "o2":
+            self._pb.getModulePassManager().run(mod, self._pb)
+            return
+        if self._pipeline == "none":
+            return
+        fpm = llvm.create_new_function_pass_manager()
+        fpm.add_sroa_pass()
+        fpm.add_instruction_combine_pass()
+        fpm.add_simplify_cfg_pass()
+        fpm.add_dead_code_elimination_pass()
+        for f in mod.functions:
+            if not f.is_declaration:
+                fpm.run(f, self._pb)
 
     def _install(self, off: int, fn: int) -> None:
         slot = L.slot_index(off)

@@ -7,6 +7,8 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_THRESHOLD]   entries of a block before it is queued
     [JT_QLEN]        blocks queued for translation (RAM offsets at JT_QUEUE)
     [JT_STALE]       blocks found stale at entry (their code had changed)
+    [JT_NATIVE]      instructions retired in translated code
+    [JT_CALLS]       calls of translated blocks
     [JT_LEFT]        mode 2: run() stopped early to have a block translated;
                      budget it had left (0 = it did not)
     [JT_RESUME]      ...and instructions to its next look at interrupts, which
@@ -32,6 +34,8 @@ JT_QLEN = 2
 JT_STALE = 3
 JT_LEFT = 4
 JT_RESUME = 5
+JT_NATIVE = 6
+JT_CALLS = 7
 JT_QUEUE = 8
 QUEUE_SIZE = 64
 SLOT_BITS = 15
