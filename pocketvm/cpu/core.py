@@ -526,7 +526,8 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
             off = pc + fdelta
             if jc != 0:
                 jslot = slot_of(off)
-                if jt[_u(JT_KEY + jslot)] == off:
+                jkey = off * 2 + (1 if dx else 0)
+                if jt[_u(JT_KEY + jslot)] == jkey:
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n)
@@ -547,7 +548,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     hot = jt[_u(JT_HOT + jslot)] + 1
                     jt[_u(JT_HOT + jslot)] = hot
                     if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
-                        jt[_u(JT_QUEUE + jt[JT_QLEN])] = off
+                        jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
                         jt[JT_QLEN] += 1
                         jt[_u(JT_HOT + jslot)] = QUEUED
                         if jt[JT_MODE] == MODE_ALL:
@@ -925,3 +926,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     retire(st, n)
     sh[SH_SLICE_INSNS] += n
     return reason
+
+
+@core_jit(nogil=True)
+def run_released(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
+    """run() without holding the GIL, for harts with tier 1 (its compiler
+    thread runs meanwhile). Without tier 1 the GIL stays held, as devices
+    and other threads have always seen it."""
+    return run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt)

@@ -34,31 +34,32 @@ class Hart:
         self._jt = self.tier1.table if self.tier1 is not None else engine.OFF_TABLE
 
     def run(self, budget: int) -> int:
-        from pocketvm.cpu.core import run
+        from pocketvm.cpu.core import run, run_released
 
-        reason = int(
-            run(
-                self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
-                self._ctab, budget, self._jt,
-            )
-        )
-        if self.tier1 is not None:
-            jt = self._jt
-            while True:
-                if jt[L.JT_QLEN]:
-                    self.tier1.translate_queued(self.ram.u16, self._ctab)
-                left = int(jt[L.JT_LEFT])
-                if left <= 0:
-                    break
-                # Stopped early for a translation (mode "all"): go on with the rest.
-                jt[L.JT_LEFT] = 0
-                reason = int(
-                    run(
-                        self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32,
-                        self._ram64, self._ctab, left, jt,
-                    )
+        if self.tier1 is None:
+            return int(
+                run(
+                    self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
+                    self._ctab, budget, self._jt,
                 )
-        return reason
+            )
+        # With tier 1 the core lets go of the GIL, so the compiler thread works meanwhile.
+        jt = self._jt
+        tier1 = self.tier1
+        left = budget
+        while True:
+            reason = int(
+                run_released(
+                    self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
+                    self._ctab, left, jt,
+                )
+            )
+            tier1.service(self.ram.u16, self._ctab)
+            left = int(jt[L.JT_LEFT])
+            if left <= 0:
+                return reason
+            # Stopped early for a translation (mode "all"): go on with the rest.
+            jt[L.JT_LEFT] = 0
 
     # --- register access for loaders, debuggers and tests ------------------
     @property

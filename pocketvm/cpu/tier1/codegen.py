@@ -18,8 +18,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from pocketvm.cpu.state import PC, RAM_BASE, TLB, TLB_ENTRIES
-from pocketvm.cpu.tier1.decode import Insn
-from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, slot_index
+from pocketvm.cpu.tier1.decode import Insn, Region
+from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, block_key, slot_index
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -31,7 +31,7 @@ FN_TYPE = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64, I64
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
-_INT64_MIN = -(1 << 63)
+_WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03)
 
 
 def c64(v: int) -> ir.Constant:
@@ -47,24 +47,28 @@ def c32(v: int) -> ir.Constant:
 class BlockCodegen:
     """Emits one function into `module` for the block at RAM offset `off`."""
 
-    def __init__(self, module: ir.Module, name: str, off: int, insns: list[Insn], table_addr: int | None):
-        """`table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
+    def __init__(
+        self, module: ir.Module, name: str, off: int, paged: bool, region: Region, table_addr: int | None
+    ):
+        """`paged`: loads and stores are translated (the table keys the block by it too);
+        `table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
         self.off = off
-        self.insns = insns
+        self.paged = paged
+        self.region = region
+        self.insns = region.insns
         self.table_addr = table_addr
         self.fn = ir.Function(module, FN_TYPE, name=name)
         self.st, self.ram, self.ram_size, self.pc, self.dx, self.dtag, self.max_insns, self.done_in = self.fn.args
         for a in (self.st, self.ram):
             a.add_attribute("noalias")
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        used = set()
-        for insn in insns:
-            used.update((insn.rd, insn.rs1, insn.rs2))
-        used.discard(0)
-        self.used = sorted(used)
+        written = {i.rd for i in self.insns if i.opcode in _WRITES_RD}
+        read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
+        read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63)}
+        self.written = written - {0}
+        self.used = sorted((read | written) - {0})
         self.regs: dict[int, ir.AllocaInstr] = {}
-        self.written: set[int] = {i.rd for i in insns if i.rd} - {0}
-        self.done = None  # alloca: instructions retired by earlier loop iterations
+        self.done = None  # alloca: instructions retired before the current sub-block
 
     # --- helpers ----------------------------------------------------------------
     def st_ptr(self, index) -> ir.Value:
@@ -101,7 +105,7 @@ class BlockCodegen:
         if target_off is None:
             slot_addr, want = 0, -2  # a key that never matches
         else:
-            slot_addr, want = 8 * (JT_KEY + slot_index(target_off)), target_off
+            slot_addr, want = 8 * (JT_KEY + slot_index(target_off)), block_key(target_off, self.paged)
         self.exits.append((b.block, npc, total, c64(slot_addr), c64(want)))
         b.branch(self.epilogue)
 
@@ -133,8 +137,8 @@ class BlockCodegen:
         b.ret(total)
 
     def side_exit_if(self, cond: ir.Value, index: int) -> None:
-        """Leave before instruction `index` when `cond` holds."""
-        insn = self.insns[index]
+        """Leave before instruction `index` of the current sub-block when `cond` holds."""
+        insn = self.cur[index]
         exit_bb = self.fn.append_basic_block(f"exit{index}")
         cont = self.fn.append_basic_block(f"i{index}c")
         self.b.cbranch(cond, exit_bb, cont)
@@ -145,12 +149,6 @@ class BlockCodegen:
     # --- the function ------------------------------------------------------------
     def emit(self) -> None:
         b = self.b
-        n = len(self.insns)
-        # Not enough budget left for one pass: let the interpreter go on.
-        small = b.icmp_signed(">", b.add(self.done_in, c64(n)), self.max_insns)
-        with b.if_then(small, likely=False):
-            b.store(self.pc, self.st_ptr(PC))
-            b.ret(self.done_in)
         # The code must still be what it was translated from.
         diff = None
         for insn in self.insns:
@@ -172,72 +170,63 @@ class BlockCodegen:
             self.regs[r] = a
         self.done = b.alloca(I64, name="done")
         b.store(self.done_in, self.done)
-        head = self.fn.append_basic_block("head")
         self.epilogue = self.fn.append_basic_block("epilogue")
         self.exits = []
-        b.branch(head)
-        b.position_at_end(head)
-        self.head = head
-        for i, insn in enumerate(self.insns):
-            if not self.emit_insn(i, insn):
-                break  # the instruction ended the pass
-        else:
-            last = self.insns[-1]
-            self.exit_to(last.rel + last.length, n)
+        self.labels = {start: self.fn.append_basic_block(f"L{start}") for start in self.region.blocks}
+        b.branch(self.labels[0])
+        for start, sub in self.region.blocks.items():
+            b.position_at_end(self.labels[start])
+            self.cur = sub.insns
+            n = len(sub.insns)
+            # Not enough budget left for this sub-block: the interpreter goes on from here.
+            short = b.icmp_signed(">", b.add(b.load(self.done), c64(n)), self.max_insns)
+            go = self.fn.append_basic_block(f"L{start}go")
+            stop = self.fn.append_basic_block(f"L{start}stop")
+            b.cbranch(short, stop, go)
+            b.position_at_end(stop)
+            self.exit_block(start, 0)
+            b.position_at_end(go)
+            for i, insn in enumerate(sub.insns):
+                if not self.emit_insn(i, insn):
+                    break  # a jump or branch ended the sub-block
+            else:
+                self.goto(sub.next_rel, n)
         self.emit_epilogue()
 
-    def loop_or_exit(self, target_rel: int) -> None:
-        """End of a pass that goes on at block-relative `target_rel`."""
-        n = len(self.insns)
-        b = self.b
-        if target_rel != 0:
-            self.exit_to(target_rel, n)
+    def goto(self, target_rel: int, retired_in_pass: int) -> None:
+        """End of a sub-block that goes on at block-relative `target_rel`."""
+        label = self.labels.get(target_rel)
+        if label is None:
+            self.exit_to(target_rel, retired_in_pass)
             return
-        done = b.add(b.load(self.done), c64(n))
-        again = b.icmp_signed("<=", b.add(done, c64(n)), self.max_insns)
-        loop_bb = self.fn.append_basic_block("again")
-        out_bb = self.fn.append_basic_block("out")
-        b.cbranch(again, loop_bb, out_bb)
-        b.position_at_end(loop_bb)
-        b.store(done, self.done)
-        b.branch(self.head)
-        b.position_at_end(out_bb)
-        self.exit_block(0, 0, done)
+        b = self.b
+        b.store(b.add(b.load(self.done), c64(retired_in_pass)), self.done)
+        b.branch(label)
 
     # --- memory -------------------------------------------------------------------
     def ram_pointer(self, i: int, addr: ir.Value, size: int, acc: int) -> ir.Value:
-        """Host pointer for an aligned RAM access at guest `addr`, or a side exit."""
+        """Host pointer for an aligned RAM access at guest `addr`, or a side exit.
+
+        All the reasons to leave (misaligned, TLB miss or no RAM, a store
+        into this code's own page) are folded into one test."""
         b = self.b
-        if size > 1:
-            self.side_exit_if(b.icmp_unsigned("!=", b.and_(addr, c64(size - 1)), c64(0)), i)
-        bare_bb = self.fn.append_basic_block(f"i{i}bare")
-        tlb_bb = self.fn.append_basic_block(f"i{i}tlb")
-        join = self.fn.append_basic_block(f"i{i}mem")
-        b.cbranch(b.icmp_unsigned("!=", self.dx, c64(0)), tlb_bb, bare_bb)
-        b.position_at_end(bare_bb)
-        off_bare = b.sub(addr, c64(RAM_BASE))
-        ok_bare = b.icmp_unsigned("<", off_bare, self.ram_size)
-        b.branch(join)
-        b.position_at_end(tlb_bb)
-        table = TLB + acc * 2 * TLB_ENTRIES
-        slot = b.add(b.and_(b.lshr(addr, c64(11)), c64(2 * TLB_ENTRIES - 2)), c64(table))
-        tag = b.load(self.st_ptr(slot))
-        want = b.or_(b.and_(addr, c64(-4096)), self.dtag)
-        ok_tlb = b.icmp_signed("==", tag, want)
-        page = b.load(self.st_ptr(b.add(slot, c64(1))))
-        off_tlb = b.add(page, b.and_(addr, c64(0xFFF)))
-        b.branch(join)
-        b.position_at_end(join)
-        ok = b.phi(I1)
-        ok.add_incoming(ok_bare, bare_bb)
-        ok.add_incoming(ok_tlb, tlb_bb)
-        off = b.phi(I64)
-        off.add_incoming(off_bare, bare_bb)
-        off.add_incoming(off_tlb, tlb_bb)
-        self.side_exit_if(b.not_(ok), i)
+        bad = b.and_(addr, c64(size - 1)) if size > 1 else None
+        if self.paged:
+            table = TLB + acc * 2 * TLB_ENTRIES
+            slot = b.add(b.and_(b.lshr(addr, c64(11)), c64(2 * TLB_ENTRIES - 2)), c64(table))
+            tag = b.load(self.st_ptr(slot))
+            want = b.or_(b.and_(addr, c64(-4096)), self.dtag)
+            miss = b.xor(tag, want)
+            page = b.load(self.st_ptr(b.add(slot, c64(1))))
+            off = b.add(page, b.and_(addr, c64(0xFFF)))
+        else:
+            off = b.sub(addr, c64(RAM_BASE))
+            miss = b.zext(b.icmp_unsigned(">=", off, self.ram_size), I64)
+        bad = miss if bad is None else b.or_(bad, miss)
         if acc == _ACC_STORE:
             same_page = b.icmp_signed("==", b.lshr(off, c64(12)), c64(self.off >> 12))
-            self.side_exit_if(same_page, i)
+            bad = b.or_(bad, b.zext(same_page, I64))
+        self.side_exit_if(b.icmp_unsigned("!=", bad, c64(0)), i)
         ty = {1: I8, 2: I16, 4: I32, 8: I64}[size]
         return b.bitcast(b.gep(self.ram, [off]), ty.as_pointer())
 
@@ -306,7 +295,7 @@ class BlockCodegen:
             pass  # fence: nothing to order in a single-threaded emulator
         elif op == 0x6F:
             self.set(rd, self.pc_plus(insn.rel + insn.length))
-            self.loop_or_exit(insn.rel + insn.imm_j)
+            self.goto(insn.rel + insn.imm_j, i + 1)
             return False
         elif op == 0x67:
             target = b.and_(b.add(self.get(insn.rs1), c64(insn.imm_i)), c64(-2))
@@ -322,9 +311,9 @@ class BlockCodegen:
             f_bb = self.fn.append_basic_block(f"i{i}fall")
             b.cbranch(taken, t_bb, f_bb)
             b.position_at_end(t_bb)
-            self.loop_or_exit(insn.rel + insn.imm_b)
+            self.goto(insn.rel + insn.imm_b, i + 1)
             b.position_at_end(f_bb)
-            self.exit_to(insn.rel + insn.length, i + 1)
+            self.goto(insn.rel + insn.length, i + 1)
             return False
         else:  # decode_block only lets through what is handled above
             raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")

@@ -9,6 +9,7 @@ whatever virtual address the guest runs it at.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,3 +156,96 @@ def decode_block(ram16: np.ndarray, ctab: np.ndarray, off: int, max_len: int = M
         if ends_block(bits):
             break
     return insns
+
+
+MAX_REGION = 64
+
+
+@dataclass
+class SubBlock:
+    start: int  # block-relative offset of its first instruction
+    insns: list[Insn]
+    next_rel: int | None  # where it goes on when it does not end in a jump or branch
+
+
+@dataclass
+class Region:
+    """The code reachable from an entry without leaving its page: sub-blocks
+    joined by the branches and jumps between them (loops included)."""
+
+    blocks: dict[int, SubBlock]  # by start; only sub-blocks with instructions
+    insns: list[Insn]  # every instruction, for the check at entry
+
+    @property
+    def size(self) -> int:
+        return len(self.insns)
+
+
+def _decode_at(ram16: np.ndarray, ctab: np.ndarray, off: int, rel: int) -> Insn | None:
+    at = off + rel
+    page_end = (off | 0xFFF) + 1
+    if rel < -(off & 0xFFF) or at + 2 > page_end or at + 2 > ram16.shape[0] * 2:
+        return None
+    lo = int(ram16[at >> 1])
+    if (lo & 3) == 3:
+        if at + 4 > page_end:
+            return None
+        raw = lo | (int(ram16[(at >> 1) + 1]) << 16)
+        insn = Insn(rel, 4, raw, raw)
+    else:
+        bits = int(ctab[lo]) & 0xFFFFFFFF
+        if bits == 0:
+            return None
+        insn = Insn(rel, 2, lo, bits)
+    return insn if translatable(insn.bits) else None
+
+
+def successors(insn: Insn) -> list[int]:
+    """Block-relative places a block-ending instruction may go on at (statically known ones)."""
+    op = insn.opcode
+    if op == 0x63:
+        return [insn.rel + insn.imm_b, insn.rel + insn.length]
+    if op == 0x6F:
+        return [insn.rel + insn.imm_j]
+    return []
+
+
+def decode_region(ram16: np.ndarray, ctab: np.ndarray, off: int, max_insns: int = MAX_REGION) -> Region:
+    """The region entered at RAM offset `off` (no sub-blocks if its first instruction is not translated)."""
+    decoded: dict[int, Insn] = {}
+    leaders = {0}
+    work = deque([0])  # breadth first: the code nearest the entry first
+    in_page = range(-(off & 0xFFF), 0x1000 - (off & 0xFFF))
+    while work:
+        rel = work.popleft()
+        while rel not in decoded and len(decoded) < max_insns:
+            insn = _decode_at(ram16, ctab, off, rel)
+            if insn is None:
+                break
+            decoded[rel] = insn
+            if ends_block(insn.bits):
+                for t in successors(insn):
+                    if t in in_page and t not in leaders:
+                        leaders.add(t)
+                        work.append(t)
+                break
+            rel += insn.length
+    blocks: dict[int, SubBlock] = {}
+    for start in sorted(leaders):
+        insns: list[Insn] = []
+        rel = start
+        next_rel: int | None = None
+        while rel in decoded:
+            insn = decoded[rel]
+            insns.append(insn)
+            rel += insn.length
+            if ends_block(insn.bits):
+                break
+            if rel in leaders:
+                next_rel = rel
+                break
+        else:
+            next_rel = rel  # stops before an instruction it does not translate
+        if insns:
+            blocks[start] = SubBlock(start, insns, next_rel)
+    return Region(blocks, [decoded[r] for r in sorted(decoded)])

@@ -11,10 +11,13 @@ translations are few and small next to guest RAM.
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -23,7 +26,9 @@ from llvmlite import ir
 
 from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.tier1.codegen import BlockCodegen
-from pocketvm.cpu.tier1.decode import decode_block
+from pocketvm.cpu.tier1.decode import decode_region
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "POCKETVM_JIT"
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
@@ -69,42 +74,89 @@ class Stats:
 
 
 class Tier1:
+    """Translations for one machine. In mode "on" a worker thread compiles
+    while the harts run (the core releases the GIL, see `core.run_released`)
+    and finished blocks are installed by the hart's thread between two run()
+    calls, so the core never sees the table change under it. Mode "all"
+    compiles at once, on the hart's thread."""
+
     def __init__(self, mode: int, threshold: int = 50):
         _init_llvm()
         self.table = L.new_table(mode, threshold)
         self.stats = Stats()
         target = llvm.Target.from_default_triple()
-        pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "light")
-        self._pipeline = pipeline
-        self._tm = target.create_target_machine(opt=int(os.environ.get("POCKETVM_JIT_CGOPT", "2")), jit=True)
+        self._pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "light")
+        # Fast instruction selection: codegen at -O0 takes a fifth of the
+        # time of -O2 and the code ran within 10% (benchmarks/cpu.py).
+        self._tm = target.create_target_machine(opt=int(os.environ.get("POCKETVM_JIT_CGOPT", "0")), jit=True)
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._tm)
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
         self._pb = llvm.create_pass_builder(self._tm, self._pto)
         self._serial = 0
+        self.background = mode == L.MODE_ON
+        self._todo: queue.SimpleQueue[tuple[list[int], np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
+        self._done: deque[list[tuple[int, int]]] = deque()
+        self._worker: threading.Thread | None = None
 
     @property
     def mode(self) -> int:
         return int(self.table[L.JT_MODE])
 
-    def translate_queued(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
+    def service(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
+        """Between two run() calls: install what is compiled, hand over what is queued."""
         table = self.table
+        while self._done:
+            for key, fn in self._done.popleft():
+                self._install(key, fn)
         count = int(table[L.JT_QLEN])
-        offsets = sorted({int(o) for o in table[L.JT_QUEUE : L.JT_QUEUE + count]})
+        if not count:
+            return
+        keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
         table[L.JT_QLEN] = 0
+        if not self.background:
+            for key, fn in self.compile(keys, ram16, ctab):
+                self._install(key, fn)
+            return
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="pocketvm-tier1", daemon=True)
+            self._worker.start()
+        self._todo.put((keys, ram16, ctab))
+
+    def _work(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            keys, ram16, ctab = item
+            try:
+                self._done.append(self.compile(keys, ram16, ctab))
+            except Exception:  # a translator bug must not take the VM down: those blocks stay interpreted
+                log.exception("tier 1 could not translate blocks %s", [hex(k >> 1) for k in keys])
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._todo.put(None)
+            self._worker.join(timeout=5)
+            self._worker = None
+
+    def compile(self, keys: list[int], ram16: np.ndarray, ctab: np.ndarray) -> list[tuple[int, int]]:
+        """Translate the blocks with these keys: [(key, native address or 0 for nothing to run)]."""
         t0 = time.process_time()
         module = ir.Module(name=f"tier1_{self._serial}")
         module.triple = llvm.get_process_triple()
         names: dict[int, str] = {}
-        for off in offsets:
-            insns = decode_block(ram16, ctab, off)
-            if not insns:
-                self._install(off, 0)
+        result: list[tuple[int, int]] = []
+        for key in keys:
+            off, paged = key >> 1, bool(key & 1)
+            region = decode_region(ram16, ctab, off)
+            if not region.blocks:
+                result.append((key, 0))
                 self.stats.empty += 1
                 continue
-            name = f"b{self._serial}_{off:x}"
-            BlockCodegen(module, name, off, insns, self.table.ctypes.data).emit()
-            names[off] = name
-            self.stats.instructions += len(insns)
+            name = f"b{self._serial}_{key:x}"
+            BlockCodegen(module, name, off, paged, region, self.table.ctypes.data).emit()
+            names[key] = name
+            self.stats.instructions += region.size
         self._serial += 1
         if names:
             text = str(module)
@@ -118,11 +170,11 @@ class Tier1:
             self._engine.add_module(mod)
             self._engine.finalize_object()
             self.stats.codegen_seconds += time.process_time() - t2
-            for off, name in names.items():
-                self._install(off, self._engine.get_function_address(name))
+            result += [(key, self._engine.get_function_address(name)) for key, name in names.items()]
             self.stats.blocks += len(names)
             self.stats.batches += 1
         self.stats.compile_seconds += time.process_time() - t0
+        return result
 
     def _optimise(self, mod: llvm.ModuleRef) -> None:
         if self._pipeline == "o2":
@@ -139,9 +191,9 @@ class Tier1:
             if not f.is_declaration:
                 fpm.run(f, self._pb)
 
-    def _install(self, off: int, fn: int) -> None:
-        slot = L.slot_index(off)
-        self.table[L.JT_KEY + slot] = off
+    def _install(self, key: int, fn: int) -> None:
+        slot = L.slot_index(key >> 1)
+        self.table[L.JT_KEY + slot] = key
         self.table[L.JT_FN + slot] = fn
         self.table[L.JT_HOT + slot] = 0
 

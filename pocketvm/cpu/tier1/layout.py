@@ -5,7 +5,7 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_MODE]        0 = off, 1 = on, 2 = every block (testing: threshold 1,
                      and run() returns as soon as a block is queued)
     [JT_THRESHOLD]   entries of a block before it is queued
-    [JT_QLEN]        blocks queued for translation (RAM offsets at JT_QUEUE)
+    [JT_QLEN]        blocks queued for translation (their keys at JT_QUEUE)
     [JT_STALE]       blocks found stale at entry (their code had changed)
     [JT_NATIVE]      instructions retired in translated code
     [JT_CALLS]       calls of translated blocks
@@ -14,7 +14,8 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_RESUME]      ...and instructions to its next look at interrupts, which
                      the next run() call keeps, so interrupts come exactly
                      where they would without the early stop
-    [JT_KEY + i]     RAM offset of the block in slot i, -1 = empty
+    [JT_KEY + i]     key of the block in slot i: its RAM offset * 2 + 1 if its
+                     loads and stores are translated (paging), -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
     [JT_HOT + i]     entries counted while the slot had no block for them
 
@@ -64,6 +65,10 @@ def new_table(mode: int = MODE_OFF, threshold: int = 50) -> np.ndarray:
 def slot_of(off):
     """Slot index (0..SLOTS-1) of a RAM offset."""
     return ((off >> 1) ^ (off >> (SLOT_BITS + 1))) & (SLOTS - 1)
+
+
+def block_key(off: int, paged: bool) -> int:
+    return off * 2 + (1 if paged else 0)
 
 
 def slot_index(off: int) -> int:
