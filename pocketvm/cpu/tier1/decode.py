@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -158,7 +159,7 @@ def decode_block(ram16: np.ndarray, ctab: np.ndarray, off: int, max_len: int = M
     return insns
 
 
-MAX_REGION = 64
+MAX_REGION = 32
 
 
 @dataclass
@@ -210,8 +211,20 @@ def successors(insn: Insn) -> list[int]:
     return []
 
 
-def decode_region(ram16: np.ndarray, ctab: np.ndarray, off: int, max_insns: int = MAX_REGION) -> Region:
-    """The region entered at RAM offset `off` (no sub-blocks if its first instruction is not translated)."""
+def decode_region(
+    ram16: np.ndarray,
+    ctab: np.ndarray,
+    off: int,
+    max_insns: int = MAX_REGION,
+    taken: Callable[[int], bool] = lambda rel: True,
+) -> Region:
+    """The region entered at RAM offset `off` (no sub-blocks if its first instruction is not translated).
+
+    `taken(rel)` says whether the interpreter has seen control arrive at a
+    branch or jump target: targets it never saw taken stay outside (an exit
+    there chains to whatever is translated there later), which keeps cold
+    code out of the compiler. Fall-through code is followed up to the limit.
+    """
     decoded: dict[int, Insn] = {}
     leaders = {0}
     work = deque([0])  # breadth first: the code nearest the entry first
@@ -225,6 +238,8 @@ def decode_region(ram16: np.ndarray, ctab: np.ndarray, off: int, max_insns: int 
             decoded[rel] = insn
             if ends_block(insn.bits):
                 for t in successors(insn):
+                    if t != insn.rel + insn.length and not taken(t):
+                        continue
                     if t in in_page and t not in leaders:
                         leaders.add(t)
                         work.append(t)

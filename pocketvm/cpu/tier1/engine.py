@@ -19,6 +19,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -148,7 +149,7 @@ class Tier1:
         result: list[tuple[int, int]] = []
         for key in keys:
             off, paged = key >> 1, bool(key & 1)
-            region = decode_region(ram16, ctab, off)
+            region = decode_region(ram16, ctab, off, taken=self._seen_taken(off))
             if not region.blocks:
                 result.append((key, 0))
                 self.stats.empty += 1
@@ -176,6 +177,16 @@ class Tier1:
         self.stats.compile_seconds += time.process_time() - t0
         return result
 
+    def _seen_taken(self, off: int) -> Callable[[int], bool]:
+        """Whether the interpreter counted entries at block-relative `rel` (or a block is there)."""
+        table = self.table
+
+        def taken(rel: int) -> bool:
+            slot = L.slot_index(off + rel)
+            return bool(table[L.JT_HOT + slot] != 0 or (int(table[L.JT_KEY + slot]) >> 1) == off + rel)
+
+        return taken
+
     def _optimise(self, mod: llvm.ModuleRef) -> None:
         if self._pipeline == "o2":
             self._pb.getModulePassManager().run(mod, self._pb)
@@ -184,7 +195,8 @@ class Tier1:
             return
         fpm = llvm.create_new_function_pass_manager()
         fpm.add_sroa_pass()
-        fpm.add_instruction_combine_pass()
+        if self._pipeline == "light":
+            fpm.add_instruction_combine_pass()
         fpm.add_simplify_cfg_pass()
         fpm.add_dead_code_elimination_pass()
         for f in mod.functions:
