@@ -27,9 +27,11 @@ def run_elf(
     memory: int = 128 * MiB,
     cpus: int = 1,
     input_data: bytes = b"",
+    jit: str | None = None,
 ) -> BareMetalResult:
+    """`jit`: tier 1 "off", "on" or "all" (every block translated at once); None = $POCKETVM_JIT or off."""
     console = CapturedConsole(input_data)
-    cfg = VMConfig(memory=memory, cpus=cpus, kernel=Path(path), bios=None, rng=False, deterministic=True)
+    cfg = VMConfig(memory=memory, cpus=cpus, kernel=Path(path), bios=None, rng=False, deterministic=True, jit=jit)
     vm = VirtualMachine(cfg, console)
     try:
         vm.load_boot_files()

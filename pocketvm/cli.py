@@ -246,6 +246,7 @@ def build_config(
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900).")
 @click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
+@click.option("--jit", type=click.Choice(["off", "on"]), help="Translate hot guest code to host code (tier 1; default off, or $POCKETVM_JIT); statistics with -v.")
 def run(
     memory: str | None,
     cpus: int | None,
@@ -262,6 +263,7 @@ def run(
     deterministic: bool,
     display: str,
     display_size: str,
+    jit: str | None,
 ) -> None:
     """Boot a VM with the console attached.
 
@@ -281,6 +283,7 @@ def run(
     config = build_config(DEFAULT_MEMORY if memory is None else memory, 1 if cpus is None else cpus, kernel,
                           initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
+    config.jit = jit
     from pocketvm.web.attach import parse_display, parse_size
 
     shown = parse_display(display)

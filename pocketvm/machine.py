@@ -600,6 +600,10 @@ class VirtualMachine:
             nic.backend.close()
         if self.vsock is not None:
             self.vsock.close()
+        tier1 = self.harts[0].tier1
+        if tier1 is not None:
+            tier1.close()
+            log.info("%s", tier1.report())
 
 
 def load_cpu_core() -> None:

@@ -125,18 +125,21 @@ def _run_elf_api():
     return run_elf
 
 
-def run_pocketvm(elf: Path, max_instructions: int = MAX_INSTRUCTIONS) -> RunResult:
-    """Run an ELF under pocketvm (in-process by default)."""
+def run_pocketvm(elf: Path, max_instructions: int = MAX_INSTRUCTIONS, jit: str | None = None) -> RunResult:
+    """Run an ELF under pocketvm (in-process by default). `jit`: tier 1 mode
+    ("off", "on", "all"); None leaves it to $POCKETVM_JIT (default off)."""
     if os.environ.get(RUNNER_ENV, "api") == "cli":
         cmd = [sys.executable, "-m", "pocketvm", "run", "--bios", "none", "--kernel", str(elf)]
+        if jit == "on":
+            cmd += ["--jit", "on"]
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
         except subprocess.TimeoutExpired:
             raise HarnessError(f"pocketvm did not finish {elf} within 600s") from None
         return RunResult(proc.returncode, proc.stdout, "pocketvm(cli)")
     run_elf = _run_elf_api()
-    result = run_elf(str(elf), max_instructions=max_instructions)
-    return RunResult(int(result.exit_code), bytes(result.output), "pocketvm")
+    result = run_elf(str(elf), max_instructions=max_instructions, jit=jit)
+    return RunResult(int(result.exit_code), bytes(result.output), "pocketvm" if jit is None else f"pocketvm(jit {jit})")
 
 
 # --- verdicts --------------------------------------------------------------

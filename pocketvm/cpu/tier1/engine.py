@@ -134,6 +134,14 @@ class Tier1:
             except Exception:  # a translator bug must not take the VM down: those blocks stay interpreted
                 log.exception("tier 1 could not translate blocks %s", [hex(k >> 1) for k in keys])
 
+    def report(self) -> str:
+        """One line of statistics (`pocket -v run --jit on` logs it at the end)."""
+        t = self.table
+        return (
+            self.stats.summary(int(t[L.JT_STALE]))
+            + f"; {int(t[L.JT_NATIVE])} instructions in translated code, {int(t[L.JT_CALLS])} calls from the interpreter"
+        )
+
     def close(self) -> None:
         if self._worker is not None:
             self._todo.put(None)

@@ -1,0 +1,110 @@
+"""Tier 1 (translated code) gives exactly the interpreter's results.
+
+The guest suite compares translated runs with QEMU (tests/guest/
+test_guest_tier1.py); these tests pin down what QEMU cannot show: the exact
+instruction count, code changed behind the CPU's back (as a device's DMA
+does), and whole deterministic runs being identical with and without tier 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocketvm.cpu import state as S
+from pocketvm.cpu.hart import Hart
+from pocketvm.cpu.tier1 import layout as L
+from pocketvm.memory import GuestRAM
+
+A0 = 10
+GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
+
+
+def addi(rd: int, rs1: int, imm: int) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+
+
+def jal_back(bytes_back: int) -> int:
+    imm = -bytes_back & 0x1FFFFF
+    return (
+        (((imm >> 20) & 1) << 31) | (((imm >> 1) & 0x3FF) << 21) | (((imm >> 11) & 1) << 20)
+        | (((imm >> 12) & 0xFF) << 12) | 0x6F
+    )  # fmt: skip
+
+
+def loop_hart(jit: str) -> Hart:
+    """An endless loop at RAM + 0x1000: addi a0, a0, 1; j back."""
+    hart = Hart(0, GuestRAM(1 << 16), S.new_shared_state(1), jit=jit)
+    hart.ram.write_int(S.RAM_BASE + 0x1000, 4, addi(A0, A0, 1))
+    hart.ram.write_int(S.RAM_BASE + 0x1004, 4, jal_back(4))
+    hart.pc = S.RAM_BASE + 0x1000
+    return hart
+
+
+def test_translated_loop_counts_exactly_and_sees_code_written_behind_its_back() -> None:
+    hart = loop_hart("all")
+    for _ in range(5):
+        hart.run(1000)
+    assert hart.x(A0) == 2500
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) == 5000
+    assert int(hart.tier1.table[L.JT_NATIVE]) > 4000, "the loop did not run translated"
+    # The host (a device's DMA) rewrites the loop's first instruction.
+    hart.ram.write_int(S.RAM_BASE + 0x1000, 4, addi(A0, A0, 7))
+    hart.run(1000)
+    assert hart.x(A0) == 2500 + 7 * 500
+    assert int(hart.tier1.table[L.JT_STALE]) >= 1
+    for _ in range(3):
+        hart.run(1000)
+    assert hart.x(A0) == 2500 + 7 * 2000
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) == 9000
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 7, 1001])
+def test_budget_is_never_overrun(budget: int) -> None:
+    plain, fast = loop_hart("off"), loop_hart("all")
+    for _ in range(20):
+        plain.run(budget)
+        fast.run(budget)
+        assert fast.pc == plain.pc and fast.x(A0) == plain.x(A0)
+        assert int(fast.st[S.CSR + S.CSR_MINSTRET]) == int(plain.st[S.CSR + S.CSR_MINSTRET])
+
+
+def _build_guest(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guest_build_for_tier1", GUEST_BUILD)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build.build_all([name])[name]
+
+
+@pytest.mark.parametrize("name", ["tier1", "cprog", "priv"])
+def test_deterministic_runs_are_identical_with_and_without_tier1(name: str) -> None:
+    from pocketvm.console import CapturedConsole
+    from pocketvm.machine import VirtualMachine, VMConfig
+
+    elf = _build_guest(name)
+    outcomes = {}
+    for jit in ("off", "on", "all"):
+        console = CapturedConsole()
+        vm = VirtualMachine(
+            VMConfig(memory=64 << 20, kernel=elf, bios=None, rng=False, deterministic=True, jit=jit), console
+        )
+        try:
+            vm.load_boot_files()
+            status = vm.run(max_instructions=200_000_000)
+        finally:
+            vm.close()
+        hart = vm.harts[0]
+        outcomes[jit] = (
+            status.code,
+            bytes(console.output),
+            int(hart.st[S.CSR + S.CSR_MINSTRET]),
+            int(vm.sh[S.SH_MTIME]),
+            np.array(hart.st[: S.PC + 1]).tobytes(),
+        )
+    assert outcomes["on"] == outcomes["off"]
+    assert outcomes["all"] == outcomes["off"]
