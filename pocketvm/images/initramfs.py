@@ -43,7 +43,7 @@ class InitramfsModule:
     # When /init loads it: "base" always; "disk" only when a virtio disk is
     # attached (the ext4 stack is most of the module bytes, and the kernel
     # hashes every byte to check its signature); "net" only with a NIC;
-    # "display" only with a virtio-gpu.
+    # "display" only with a virtio-gpu; "vsock" only with a virtio-vsock.
     group: str = "base"
 
 
@@ -57,6 +57,7 @@ def init_script(kernel_release: str, module_paths: Sequence[str], banner: str,
     install = "/bin/busybox --install -s /bin\n" if install_applets else ""
     # Display drivers (virtio-gpu is device id 16).
     display_load = f'has_virtio 0x0010 && load {mods("display")}\n' if mods("display") else ""
+    vsock_load = f'has_virtio 0x0013 && load {mods("vsock")}\n' if mods("vsock") else ""  # virtio-vsock: id 19
     return f"""#!/bin/sh
 # pocketvm initramfs /init. This script is PID 1: it must never exit, or
 # the kernel panics. When the shell ends, the machine powers off.
@@ -80,7 +81,7 @@ load {mods("base")}
 # Disk and network stacks only when such a device is there (virtio ids 2, 1).
 has_virtio 0x0002 && load {mods("disk")}
 has_virtio 0x0001 && load {mods("net")}
-{display_load}[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
+{display_load}{vsock_load}[ -n "$failed" ] && echo "pocketvm: could not load modules:$failed"
 
 # root=DEV on the kernel command line: mount that disk and hand over to its
 # init (init=PATH, default /sbin/init), which then owns networking too.

@@ -45,11 +45,12 @@ BUSYBOX_PACKAGE = "busybox-static"
 OPENSBI_PACKAGE = "opensbi"
 # What the guest needs as modules (those built into the kernel are skipped).
 WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_rng", "virtio_net", "virtio_console", "ext4",
-                  "virtio_gpu", "virtio_input", "evdev")
+                  "virtio_gpu", "virtio_input", "evdev", "vmw_vsock_virtio_transport")
 DISK_MODULES = ("ext4",)  # loaded by /init only when a virtio disk is attached
 NET_MODULES = ("virtio_net",)  # ... only when a virtio NIC is attached
 # ... only with a display: the GPU (DRM, fbdev emulation, framebuffer console), keyboard and tablet.
 DISPLAY_MODULES = ("virtio_gpu", "virtio_input", "evdev")
+VSOCK_MODULES = ("vmw_vsock_virtio_transport",)  # ... only with a virtio-vsock (vsock, its transport)
 # Kernel features the initramfs itself relies on: these must be built in.
 REQUIRED_BUILTIN = ("CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
 OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
@@ -57,7 +58,7 @@ OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
 BUSYBOX_PATHS = ("usr/bin/busybox", "bin/busybox")
 # Bump when the assembled output changes for the same packages (new /init,
 # other modules...): older images then count as incomplete and are rebuilt.
-RECIPE = 7
+RECIPE = 8
 
 KERNEL_FILE = "Image"
 INITRD_FILE = "initrd.img"
@@ -239,8 +240,10 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
             disk_stack = set(kmod.resolve_load_order(DISK_MODULES, index.depends, index))
             net_stack = set(kmod.resolve_load_order(NET_MODULES, index.depends, index))
             display_stack = set(kmod.resolve_load_order(DISPLAY_MODULES, index.depends, index))
+            vsock_stack = set(kmod.resolve_load_order(VSOCK_MODULES, index.depends, index))
             base_stack = set(kmod.resolve_load_order(
-                tuple(set(WANTED_MODULES) - set(DISK_MODULES) - set(NET_MODULES) - set(DISPLAY_MODULES)),
+                tuple(set(WANTED_MODULES) - set(DISK_MODULES) - set(NET_MODULES) - set(DISPLAY_MODULES)
+                      - set(VSOCK_MODULES)),
                 index.depends, index))
             kmod.check_complete(order, infos)
         except kmod.ModuleError as exc:
@@ -256,7 +259,7 @@ def _assemble(trees: dict[str, Path], packages: dict[str, Package], meta: Packag
                 raise ImageError(f"cannot read kernel module {rel}: {exc}") from None
             plain = rel.removesuffix(".xz").removesuffix(".gz")
             group = ("base" if name in base_stack else "disk" if name in disk_stack else "net" if name in net_stack
-                     else "display" if name in display_stack else "base")
+                     else "display" if name in display_stack else "vsock" if name in vsock_stack else "base")
             modules.append(InitramfsModule(name, plain, data, group))
         update(40.0)
         busybox = find_file(trees["busybox"], BUSYBOX_PATHS, packages["busybox"].name, "busybox binary").read_bytes()

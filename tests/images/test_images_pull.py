@@ -118,6 +118,9 @@ def trees(tmp_path, make_ko, fake_busybox):
         "kernel/drivers/gpu/drm/drm.ko.xz": ["depends="],
         "kernel/drivers/virtio/virtio_input.ko.xz": ["depends="],
         "kernel/drivers/input/evdev.ko.xz": ["depends="],
+        "kernel/net/vmw_vsock/vsock.ko.xz": ["depends="],
+        "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz": ["depends=vsock"],
+        "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz": ["depends=vmw_vsock_virtio_transport_common,vsock"],
     }
     for rel, pairs in mods.items():
         (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +154,10 @@ def test_assemble_offline_from_package_trees(trees, tmp_path):
     assert (out / "fw_dynamic.bin").read_bytes() == b"\x97\x02\x00\x00opensbi"
     order = manifest["modules"]
     assert set(order) == {"virtio_mmio", "virtio_blk", "virtio_rng", "net_failover", "virtio_net",
-                          "crc32c_generic", "jbd2", "ext4", "drm", "virtio_gpu", "virtio_input", "evdev"}
+                          "crc32c_generic", "jbd2", "ext4", "drm", "virtio_gpu", "virtio_input", "evdev",
+                          "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
     assert order.index("drm") < order.index("virtio_gpu")
+    assert order.index("vsock") < order.index("vmw_vsock_virtio_transport_common") < order.index("vmw_vsock_virtio_transport")
     assert order.index("net_failover") < order.index("virtio_net")
     assert order.index("crc32c_generic") < order.index("ext4") and order.index("jbd2") < order.index("ext4")
     assert manifest["builtin_modules"] == ["virtio_console"]
