@@ -110,7 +110,7 @@ def test_console_over_websocket(site):
                 assert state == {"name": "web-vm", "running": True, "stopped": None}
                 assert (await ws.receive()).data == b"boot messages\r\n"  # the history
                 await ws.send_bytes(b"uname -m\r")
-                for _ in range(100):
+                for _ in range(2000):  # the server's thread feeds it
                     if console.has_input():
                         break
                     await asyncio.sleep(0.01)
