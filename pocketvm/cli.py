@@ -107,6 +107,12 @@ def main(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR, format="pocket: %(name)s: %(message)s", stream=sys.stderr
     )
+    import os
+
+    if os.environ.get("POCKETVM_HARDEN") == "1":  # a sandbox VM started by a manager (pocketvm.manager.harden)
+        from pocketvm.manager.harden import harden
+
+        harden()
 
 
 def _parse_disk(text: str) -> DiskSpec:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pocketvm.launcher.client import RLIMITS
 from pocketvm.launcher.protocol import ENV_SWITCH, LineReader, send, socket_path
+from pocketvm.manager.harden import ENV as HARDEN_ENV
 
 LAUNCH_TIMEOUT = 5.0
 
@@ -109,7 +110,7 @@ def start(argv: list[str], log_path: Path, rlimits: dict[str, tuple[int, int]], 
             proc = _via_launcher(argv, fds, rlimits, nice)
             if proc is not None:
                 return proc
-        env = {**os.environ, ENV_SWITCH: "off"}
+        env = {**os.environ, ENV_SWITCH: "off", HARDEN_ENV: "1"}
 
         def limit() -> None:  # in the child, before exec: only system calls
             for name, value in rlimits.items():
@@ -135,7 +136,7 @@ def _via_launcher(argv: list[str], fds: list[int], rlimits: dict[str, tuple[int,
     for name, value in rlimits.items():
         limits[name] = list(value)
     request: dict[str, Any] = {
-        "cmd": "launch", "argv": argv, "cwd": "/", "env": dict(os.environ), "umask": 0o077, "rlimits": limits,
+        "cmd": "launch", "argv": argv, "cwd": "/", "env": {**os.environ, HARDEN_ENV: "1"}, "umask": 0o077, "rlimits": limits,
         "nice": os.getpriority(os.PRIO_PROCESS, 0) + nice, "python": sys.executable, "prefix": sys.prefix,
     }  # fmt: skip
     reader = LineReader(conn)

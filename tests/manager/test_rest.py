@@ -144,6 +144,10 @@ def test_host_limits_are_applied_to_the_vm_process(server, ticker_snapshot):
     assert status == 201, vm
     limits = vm["limits"]
     pid = vm["pid"]
+    # No new privileges, and a seccomp filter (mode 2) where libseccomp is installed.
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
     assert limits["host_memory"] == 700 << 20
     if limits["mechanism"] == "rlimit":
         with open(f"/proc/{pid}/limits") as f:
