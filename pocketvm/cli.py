@@ -250,7 +250,7 @@ def build_config(
 @click.option("--name", default="", help="Name of the VM, for `pocket ls` and `pocket snapshot` (default: generated, printed at start).")
 @click.option("--mirror", metavar="URL", help="Debian mirror for pulling the default guest (default: the host's apt sources).")
 @click.option("--deterministic", is_flag=True, help="Derive guest time from the instruction count (repeatable runs).")
-@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900).")
+@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]|web,vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900); 'web,vnc': both.")
 @click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
 @click.option("--jit", type=click.Choice(["off", "on"]), help="Translate hot guest code to host code (tier 1; default off, or $POCKETVM_JIT); statistics with -v.")
 def run(
@@ -349,8 +349,8 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     server.start(vm, info)
     click.echo(f"pocket: vm {vm.config.name} {what}", err=True)
     if viewer is not None:
-        where = viewer.url if viewer.url else "VNC on {}:{}".format(*viewer.vnc_address)
-        click.echo(f"pocket: display: {where}", err=True)
+        for where in viewer.addresses():
+            click.echo(f"pocket: display: {where}", err=True)
     # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control
     # socket, console mode, a restored VM's disk copies) still happens.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -380,7 +380,7 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     help="Where the VM's private disk copies go (default: ~/.local/state/pocketvm/disks/NAME).",
 )
 @click.option("--discard", is_flag=True, help="Throw the VM away when it ends: delete its disk copies even if the guest wrote to them.")
-@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
+@click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]|web,vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
 @click.option("--nic", "nics", multiple=True, metavar="user[,...]|none", help="Connect the snapshot's network interfaces otherwise than when saved, one --nic each: 'user' (as for `pocket run`) or 'none' (cable out).")
 def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str, nics: tuple[str, ...]) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
