@@ -20,19 +20,35 @@ class DisplayOptionError(ValueError):
 
 @dataclass(frozen=True)
 class DisplayChoice:
-    kind: str  # "none", "web" or "vnc"
+    kind: str  # "none", "web", "vnc" or "web,vnc"
     port: int | None = None  # vnc: the TCP port (None: the first free from 5900)
+
+    @property
+    def web(self) -> bool:
+        return "web" in self.kind.split(",")
+
+    @property
+    def vnc(self) -> bool:
+        return "vnc" in self.kind.split(",")
 
 
 def parse_display(text: str) -> DisplayChoice:
-    """none | web | vnc | vnc:PORT"""
-    t = text.strip().lower()
-    if t in ("none", "web", "vnc"):
-        return DisplayChoice(t)
-    m = re.fullmatch(r"vnc:(\d{1,5})", t)
-    if m and 0 < int(m.group(1)) < 65536:
-        return DisplayChoice("vnc", int(m.group(1)))
-    raise DisplayOptionError(f"--display {text!r}: use none, web, vnc or vnc:PORT")
+    """none | web | vnc[:PORT] | web,vnc[:PORT]"""
+    parts = [p.strip() for p in text.strip().lower().split(",")]
+    if parts == ["none"]:
+        return DisplayChoice("none")
+    web = vnc = False
+    port = None
+    for part in parts:
+        m = re.fullmatch(r"vnc(?::(\d{1,5}))?", part)
+        if part == "web" and not web:
+            web = True
+        elif m and not vnc and (m.group(1) is None or 0 < int(m.group(1)) < 65536):
+            vnc = True
+            port = int(m.group(1)) if m.group(1) else None
+        else:
+            raise DisplayOptionError(f"--display {text!r}: use none, web, vnc[:PORT] or web,vnc[:PORT]")
+    return DisplayChoice(",".join(k for k, on in (("web", web), ("vnc", vnc)) if on), port)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -70,9 +86,7 @@ def start_display(vm: Any, choice: DisplayChoice) -> Any:
     vm.console = console
     keyboard, tablet = vm.inputs
     targets = DisplayTargets(vm.screen, keyboard, tablet, console, vm.config.name or "pocketvm")
-    if choice.kind == "web":
-        server = DisplayServer(targets, web=True)
-    else:
-        server = DisplayServer(targets, web=False, vnc_port=choice.port or _free_vnc_port())
+    vnc_port = (choice.port or _free_vnc_port()) if choice.vnc else None
+    server = DisplayServer(targets, web=choice.web, vnc_port=vnc_port)
     server.start()
     return server

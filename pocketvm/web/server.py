@@ -129,6 +129,13 @@ class DisplayServer:
         if self._error is not None:
             raise DisplayServerError(f"cannot start the display server: {self._error}")
 
+    def addresses(self) -> list[str]:
+        """Where to look: the page's URL, the VNC address."""
+        out = [self.url] if self.url else []
+        if self.vnc_address is not None:
+            out.append("VNC on {}:{}".format(*self.vnc_address))
+        return out
+
     def vm_stopped(self, reason: str) -> None:
         """Tell every page that the VM has stopped (thread-safe)."""
         self.stopped = reason

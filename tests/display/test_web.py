@@ -135,8 +135,12 @@ def test_display_options():
     assert parse_display("web").kind == "web"
     assert parse_display("vnc:5901").port == 5901
     assert parse_display("NONE").kind == "none"
+    both = parse_display("web,vnc:5902")
+    assert both.web and both.vnc and both.port == 5902 and both.kind == "web,vnc"
+    assert parse_display("vnc,web") == parse_display("web,vnc")
+    assert not parse_display("web").vnc and not parse_display("vnc").web
     assert parse_size("800x600") == (800, 600)
-    for bad in ("vnc:0", "vnc:70000", "sdl", ""):
+    for bad in ("vnc:0", "vnc:70000", "sdl", "", "web,web", "none,web", "vnc,vnc:5900"):
         with pytest.raises(DisplayOptionError):
             parse_display(bad)
     for bad in ("800", "0x600", "100000x10", "axb"):
