@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -11,6 +12,9 @@ from pocketvm.web.console_tap import SharedConsole
 
 DEFAULT_SIZE = (1024, 768)
 VNC_FIRST_PORT = 5900  # display :0, as VNC viewers count
+# A manager that starts VMs can put each VM's page behind its own token:
+# every VM at its own URL (its own port), all behind the same secret.
+TOKEN_ENV = "POCKETVM_DISPLAY_TOKEN"
 VNC_PORTS = 100
 
 
@@ -87,6 +91,6 @@ def start_display(vm: Any, choice: DisplayChoice) -> Any:
     keyboard, tablet = vm.inputs
     targets = DisplayTargets(vm.screen, keyboard, tablet, console, vm.config.name or "pocketvm")
     vnc_port = (choice.port or _free_vnc_port()) if choice.vnc else None
-    server = DisplayServer(targets, web=choice.web, vnc_port=vnc_port)
+    server = DisplayServer(targets, web=choice.web, vnc_port=vnc_port, token=os.environ.get(TOKEN_ENV) or None)
     server.start()
     return server

@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -102,12 +103,16 @@ class _WsStream:
 
 
 class DisplayServer:
-    def __init__(self, targets: DisplayTargets, web: bool = True, vnc_port: int | None = None, web_port: int = 0):
+    def __init__(self, targets: DisplayTargets, web: bool = True, vnc_port: int | None = None, web_port: int = 0,
+                 token: str | None = None):
+        """`token`: the secret in the page's URL (default: a new random one)."""
+        if token is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", token):
+            raise DisplayServerError("a display token must be 16 to 128 characters of A-Z, a-z, 0-9, '_' or '-'")
         self.targets = targets
         self.web = web
         self.vnc_port = vnc_port
         self.web_port = web_port
-        self.token = secrets.token_urlsafe(16)
+        self.token = token if token is not None else secrets.token_urlsafe(16)
         self.url: str | None = None
         self.vnc_address: tuple[str, int] | None = None
         self.stopped: str | None = None  # why the VM stopped, once it has

@@ -124,6 +124,19 @@ def test_console_over_websocket(site):
     run(go())
 
 
+def test_a_given_token(site):
+    server, _, screen = site
+    own = DisplayServer(DisplayTargets(screen, None, None, None, "x"), web=True, token="T" * 16 + "-_x")
+    own.start()
+    try:
+        assert own.url.endswith("/" + "T" * 16 + "-_x/")
+    finally:
+        own.close()
+    for bad in ("short", "has/slash-and-is-long-enough", "x" * 200):
+        with pytest.raises(web_server.DisplayServerError):
+            DisplayServer(DisplayTargets(screen, None, None, None, "x"), token=bad)
+
+
 def test_console_history_is_bounded():
     console = SharedConsole(CapturedConsole())
     for _ in range(10):
