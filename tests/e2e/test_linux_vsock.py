@@ -77,17 +77,19 @@ def vsock_disk(tmp_path_factory, guest_image) -> Path:
 
 
 class Guest:
-    """`pocket run` with the console on pipes."""
+    """`pocket run` (or other `pocket` arguments) with the console on pipes."""
 
-    def __init__(self, disk: Path, sock: Path):
+    def __init__(self, disk: Path, sock: Path, args: list[str] | None = None):
         self.sock = sock
+        args = args or ["run", "--disk", f"{disk},ro", "--vsock", str(sock)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pocketvm", "run", "--disk", f"{disk},ro", "--vsock", str(sock)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "pocketvm", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
         self.out = b""
         self.mark = 0  # where the output of the last command typed starts
-        self.wait_for(PROMPT, BOOT_TIMEOUT)
+        if args[0] == "run":
+            self.wait_for(PROMPT, BOOT_TIMEOUT)
 
     def wait_for(self, pattern: bytes, timeout: float = 120) -> re.Match[bytes]:
         deadline = time.monotonic() + timeout
@@ -239,3 +241,44 @@ def test_guest_connection_to_nobody_is_refused(guest):
     s.sendall(b"CONNECT 4999\n")
     assert s.recv(64) == b""
     s.close()
+
+
+def test_restore_resets_old_connections_and_new_ones_work(vsock_disk, tmp_path, monkeypatch):
+    """A connection open at the snapshot ends with the old VM: the restored
+    guest is told by the transport reset event (its read fails), and new
+    connections to the restored VM's own socket work."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    sock = run / "pocketvm" / "vs-a.vsock"  # the default: NAME.vsock beside the control socket
+    g = Guest(vsock_disk, sock, ["run", "--name", "vs-a", "--disk", f"{vsock_disk},ro"])
+    restored = None
+    try:
+        g.wait_for(PROMPT, BOOT_TIMEOUT)
+        g.type("mount -o ro /dev/vda /mnt && /mnt/vsock_tool echo 5000 &")
+        g.wait_for(rb"LISTENING 5000")
+        s, _ = _connect(sock, 5000)
+        s.sendall(b"before the snapshot")
+        assert s.recv(64) == b"before the snapshot"
+        snap = tmp_path / "snap"
+        done = subprocess.run([sys.executable, "-m", "pocketvm", "snapshot", "vs-a", str(snap), "--stop"],
+                              capture_output=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert g.proc.wait(60) == 0
+        assert s.recv(64) == b""  # the old VM is gone, and its end of the connection
+        s.close()
+        restored = Guest(vsock_disk, run / "pocketvm" / "vs-b.vsock", ["restore", str(snap), "--name", "vs-b"])
+        restored.wait_for(rb"read: Connection reset by peer", 120)
+        restored.type("/mnt/vsock_tool echo 5001 &")
+        restored.wait_for(rb"LISTENING 5001")
+        s2, _ = _connect(restored.sock, 5001)
+        s2.sendall(b"after the restore")
+        assert s2.recv(64) == b"after the restore"
+        s2.close()
+        restored.wait_for(rb"ECHOED 17 ")
+    finally:
+        g.close()
+        if restored is not None:
+            restored.close()
+    assert restored.proc.returncode == 0
