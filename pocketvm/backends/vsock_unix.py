@@ -155,6 +155,12 @@ class VsockUnixHost:
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise VsockHostError(f"cannot create vsock socket {self.path}: {e.strerror}") from None
+            try:
+                is_socket = stat.S_ISSOCK(os.lstat(self.path).st_mode)
+            except OSError:
+                is_socket = True  # gone meanwhile: try again below
+            if not is_socket:
+                raise VsockHostError(f"vsock socket {self.path}: a file that is not a socket is in the way") from None
             if not _stale_socket(self.path):
                 raise VsockHostError(f"vsock socket {self.path} is in use by another program") from None
             try:

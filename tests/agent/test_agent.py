@@ -414,3 +414,92 @@ def _gone(pid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still runs")
+
+
+# --- through a VM's vsock socket (Firecracker's CONNECT convention) ---------------------------
+
+
+class VmSocket:
+    """Plays a VM's vsock Unix socket: reads `CONNECT <port>`, answers
+    `answer(port)` and then carries the stream to the agent's Unix socket."""
+
+    def __init__(self, path: Path, agent_path: Path, answer=lambda port: f"OK {1 << 30}\n".encode()):
+        self.agent_path, self.answer = agent_path, answer
+        self.ports: list[int] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c: socket.socket) -> None:
+        line = b""
+        while not line.endswith(b"\n"):
+            line += c.recv(1)
+        port = int(line.split()[1])
+        self.ports.append(port)
+        reply = self.answer(port)
+        if not reply:
+            c.close()
+            return
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(str(self.agent_path))
+        c.sendall(reply)
+        for a, b in ((c, up), (up, c)):
+            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_through_the_vm_socket(agent, tmp_path):
+    vm = VmSocket(tmp_path / "vm.vsock", agent.path)
+    try:
+        client = AgentClient.for_vm_socket(tmp_path / "vm.vsock", timeout=10)
+        assert client.run(["echo", "via vsock"]).stdout == b"via vsock\n"
+        data = os.urandom(3 * MiB)
+        client.upload(data, str(tmp_path / "f"))
+        assert client.read_bytes(str(tmp_path / "f")) == data
+        assert set(vm.ports) == {52}
+        assert AgentClient.for_vm_socket(tmp_path / "vm.vsock", port=1234).health()["ok"]
+        assert vm.ports[-1] == 1234
+    finally:
+        vm.stop()
+
+
+@pytest.mark.parametrize(
+    "answer,error,message",
+    [
+        (lambda port: b"", AgentUnavailable, "no agent listens on vsock port 52"),
+        (lambda port: b"NOPE\n", AgentProtocolError, "answered"),
+        (lambda port: b"OK 12x\n", AgentProtocolError, "answered"),
+    ],
+)
+def test_vm_socket_refusals(agent, tmp_path, answer, error, message):
+    vm = VmSocket(tmp_path / "vm.vsock", agent.path, answer)
+    try:
+        with pytest.raises(error, match=message):
+            AgentClient.for_vm_socket(tmp_path / "vm.vsock", timeout=10).health()
+    finally:
+        vm.stop()

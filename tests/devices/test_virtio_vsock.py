@@ -475,7 +475,7 @@ def test_host_path_cleanup_and_stale_socket(tmp_path):
     h = VsockUnixHost(path)
     h.close()
     path.write_text("not a socket")
-    with pytest.raises(VsockHostError):
+    with pytest.raises(VsockHostError, match="not a socket"):
         VsockUnixHost(path)
     with pytest.raises(VsockHostError, match="too long"):
         VsockUnixHost(tmp_path / ("y" * 120))
