@@ -30,10 +30,3 @@ def ticker_snapshot(runtime, ticker_forever) -> Path:
         p.wait(30)
     return snap
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

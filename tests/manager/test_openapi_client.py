@@ -56,7 +56,7 @@ def test_a_generated_client_drives_the_server(generated, server, ticker_snapshot
                                              vm_metrics)  # fmt: skip
     from pocketvm_client.models import VM, CreateVM, CreateVMEnv, Deleted, Error, Metrics, VMList, VMState
 
-    from conftest import TOKEN
+    from servetools import TOKEN
 
     anonymous = Client(base_url=server.url)
     refused = list_vms.sync(client=anonymous)
