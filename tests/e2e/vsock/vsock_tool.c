@@ -1,8 +1,10 @@
 /* vsock_tool: moves bytes over AF_VSOCK for pocketvm's end-to-end tests.
  *
- *   vsock_tool echo PORT          accept one connection on PORT, send every byte back
+ *   vsock_tool echo PORT [N]      accept a connection on PORT, send every byte back
  *                                 until the peer ends its side, then print
- *                                 "ECHOED <bytes> <sum1> <sum2>"
+ *                                 "ECHOED <bytes> <sum1> <sum2>"; with N, serve
+ *                                 N connections one after the other, then print
+ *                                 "ECHOED <N> CONNECTIONS"
  *   vsock_tool send CID PORT N    connect to CID:PORT, send N bytes of the
  *                                 pattern below (then end its side) while
  *                                 reading what the peer sends back until it
@@ -60,24 +62,29 @@ static int write_all(int fd, const unsigned char *p, size_t len)
     return 0;
 }
 
-static int echo(unsigned port)
+static int echo(unsigned port, unsigned long connections)
 {
     int s = socket(AF_VSOCK, SOCK_STREAM, 0);
     struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY };
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 1)) { perror("listen"); return 1; }
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 16)) { perror("listen"); return 1; }
     printf("LISTENING %u\n", port); fflush(stdout);
-    int c = accept(s, NULL, NULL);
-    if (c < 0) { perror("accept"); return 1; }
-    struct sum sum = {0};
-    for (;;) {
-        ssize_t n = read(c, buf, BUF);
-        if (n < 0) { if (errno == EINTR) continue; perror("read"); return 1; }
-        if (n == 0) break;
-        add(&sum, buf, (size_t)n);
-        if (write_all(c, buf, (size_t)n)) { perror("write"); return 1; }
+    for (unsigned long k = 0; k < connections; k++) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) { perror("accept"); return 1; }
+        struct sum sum = {0};
+        for (;;) {
+            ssize_t n = read(c, buf, BUF);
+            if (n < 0) { if (errno == EINTR) continue; perror("read"); return 1; }
+            if (n == 0) break;
+            add(&sum, buf, (size_t)n);
+            if (write_all(c, buf, (size_t)n)) { perror("write"); return 1; }
+        }
+        close(c);
+        if (connections == 1)
+            printf("ECHOED %llu %llu %llu\n", (unsigned long long)sum.n, (unsigned long long)sum.s1,
+                   (unsigned long long)sum.s2);
     }
-    close(c);
-    printf("ECHOED %llu %llu %llu\n", (unsigned long long)sum.n, (unsigned long long)sum.s1, (unsigned long long)sum.s2);
+    if (connections > 1) printf("ECHOED %lu CONNECTIONS\n", connections);
     return 0;
 }
 
@@ -126,10 +133,11 @@ static int send_pattern(unsigned cid, unsigned port, uint64_t total)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && !strcmp(argv[1], "echo")) return echo((unsigned)strtoul(argv[2], NULL, 10));
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "echo"))
+        return echo((unsigned)strtoul(argv[2], NULL, 10), argc == 4 ? strtoul(argv[3], NULL, 10) : 1);
     if (argc == 5 && !strcmp(argv[1], "send"))
         return send_pattern((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10),
                             strtoull(argv[4], NULL, 10));
-    fprintf(stderr, "usage: vsock_tool echo PORT | send CID PORT BYTES\n");
+    fprintf(stderr, "usage: vsock_tool echo PORT [N] | send CID PORT BYTES\n");
     return 2;
 }
