@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -210,8 +211,11 @@ class Sandbox:
         except C.CommandTimeout:
             raise
         except C.GuestError as e:
-            if self._closed or self._manager.is_gone(self.name):
-                raise C.SandboxGone(f"sandbox {self.name} ended: {e}") from None
+            # A channel breaks a moment before the manager has seen the VM end.
+            for _ in range(20):
+                if self._closed or self._manager.is_gone(self.name):
+                    raise C.SandboxGone(f"sandbox {self.name} ended: {e}") from None
+                time.sleep(0.1)
             raise
 
 

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -214,8 +215,11 @@ async def exec_in_vm(request: web.Request) -> web.StreamResponse:
         except StopIteration:
             return done
         except C.GuestError as e:
-            if manager.is_gone(name):
-                return C.SandboxGone(f"VM {name} ended while the command ran")
+            # A channel breaks a moment before the manager has seen its VM end.
+            for _ in range(20):
+                if manager.is_gone(name):
+                    return C.SandboxGone(f"VM {name} ended while the command ran")
+                time.sleep(0.1)
             return e
 
     try:
