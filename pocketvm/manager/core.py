@@ -82,6 +82,7 @@ class ManagedVM:
     failure: str = ""  # why it ended before it was ready (its one-line error)
     exit_code: int | None = None
     vsock: str | None = None
+    display: str | None = None  # the URL of its screen and console page
     proc: spawn.VMProcess | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -91,7 +92,7 @@ class ManagedVM:
             "pid_start": self.pid_start, "how": self.how, "created": self.created, "expires": self.expires,
             "disk_dir": str(self.disk_dir) if self.disk_dir else None,
             "log_path": str(self.log_path) if self.log_path else None, "applied": self.applied.as_dict(),
-            "vsock": self.vsock,
+            "vsock": self.vsock, "display": self.display,
         }  # fmt: skip
 
     @classmethod
@@ -101,7 +102,7 @@ class ManagedVM:
             pid_start=r.get("pid_start"), how=str(r.get("how", "")), created=float(r["created"]),
             expires=r.get("expires"), disk_dir=Path(r["disk_dir"]) if r.get("disk_dir") else None,
             log_path=Path(r["log_path"]) if r.get("log_path") else None,
-            applied=L.Applied.from_dict(r.get("applied") or {}), vsock=r.get("vsock"),
+            applied=L.Applied.from_dict(r.get("applied") or {}), vsock=r.get("vsock"), display=r.get("display"),
         )  # fmt: skip
 
 
@@ -236,6 +237,8 @@ class Manager:
         if spec.source == "image" and spec.target == BUSYBOX:
             memory = spec.memory or 512 * MiB
             argv = ["run", "--name", vm.name, "--memory", f"{memory // MiB}M", "--cpus", str(spec.cpus or 1)]
+            if spec.display:
+                argv += ["--display", "web", "--display-size", spec.display]
             return argv + (["--nic", nic] if nic else []), memory
         if spec.source == "image":
             snap = self._image_template(spec)
@@ -253,6 +256,8 @@ class Manager:
         argv = ["restore", str(snap), "--name", vm.name, "--discard", "--disk-dir", str(vm.disk_dir)]
         if nics == 1:
             argv += ["--nic", nic or "none"]
+        if spec.display is not None:
+            argv += ["--display", "web"]
         return argv, memory
 
     @staticmethod
@@ -290,6 +295,7 @@ class Manager:
                 info = None
             if info is not None and info.get("pid") == vm.pid and info.get("state") == "running":
                 vm.vsock = info.get("vsock")
+                vm.display = info.get("display")
                 with self._lock:
                     if vm.state == "starting":
                         vm.state = "running"
@@ -477,6 +483,7 @@ class Manager:
             "expires": vm.expires,
             "ttl_left": None if vm.expires is None else max(0.0, round(vm.expires - now, 1)),
             "vsock": vm.vsock,
+            "display": vm.display,
             "limits": {
                 "mechanism": vm.applied.mechanism,
                 "host_memory": vm.limits.memory if vm.limits else None,

@@ -62,6 +62,9 @@ _SCHEMAS: dict[str, Any] = {
                     "description": "environment of every command run in the VM"},
             "host_memory": {"type": "string", "description": "host memory cap of the VM process (default: RAM + 512M)"},
             "cpu_share": {"type": "number", "description": "host CPUs the VM may use (0: no limit)"},
+            "display": {"type": ["boolean", "string"],
+                        "description": "a screen, keyboard and tablet on a web page (true; or \"WxH\" for a boot "
+                                       "of busybox); its URL is the VM's display"},
         },
         "additionalProperties": False,
     },
@@ -91,6 +94,8 @@ _SCHEMAS: dict[str, Any] = {
             "expires": {"type": ["number", "null"]},
             "ttl_left": {"type": ["number", "null"]},
             "vsock": {"type": ["string", "null"]},
+            "display": {"type": ["string", "null"],
+                        "description": "URL of the VM's screen and serial console page (behind the manager's token)"},
             "limits": _ref("Limits"),
         },
     },

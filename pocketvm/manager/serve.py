@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -67,6 +68,12 @@ def serve(host: str, port: int, unix_socket: str | None, token_file: str | None,
         if names:
             click.echo(f"pocket: {what} {len(names)} VM(s) of the previous manager: {', '.join(names)}", err=True)
     app = make_app(manager, token)
+    # The pages of VMs with a display are behind the same secret (each VM
+    # at its own URL), when it can be part of a URL.
+    from pocketvm.web.attach import TOKEN_ENV
+
+    if re.fullmatch(r"[A-Za-z0-9_-]{16,128}", token):
+        os.environ[TOKEN_ENV] = token
     sock_path = None if unix_socket == "none" else Path(unix_socket) if unix_socket else default_socket()
 
     async def main() -> None:

@@ -7,7 +7,9 @@
 plus, all optional: name, memory ("1G"), cpus, network (bool), allow
 (["10.0.2.2:8000", ...]: with network, only these destinations), ttl
 (seconds), env (for every command run in it), host_memory (the process's
-host cap), cpu_share (host CPUs, 0.5 = half a core).
+host cap), cpu_share (host CPUs, 0.5 = half a core), display (true, or
+"WxH" for a boot: a screen, keyboard and tablet on a web page, whose URL
+the VM's description gives).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ BUSYBOX = "busybox"  # the pulled default guest: kernel, BusyBox initramfs, no r
 MAX_TTL = 7 * 24 * 3600
 _ALLOW_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}|\*)(?::(\d{1,5}))?")
 _KEYS = {"image", "template", "snapshot", "name", "memory", "cpus", "network", "allow", "ttl", "env",
-         "host_memory", "cpu_share"}  # fmt: skip
+         "host_memory", "cpu_share", "display"}  # fmt: skip
 
 
 class SpecError(ValueError):
@@ -41,6 +43,7 @@ class VMSpec:
     env: dict[str, str] = field(default_factory=dict)
     host_memory: int | None = None
     cpu_share: float = 0.0
+    display: str | None = None  # None: no display; "WxH" (a boot's size) or "" (a restore's own)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,4 +132,18 @@ def parse(body: Any) -> VMSpec:
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 64:
         raise SpecError("cpu_share must be a number of host CPUs between 0 (no limit) and 64")
     spec.cpu_share = float(share)
+    display = body.get("display", False)
+    if display is not False:
+        if display is True:
+            spec.display = "1024x768" if spec.source == "image" and spec.target == BUSYBOX else ""
+        elif isinstance(display, str) and spec.source == "image" and spec.target == BUSYBOX:
+            from pocketvm.web.attach import DisplayOptionError, parse_size
+
+            try:
+                spec.display = "{}x{}".format(*parse_size(display))
+            except DisplayOptionError as e:
+                raise SpecError(f"display: {e}") from None
+        else:
+            raise SpecError("display must be true or false (or \"WxH\" for a boot of busybox; a restore keeps "
+                            "the snapshot's screen)")  # fmt: skip
     return spec
