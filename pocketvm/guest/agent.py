@@ -50,6 +50,9 @@ CHUNK = 256 * 1024  # what the agent puts in one D/O/E frame
 KEEPALIVE = 2.0  # seconds between K frames while a command is silent
 LIST_BATCH = 512  # directory entries per JSON frame
 MAX_CONNECTIONS = 64
+# How long a client may keep the agent waiting for its request or for file
+# data (a running command waits for its client as long as it runs).
+request_timeout = 60.0
 EXIT_DRAIN = 1.0  # after a command exits, how long its output may still come (background children)
 
 T_JSON, T_DATA, T_STDOUT, T_STDERR, T_STDIN, T_KEEPALIVE = b"J", b"D", b"O", b"E", b"I", b"K"
@@ -451,6 +454,7 @@ def op_exec(ch: Channel, req: dict) -> dict:
         raise RequestError(f"{args[0]}: {e}") from None
     with _running_lock:
         _running[proc.pid] = proc
+    ch.sock.settimeout(None)  # stdin and signals may come at any time while it runs
     try:
         return _supervise(ch, proc, master, want_stdin, timeout)
     finally:
@@ -572,8 +576,11 @@ def _supervise(ch: Channel, proc: subprocess.Popen, master: int | None, want_std
     code = proc.wait()
     result: dict = {"ok": True, "event": "exit", "timed_out": state["timed_out"]}
     if code < 0:
-        result.update(exit_code=None, signal=signal.Signals(-code).name if -code in signal.Signals._value2member_map_
-                      else str(-code))
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        result.update(exit_code=None, signal=name)
     else:
         result.update(exit_code=code, signal=None)
     return result
@@ -588,6 +595,7 @@ OPS = {"health": op_health, "version": op_health, "stat": op_stat, "list": op_li
 
 def serve_connection(sock: socket.socket) -> None:
     ch = Channel(sock)
+    sock.settimeout(request_timeout)
     try:
         try:
             req = ch.recv_json()
@@ -659,7 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="pocketvm guest agent")
     parser.add_argument("--vsock-port", type=int, default=DEFAULT_PORT, help="vsock port to listen on (default 52)")
     parser.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead (for tests)")
+    parser.add_argument("--request-timeout", type=float, default=request_timeout, metavar="SECONDS",
+                        help="how long a client may take to send its request or file data (default 60)")
     args = parser.parse_args(argv)
+    globals()["request_timeout"] = args.request_timeout
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         listener = listen_unix(args.unix) if args.unix else listen_vsock(args.vsock_port)

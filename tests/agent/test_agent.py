@@ -37,9 +37,9 @@ MiB = 1 << 20
 
 
 class Agent:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *args: str):
         self.path = path
-        self.proc = subprocess.Popen([sys.executable, str(AGENT), "--unix", str(path)], stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, str(AGENT), "--unix", str(path), *args], stdout=subprocess.DEVNULL)
         self.client = AgentClient.for_unix(path, timeout=20)
         wait_until_up(self.client, 20)
 
@@ -503,3 +503,26 @@ def test_vm_socket_refusals(agent, tmp_path, answer, error, message):
             AgentClient.for_vm_socket(tmp_path / "vm.vsock", timeout=10).health()
     finally:
         vm.stop()
+
+
+def test_a_silent_client_does_not_hold_the_agent(tmp_path):
+    """A client that connects and never sends its request (or stops in the
+    middle of an upload) is dropped after the request timeout."""
+    a = Agent(tmp_path / "a.sock", "--request-timeout", "0.3")
+    try:
+        for first in (b"", proto.FRAME.pack(b"J", 40) + b'{"op": "upload", "path": "/tmp/x"'):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(20)
+            s.connect(str(a.path))
+            s.sendall(first)
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            s.close()
+        # A command still runs longer than that, quietly.
+        r = a.client.run(["sleep", "1"])
+        assert r.exit_code == 0
+    finally:
+        a.stop()
