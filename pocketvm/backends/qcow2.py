@@ -176,14 +176,15 @@ class Qcow2Image:
         self._written = False  # since the last _settle: a clean close of an unwritten image writes nothing
         if not self.readonly:
             self._refs = Refcounts(self.fd, self.path, h, st.st_size, self._meta)
-            if h.autoclear:
-                # Bitmaps and the like that this writer would not keep up to date: declare them stale.
-                h.autoclear = 0
-                pwrite_all(self.fd, struct.pack(">Q", 0), 88)
-                self._written = True
         self.supports_discard = not self.readonly
         if h.backing_file:
             self._open_backing(h, below + ((st.st_dev, st.st_ino),))
+        if not self.readonly and h.autoclear:
+            # Bitmaps and the like that this writer would not keep up to date:
+            # declare them stale (the first write, once everything opened).
+            h.autoclear = 0
+            pwrite_all(self.fd, struct.pack(">Q", 0), 88)
+            self._written = True
 
     def _load_l1(self, h: H.Header) -> np.ndarray:
         cs = self.cluster_size

@@ -209,3 +209,16 @@ def test_random_garbage_never_crashes(tmp_path, img):
                 image.read(0, image.size if image.size <= 64 * MiB else MiB)
         except DiskError as e:
             assert "\n" not in str(e)
+
+
+def test_a_missing_backing_file_is_found_before_anything_is_written(tmp_path):
+    base = tmp_path / "base.qcow2"
+    create_qcow2(base, size=MiB)
+    top = tmp_path / "top.qcow2"
+    create_qcow2(top, size=MiB, backing=str(base))
+    poke(top, 88, struct.pack(">Q", 1))  # autoclear bits: a writer clears them on open
+    base.unlink()
+    expect_error(top, "backing file .* not found")
+    with open(top, "rb") as f:
+        f.seek(88)
+        assert f.read(8) == struct.pack(">Q", 1)
