@@ -23,7 +23,8 @@ emulated CPU (the kernel copying pages) takes most of the time, so the
 block layers are also compared on their own, on the host: pocketvm's
 Qcow2Image called as virtio-blk calls it vs `qemu-img bench` (QEMU's block
 layer, queue depth 1, cache=writeback), 256 MiB sequential in 4 KiB and
-1 MiB requests on a fresh overlay of the same base. Then, for pocketvm,
+1 MiB requests on a fresh overlay of the same base, writes ending with a
+flush. Then, for pocketvm,
 what a clone costs: `pocket snapshot` of the VM and one `pocket restore`
 of it (own process), with the disk space of the snapshot's disk and of the
 restored VM's disk (allocated on the host) and the restore's time to the
@@ -182,7 +183,9 @@ def host_qemu(work: Path, base: Path, request: int, write: bool) -> float:
         overlay.unlink(missing_ok=True)
         create_overlay(overlay, base)
     args = ["qemu-img", "bench", "-f", "qcow2", "-t", "writeback", "-d", "1", "-s", str(request),
-            "-c", str(COUNT * MiB // request), *(["-w", "--pattern=1"] if write else []), str(overlay)]
+            "-c", str(COUNT * MiB // request),
+            # writes end with one flush, as pocketvm's (host_pocketvm) do
+            *(["-w", "--pattern=1", f"--flush-interval={COUNT * MiB // request}"] if write else []), str(overlay)]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return float(out.rsplit("Run completed in", 1)[1].split()[0])
 
