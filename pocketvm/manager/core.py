@@ -220,15 +220,31 @@ class Manager:
         vm.proc, vm.pid, vm.how = proc, proc.pid, proc.how
         vm.pid_start = spawn.start_time(proc.pid)
         vm.expires = time.time() + ttl if ttl else None
-        try:
-            vm.applied = self.cgroups.apply(vm.name, vm.pid, vm.limits)
-        except OSError as e:
-            log.warning("VM %s: cannot apply %s limits: %s", vm.name, self.cgroups.mechanism, e)
-            self._kill(vm)
-            raise ManagerError(f"cannot limit the VM with {self.cgroups.mechanism}: {e}") from None
-        self._save()
         self._watch(vm)
-        self._wait_ready(vm)
+        self._save()  # recorded at once: a manager that dies now still knows the process
+        # The limits go on while the VM restores (a few ms of cgroup writes
+        # the create would otherwise wait for); the create waits for both.
+        failed: list[OSError] = []
+
+        def limit() -> None:
+            try:
+                vm.applied = self.cgroups.apply(vm.name, vm.pid, vm.limits)  # type: ignore[arg-type]
+            except OSError as e:
+                failed.append(e)
+
+        limiter = threading.Thread(target=limit, name=f"limit-{vm.name}", daemon=True)
+        limiter.start()
+        try:
+            self._wait_ready(vm)
+        finally:
+            limiter.join()
+            if vm.done.is_set():  # it ended (and was cleaned up) before its groups were made
+                L.remove(vm.applied)
+            if failed:
+                log.warning("VM %s: cannot apply %s limits: %s", vm.name, self.cgroups.mechanism, failed[0])
+                self._kill(vm)
+                raise ManagerError(f"cannot limit the VM with {self.cgroups.mechanism}: {failed[0]}") from None
+            self._save()
 
     def _command(self, vm: ManagedVM) -> tuple[list[str], int]:
         """The `pocket` command line for the VM, and its guest RAM in bytes."""
@@ -299,7 +315,6 @@ class Manager:
                 with self._lock:
                     if vm.state == "starting":
                         vm.state = "running"
-                self._save()
                 return
             if time.monotonic() > deadline:
                 self._kill(vm)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ AGENT = Path(__file__).resolve().parents[2] / "pocketvm" / "guest" / "agent.py"
 if not AGENT.exists():
     pytest.skip("no guest agent in this tree", allow_module_level=True)
 
-from pocketvm.agent.client import AgentClient  # noqa: E402
+from pocketvm.agent.client import AgentClient, wait_until_up  # noqa: E402
 from pocketvm.manager import channel as C  # noqa: E402
 from pocketvm.manager.agent_channel import AgentChannel  # noqa: E402
 
@@ -28,11 +27,9 @@ from pocketvm.manager.agent_channel import AgentChannel  # noqa: E402
 def agent(tmp_path):
     sock = tmp_path / "agent.sock"
     proc = subprocess.Popen([sys.executable, str(AGENT), "--unix", str(sock)], stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the agent did not start"
-        time.sleep(0.02)
-    yield proc, AgentChannel(client=AgentClient.for_unix(sock, timeout=10))
+    client = AgentClient.for_unix(sock, timeout=10)
+    wait_until_up(client, 20)  # bound is not yet listening: wait for an answer
+    yield proc, AgentChannel(client=client)
     proc.kill()
     proc.wait()
 
