@@ -23,8 +23,8 @@ class Server:
     def __init__(self, home: Path, *args: str):
         self.home = home
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pocketvm", "serve", "--port", "0", "--socket", "none", "--home", str(home),
-             "--no-launcher", *args],
+            [sys.executable, "-m", "pocketvm", "serve", "--port", "0", "--home", str(home), "--no-launcher",
+             *(args if "--socket" in args else ("--socket", "none", *args))],
             env={**os.environ, "POCKETVM_TOKEN": TOKEN}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip

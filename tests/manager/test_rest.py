@@ -215,3 +215,33 @@ def test_a_restarted_manager_finds_live_vms_and_reaps_dead_ones(runtime, ticker_
     finally:
         second.stop()
     assert "Traceback" not in second.log
+
+
+def test_the_unix_socket_serves_the_same_api(runtime, tmp_path):
+    import http.client
+    import json
+    import socket as socketlib
+    import stat
+
+    path = tmp_path / "manager.sock"
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+            self.sock.connect(str(path))
+
+    s = Server(tmp_path / "home", "--socket", str(path))
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        conn = UnixConnection("localhost")
+        conn.request("GET", "/vms", headers={"Authorization": f"Bearer {TOKEN}"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read()) == {"vms": []}
+        conn.request("GET", "/vms")
+        r = conn.getresponse()
+        assert r.status == 401
+        r.read()
+        conn.close()
+    finally:
+        s.stop()
+    assert not path.exists()
