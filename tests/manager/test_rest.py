@@ -214,6 +214,9 @@ def test_a_restarted_manager_finds_live_vms_and_reaps_dead_ones(runtime, ticker_
         assert not alive(kept["pid"])
     finally:
         second.stop()
+        for pid in (kept["pid"], doomed["pid"]):  # a failed assertion must not leave a VM behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     assert "Traceback" not in second.log
 
 
