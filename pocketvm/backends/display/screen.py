@@ -82,6 +82,19 @@ class Cursor:
     visible: bool = False
 
 
+def _changed_box(old: np.ndarray, new: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) bounding the pixels that differ between two (h, w, 4) arrays; None if none do."""
+    try:  # whole pixels at once where the memory layout allows it
+        diff = old.view(np.uint32)[:, :, 0] != new.view(np.uint32)[:, :, 0]
+    except ValueError:
+        diff = (old != new).any(axis=2)
+    rows = np.flatnonzero(diff.any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(diff[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
 class Viewer:
     """One reader of the screen: what changed since it last looked (guarded by the screen's lock)."""
 
@@ -176,7 +189,12 @@ class Screen:
         self._wake(woken)
 
     def update(self, dst: Rect, src: np.ndarray) -> None:
-        """Copy `src` ((h, w, 4) xRGB pixels) to `dst` (clipped to the screen)."""
+        """Copy `src` ((h, w, 4) xRGB pixels) to `dst` (clipped to the screen).
+
+        Only what really changed counts as damage: Linux's fbdev emulation
+        flushes the whole screen for a blinking cursor or one character, and
+        viewers should be sent that character, not the screen.
+        """
         if dst.empty:
             return
         with self.lock:
@@ -185,9 +203,14 @@ class Screen:
                 src = src[: dst.h, : dst.w]
                 if dst.empty:
                     return
-            self.pixels[dst.y : dst.y + dst.h, dst.x : dst.x + dst.w] = src
+            area = self.pixels[dst.y : dst.y + dst.h, dst.x : dst.x + dst.w]
+            changed = _changed_box(area, src)
             self.frames += 1
-            woken = self._damage(dst)
+            if changed is None:
+                return
+            area[:] = src
+            cx, cy, cw, ch = changed
+            woken = self._damage(Rect(dst.x + cx, dst.y + cy, cw, ch))
         self._wake(woken)
 
     def blank(self) -> None:
