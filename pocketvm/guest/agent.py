@@ -614,6 +614,12 @@ def serve_connection(sock: socket.socket) -> None:
         pass
     finally:
         try:
+            # Wakes a thread of this request still blocked reading (a command's
+            # stdin reader); what was sent is still delivered.
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             sock.close()
         except OSError:
             pass

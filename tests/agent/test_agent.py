@@ -526,3 +526,31 @@ def test_a_silent_client_does_not_hold_the_agent(tmp_path):
         assert r.exit_code == 0
     finally:
         a.stop()
+
+
+def test_finished_requests_leave_no_threads_in_the_agent(agent, client):
+    """A command's stdin reader ends with its request, even while the client
+    keeps the connection open."""
+    import re as _re
+
+    def threads() -> int:
+        status = Path(f"/proc/{agent.proc.pid}/status").read_text()
+        return int(_re.search(r"Threads:\s+(\d+)", status).group(1))
+
+    base = threads()
+    held = []
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(agent.path))
+        s.sendall(_frame(b"J", b'{"op": "exec", "argv": ["true"], "stdin": true}'))
+        reply = b""
+        while b'"event":"exit"' not in reply:  # read to the result, but keep the socket open
+            reply += s.recv(65536)
+        held.append(s)
+    deadline = time.monotonic() + 10
+    while threads() > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() == base
+    for s in held:
+        s.close()
