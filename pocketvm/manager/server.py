@@ -299,21 +299,39 @@ async def upload(request: web.Request) -> web.Response:
     vsock = await _call(request, manager.vsock_path, name)
     channel = await _call(request, C.open_channel, vsock)
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+
+    abort: Any = object()  # the client went away: the guest must not keep a short file
 
     def pieces() -> Any:  # runs in the pool: takes what the event loop reads
         while (piece := asyncio.run_coroutine_threadsafe(queue.get(), loop).result()) is not None:
+            if piece is abort:
+                raise C.GuestError("the upload was interrupted")
             yield piece
 
     writer = loop.run_in_executor(request.app[_POOL], channel.write_file, path, pieces(), mode)
+
+    async def put(item: bytes | None) -> bool:
+        """Hand a piece to the writer; False once the writer has ended (an error: no one takes it)."""
+        putting = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait({putting, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not putting.done():
+            putting.cancel()
+            return False
+        return True
+
     try:
         async for piece in request.content.iter_chunked(1 << 20):
-            if writer.done():
+            if not await put(piece):
                 break
-            await queue.put(piece)
-        await queue.put(None)
+        else:
+            await put(None)
         written = await writer
     finally:
+        if not writer.done():  # cancelled (the client went away): end the writer with an error
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(abort)
         await loop.run_in_executor(request.app[_POOL], channel.close)
     return web.json_response({"path": path, "bytes": written})
 
