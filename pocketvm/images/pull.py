@@ -58,7 +58,7 @@ OPENSBI_PATHS = ("usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin",
 BUSYBOX_PATHS = ("usr/bin/busybox", "bin/busybox")
 # Bump when the assembled output changes for the same packages (new /init,
 # other modules...): older images then count as incomplete and are rebuilt.
-RECIPE = 8
+RECIPE = 9
 
 KERNEL_FILE = "Image"
 INITRD_FILE = "initrd.img"
