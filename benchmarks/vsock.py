@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from test_linux_vsock import Guest, _connect, _disk_with  # noqa: E402
+from test_linux_vsock import Guest, _connect, _disk_with
 
 MiB = 1 << 20
 

@@ -97,7 +97,7 @@ class _Conn:
             self.sock.sendall(FRAME.pack(kind, len(payload)))
             if payload:
                 self.sock.sendall(payload)
-        except socket.timeout:
+        except TimeoutError:
             raise AgentTimeout(f"the agent took no data for {self.timeout:g} s") from None
         except OSError as e:
             raise AgentUnavailable(f"connection to the agent lost: {e.strerror or e}") from None
@@ -110,7 +110,7 @@ class _Conn:
         while len(out) < n:
             try:
                 chunk = self.sock.recv(min(n - len(out), 1 << 20))
-            except socket.timeout:
+            except TimeoutError:
                 raise AgentTimeout(f"no answer from the agent for {self.timeout:g} s") from None
             except OSError as e:
                 raise AgentUnavailable(f"connection to the agent lost: {e.strerror or e}") from None
@@ -265,7 +265,7 @@ class AgentClient:
                     line += chunk
                 if not _OK_LINE.fullmatch(line):
                     raise AgentProtocolError(f"the VM's vsock socket answered {line[:32]!r}")
-            except socket.timeout:
+            except TimeoutError:
                 sock.close()
                 raise AgentTimeout(f"the VM did not connect vsock port {port} within {t:g} s") from None
             except OSError as e:
@@ -521,7 +521,7 @@ def _unix(path: str | os.PathLike[str], timeout: float) -> socket.socket:
     sock.settimeout(timeout)
     try:
         sock.connect(os.fspath(path))
-    except socket.timeout:
+    except TimeoutError:
         sock.close()
         raise AgentTimeout(f"{path}: no answer within {timeout:g} s") from None
     except OSError as e:

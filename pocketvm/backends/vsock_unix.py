@@ -109,7 +109,7 @@ class HostStream:
 
 
 class _Handshake:
-    __slots__ = ("stream", "deadline", "line")
+    __slots__ = ("deadline", "line", "stream")
 
     def __init__(self, stream: HostStream, deadline: float):
         self.stream = stream

@@ -41,7 +41,8 @@ from typing import Any
 from pocketvm.backends.vsock_unix import HostStream, VsockUnixHost
 from pocketvm.devices import virtio as v
 from pocketvm.devices.guestlog import guest_error
-from pocketvm.devices.virtqueue import Chain
+from pocketvm.devices.virtqueue import Chain, VirtQueue
+from pocketvm.memory import GuestMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -483,9 +484,9 @@ class VirtioVsock(v.VirtioDevice):
         for conn in self.conns.values():
             if conn.stream.readable and conn.state == "open":
                 self._read_host(conn)
-            elif conn.state == "open" and not conn.host_eof and not conn.guest_no_rcv:
-                if min(conn.guest_credit(), TO_GUEST_MAX) > len(conn.to_guest):
-                    conn.stream.want(read=True, write=bool(conn.to_host))
+            elif (conn.state == "open" and not conn.host_eof and not conn.guest_no_rcv
+                  and min(conn.guest_credit(), TO_GUEST_MAX) > len(conn.to_guest)):  # fmt: skip
+                conn.stream.want(read=True, write=bool(conn.to_host))
 
     def _receive_into(self, chain: Chain) -> int:
         """Write the next owed packet into `chain`; returns the used length."""
@@ -643,10 +644,11 @@ class VirtioVsock(v.VirtioDevice):
         return self._queue_ready(RX)
 
 
-def _has_available(queue: Any) -> bool:
+def _has_available(queue: VirtQueue) -> bool:
+    """Whether the driver has made a chain available that is not yet popped."""
     if not queue.ready or queue.broken:
         return False
     try:
         return queue.ram.read_int(queue.driver_addr + 2, 2) != queue.last_avail
-    except Exception:
-        return False
+    except GuestMemoryError:
+        return False  # pop() finds this out and stops the queue

@@ -239,7 +239,7 @@ def test_many_requests_at_once(client, tmp_path):
             client.write_bytes(str(tmp_path / f"m{i}"), f"marker {i}".encode())
             r = client.run(f"sleep 0.2; cat {tmp_path / f'm{i}'}")
             results[i] = r.stdout
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 (reported by the main thread)
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]

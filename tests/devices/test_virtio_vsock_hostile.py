@@ -18,7 +18,7 @@ from vsock_guest import VsockGuest
 from pocketvm.devices import virtio_mmio as m
 from pocketvm.devices import virtio_vsock as vs
 
-OPS = list(range(0, 10))
+OPS = list(range(10))
 PORTS = [52, 1024, 50000, 50001, vs.FIRST_HOST_PORT, vs.FIRST_HOST_PORT + 1, 0xFFFF_FFFF]
 
 

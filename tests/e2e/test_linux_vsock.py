@@ -9,7 +9,6 @@ the guest reaches a host program listening on `PATH_<port>`.
 
 from __future__ import annotations
 
-import lzma
 import os
 import re
 import select
@@ -24,34 +23,11 @@ import numpy as np
 import pytest
 from e2etools import BOOT_TIMEOUT
 
-from pocketvm.paths import cache_dir
-
 pytestmark = pytest.mark.slow
 
 PROMPT = b"pocket:~# "
-MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
-SIZE = int(os.environ.get("POCKETVM_VSOCK_E2E_BYTES", 64 << 20))
+SIZE = int(os.environ.get("POCKETVM_VSOCK_E2E_BYTES", str(64 << 20)))
 HERE = Path(__file__).parent
-
-
-def _kernel_modules(dest: Path) -> dict[str, Path]:
-    """The vsock modules of the pulled Debian kernel, uncompressed."""
-    debs = sorted((cache_dir() / "debs").glob("linux-image-*riscv64*.deb"))
-    if not debs:
-        pytest.skip("no Debian kernel package in the cache")
-    tree = dest / "kernel"
-    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tree)], check=True)
-    found: dict[str, Path] = {}
-    for name in MODULES:
-        hits = list(tree.glob(f"usr/lib/modules/*/kernel/net/vmw_vsock/{name}.ko*"))
-        assert hits, f"{name} not in {debs[-1].name}"
-        data = hits[0].read_bytes()
-        if hits[0].suffix == ".xz":
-            data = lzma.decompress(data)
-        out = dest / f"{name}.ko"
-        out.write_bytes(data)
-        found[name] = out
-    return found
 
 
 def _disk_with(path: Path, files: dict[str, Path]) -> Path:
@@ -71,9 +47,7 @@ def vsock_disk(tmp_path_factory, guest_image) -> Path:
     subprocess.run(
         ["riscv64-linux-gnu-gcc", "-O2", "-static", "-o", str(tool), str(HERE / "vsock" / "vsock_tool.c")], check=True
     )
-    files = {f"{n}.ko": p for n, p in _kernel_modules(tmp).items()}
-    files["vsock_tool"] = tool
-    return _disk_with(tmp / "disk.img", files)
+    return _disk_with(tmp / "disk.img", {"vsock_tool": tool})
 
 
 class Guest:
@@ -122,8 +96,8 @@ class Guest:
 def guest(vsock_disk, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     g = Guest(vsock_disk, run / "vm.vsock")
-    g.type("mount -o ro /dev/vda /mnt && for m in " + " ".join(MODULES) + "; do insmod /mnt/$m.ko 2>/dev/null; done;"
-           " grep -q vmw_vsock_virtio_transport /proc/modules && echo VSOCK-$((2+3))-READY")  # fmt: skip
+    # The initramfs loads the vsock transport when it finds the device.
+    g.type("mount -o ro /dev/vda /mnt && grep -q '^vmw_vsock_virtio_transport ' /proc/modules && echo VSOCK-$((2+3))-READY")
     g.wait_for(rb"VSOCK-5-READY")
     yield g
     g.close()
@@ -263,7 +237,7 @@ def test_restore_resets_old_connections_and_new_ones_work(vsock_disk, tmp_path, 
         assert s.recv(64) == b"before the snapshot"
         snap = tmp_path / "snap"
         done = subprocess.run([sys.executable, "-m", "pocketvm", "snapshot", "vs-a", str(snap), "--stop"],
-                              capture_output=True, timeout=300)  # fmt: skip
+                              capture_output=True, timeout=300, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert g.proc.wait(60) == 0
         assert s.recv(64) == b""  # the old VM is gone, and its end of the connection
