@@ -1,296 +1,310 @@
-"""LLVM IR for one block (see `native_call` for the function's signature).
+"""LLVM IR for one region (see `native_call` for the function's signature).
 
-Guest registers live in allocas for the whole block, which LLVM promotes
+The IR is written as text: building it with llvmlite's IR objects took
+most of the translation time (about 0.3 ms per guest instruction).
+
+Guest registers live in allocas for the whole region, which LLVM promotes
 to host registers; they are written back to `st` at every exit. Loads and
 stores do the TLB lookup inline, exactly as the interpreter's fast path
 does, and anything else (TLB miss, device, misaligned, a store into the
-block's own code page) exits *before* the instruction with st[PC] = its pc
-and the count of instructions retired so far, for the interpreter to run
-it. A block that ends with a branch or jump back to its own start loops in
-native code for as long as `max_insns` allows; one that goes on at a known
-place in the same physical page jumps straight to the block there when the
+region's own code page) exits *before* the instruction with st[PC] = its
+pc and the count of instructions retired so far, for the interpreter to run
+it. Branches between the region's sub-blocks are plain jumps, so loops stay
+in native code for as long as `max_insns` allows; an exit to a known place
+in the same physical page jumps straight to the block there when the
 translation table has one (a guaranteed tail call, so chains of any length
 use no stack).
 """
 
 from __future__ import annotations
 
-from llvmlite import ir
-
 from pocketvm.cpu.state import PC, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, block_key, slot_index
 
-I1 = ir.IntType(1)
-I8 = ir.IntType(8)
-I16 = ir.IntType(16)
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
-I128 = ir.IntType(128)
-FN_TYPE = ir.FunctionType(I64, [I64.as_pointer(), I8.as_pointer(), I64, I64, I64, I64, I64, I64])
-
 _ACC_LOAD = 1
 _ACC_STORE = 2
 _WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03)
+_INT_TYPE = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
+_BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
+_ARGS = "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in"
 
 
-def c64(v: int) -> ir.Constant:
+def s64(v: int) -> str:
+    """A 64-bit constant, as LLVM wants it (signed decimal)."""
     v &= (1 << 64) - 1
-    return ir.Constant(I64, v - (1 << 64) if v >> 63 else v)
+    return str(v - (1 << 64) if v >> 63 else v)
 
 
-def c32(v: int) -> ir.Constant:
+def s32(v: int) -> str:
     v &= (1 << 32) - 1
-    return ir.Constant(I32, v - (1 << 32) if v >> 31 else v)
+    return str(v - (1 << 32) if v >> 31 else v)
+
+
+def module_text(triple: str, functions: list[str]) -> str:
+    # !0: the branch weights that mark exits as unlikely.
+    return f'target triple = "{triple}"\n\n' + "\n".join(functions) + '\n!0 = !{!"branch_weights", i32 1, i32 2000}\n'
 
 
 class BlockCodegen:
-    """Emits one function into `module` for the block at RAM offset `off`."""
+    """The text of one function for the region at RAM offset `off`."""
 
-    def __init__(
-        self, module: ir.Module, name: str, off: int, paged: bool, region: Region, table_addr: int | None
-    ):
+    def __init__(self, name: str, off: int, paged: bool, region: Region, table_addr: int | None):
         """`paged`: loads and stores are translated (the table keys the block by it too);
         `table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
+        self.name = name
         self.off = off
         self.paged = paged
         self.region = region
         self.insns = region.insns
         self.table_addr = table_addr
-        self.fn = ir.Function(module, FN_TYPE, name=name)
-        self.st, self.ram, self.ram_size, self.pc, self.dx, self.dtag, self.max_insns, self.done_in = self.fn.args
-        for a in (self.st, self.ram):
-            a.add_attribute("noalias")
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         written = {i.rd for i in self.insns if i.opcode in _WRITES_RD}
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
         read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63)}
-        self.written = written - {0}
+        self.written = sorted(written - {0})
         self.used = sorted((read | written) - {0})
-        self.regs: dict[int, ir.AllocaInstr] = {}
-        self.done = None  # alloca: instructions retired before the current sub-block
+        self.lines: list[str] = []
+        self.n = 0
+        self.block = "entry"
+        self.exits: list[tuple[str, str, str, str, str]] = []  # (from label, npc, total, slot offset, want)
+        self.cur: list[Insn] = []
 
-    # --- helpers ----------------------------------------------------------------
-    def st_ptr(self, index) -> ir.Value:
-        idx = index if isinstance(index, ir.Value) else c64(index)
-        return self.b.gep(self.st, [idx])
+    # --- text helpers ---------------------------------------------------------------
+    def v(self, text: str) -> str:
+        """Emit `%tN = text` and return %tN."""
+        self.n += 1
+        name = f"%t{self.n}"
+        self.lines.append(f"  {name} = {text}")
+        return name
 
-    def get(self, r: int) -> ir.Value:
-        if r == 0:
-            return c64(0)
-        return self.b.load(self.regs[r])
+    def put(self, text: str) -> None:
+        self.lines.append(f"  {text}")
 
-    def set(self, r: int, v: ir.Value) -> None:
+    def new_label(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}{self.n}"
+
+    def start(self, label: str) -> None:
+        self.lines.append(f"{label}:")
+        self.block = label
+
+    def st_ptr(self, index: str | int) -> str:
+        return self.v(f"getelementptr i64, ptr %st, i64 {index}")
+
+    def get(self, r: int) -> str:
+        return "0" if r == 0 else self.v(f"load i64, ptr %x{r}")
+
+    def set(self, r: int, value: str) -> None:
         if r != 0:
-            self.b.store(v, self.regs[r])
+            self.put(f"store i64 {value}, ptr %x{r}")
 
-    def pc_plus(self, rel: int) -> ir.Value:
-        return self.b.add(self.pc, c64(rel)) if rel else self.pc
+    def pc_plus(self, rel: int) -> str:
+        return self.v(f"add i64 %pc, {rel}") if rel else "%pc"
 
-    def exit_block(self, next_pc: ir.Value | int, retired_in_pass: int, done: ir.Value | None = None) -> None:
+    # --- exits ------------------------------------------------------------------------
+    def exit_block(self, next_pc: str | int, retired: int) -> None:
         """Leave for the interpreter at `next_pc` (block-relative when an int)."""
         npc = self.pc_plus(next_pc) if isinstance(next_pc, int) else next_pc
-        self._to_epilogue(npc, retired_in_pass, done, None)
+        self._to_epilogue(npc, retired, None)
 
-    def exit_to(self, target_rel: int, retired_in_pass: int, done: ir.Value | None = None) -> None:
+    def exit_to(self, target_rel: int, retired: int) -> None:
         """Like exit_block to block-relative `target_rel`, chaining to the block there if there is one."""
         in_page = 0 <= (self.off & 0xFFF) + target_rel < 0x1000
         target_off = self.off + target_rel if in_page and self.table_addr is not None else None
-        self._to_epilogue(self.pc_plus(target_rel), retired_in_pass, done, target_off)
+        self._to_epilogue(self.pc_plus(target_rel), retired, target_off)
 
-    def _to_epilogue(self, npc: ir.Value, retired_in_pass: int, done: ir.Value | None, target_off: int | None) -> None:
-        b = self.b
-        base = done if done is not None else b.load(self.done)
-        total = b.add(base, c64(retired_in_pass))
+    def _to_epilogue(self, npc: str, retired: int, target_off: int | None) -> None:
+        total = self.v(f"add i64 {self.v('load i64, ptr %done')}, {retired}")
         if target_off is None:
-            slot_addr, want = 0, -2  # a key that never matches
+            slot, want = "0", "-2"  # a key that never matches
         else:
-            slot_addr, want = 8 * (JT_KEY + slot_index(target_off)), block_key(target_off, self.paged)
-        self.exits.append((b.block, npc, total, c64(slot_addr), c64(want)))
-        b.branch(self.epilogue)
+            slot, want = str(8 * (JT_KEY + slot_index(target_off))), s64(block_key(target_off, self.paged))
+        self.exits.append((self.block, npc, total, slot, want))
+        self.put("br label %epilogue")
+
+    def side_exit_if(self, cond: str, index: int) -> None:
+        """Leave before instruction `index` of the current sub-block when `cond` (i1) holds."""
+        out, go = self.new_label("out"), self.new_label("go")
+        self.put(f"br i1 {cond}, label %{out}, label %{go}, !prof !0")
+        self.start(out)
+        self.exit_block(self.cur[index].rel, index)
+        self.start(go)
 
     def emit_epilogue(self) -> None:
         """All exits meet here: write the registers back, then chain or return."""
-        b = self.b
-        b.position_at_end(self.epilogue)
-        phis = [b.phi(I64) for _ in range(4)]
-        for block, *values in self.exits:
-            for phi, v in zip(phis, values):
-                phi.add_incoming(v, block)
-        npc, total, slot_addr, want = phis
-        for r in sorted(self.written):
-            b.store(b.load(self.regs[r]), self.st_ptr(r))
-        if self.table_addr is not None and any(e[4].constant != -2 for e in self.exits):
-            table = c64(self.table_addr)
-            key = b.load(b.inttoptr(b.add(table, slot_addr), I64.as_pointer()))
-            target = b.load(b.inttoptr(b.add(table, b.add(slot_addr, c64(8 * (JT_FN - JT_KEY)))), I64.as_pointer()))
-            ok = b.and_(b.icmp_signed("==", key, want), b.icmp_signed("!=", target, c64(0)))
-            chain_bb = self.fn.append_basic_block("chain")
-            plain_bb = self.fn.append_basic_block("plain")
-            b.cbranch(ok, chain_bb, plain_bb)
-            b.position_at_end(chain_bb)
-            callee = b.inttoptr(target, FN_TYPE.as_pointer())
-            args = [self.st, self.ram, self.ram_size, npc, self.dx, self.dtag, self.max_insns, total]
-            b.ret(b.call(callee, args, tail="musttail"))
-            b.position_at_end(plain_bb)
-        b.store(npc, self.st_ptr(PC))
-        b.ret(total)
+        self.start("epilogue")
+        cols = list(zip(*[[f"[ {e[i]}, %{e[0]} ]" for i in range(1, 5)] for e in self.exits]))
+        npc, total, slot, want = (self.v("phi i64 " + ", ".join(col)) for col in cols)
+        for r in self.written:
+            self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
+        if self.table_addr is not None and any(e[4] != "-2" for e in self.exits):
+            key_addr = self.v(f"add i64 {slot}, {self.table_addr}")
+            key = self.v(f"load i64, ptr {self.v(f'inttoptr i64 {key_addr} to ptr')}")
+            fn_addr = self.v(f"add i64 {key_addr}, {8 * (JT_FN - JT_KEY)}")
+            target = self.v(f"load i64, ptr {self.v(f'inttoptr i64 {fn_addr} to ptr')}")
+            ok = self.v(f"and i1 {self.v(f'icmp eq i64 {key}, {want}')}, {self.v(f'icmp ne i64 {target}, 0')}")
+            self.put(f"br i1 {ok}, label %chain, label %plain")
+            self.start("chain")
+            callee = self.v(f"inttoptr i64 {target} to ptr")
+            r = self.v(
+                f"musttail call i64 {callee}(ptr %st, ptr %ram, i64 %ram_size, i64 {npc}, i64 %dx, i64 %dtag, "
+                f"i64 %maxn, i64 {total})"
+            )
+            self.put(f"ret i64 {r}")
+            self.start("plain")
+        self.put(f"store i64 {npc}, ptr {self.st_ptr(PC)}")
+        self.put(f"ret i64 {total}")
 
-    def side_exit_if(self, cond: ir.Value, index: int) -> None:
-        """Leave before instruction `index` of the current sub-block when `cond` holds."""
-        insn = self.cur[index]
-        exit_bb = self.fn.append_basic_block(f"exit{index}")
-        cont = self.fn.append_basic_block(f"i{index}c")
-        self.b.cbranch(cond, exit_bb, cont)
-        self.b.position_at_end(exit_bb)
-        self.exit_block(insn.rel, index)
-        self.b.position_at_end(cont)
-
-    # --- the function ------------------------------------------------------------
-    def emit(self) -> None:
-        b = self.b
+    # --- the function ----------------------------------------------------------------
+    def emit(self) -> str:
+        self.lines.append(f"define i64 @{self.name}({_ARGS}) {{")
+        self.start("entry")
+        for r in self.used:
+            self.put(f"%x{r} = alloca i64")
+        self.put("%done = alloca i64")
         # The code must still be what it was translated from.
         diff = None
         for insn in self.insns:
-            ty = I16 if insn.length == 2 else I32
-            p = b.bitcast(b.gep(self.ram, [c64(self.off + insn.rel)]), ty.as_pointer())
-            word = b.load(p, align=2)
-            x = b.xor(word, ir.Constant(ty, insn.raw))
-            if ty is I16:
-                x = b.zext(x, I32)
-            diff = x if diff is None else b.or_(diff, x)
-        with b.if_then(b.icmp_unsigned("!=", diff, c32(0)), likely=False):
-            # Stale: -1 tells the interpreter to drop it; a chaining block gets its own count back.
-            b.store(self.pc, self.st_ptr(PC))
-            first = b.icmp_signed("==", self.done_in, c64(0))
-            b.ret(b.select(first, c64(-1), self.done_in))
+            ty = "i16" if insn.length == 2 else "i32"
+            p = self.v(f"getelementptr i8, ptr %ram, i64 {self.off + insn.rel}")
+            word = self.v(f"load {ty}, ptr {p}, align 2")
+            raw = s32(insn.raw) if insn.length == 4 else str(insn.raw - (1 << 16) if insn.raw >> 15 else insn.raw)
+            x = self.v(f"xor {ty} {word}, {raw}")
+            if ty == "i16":
+                x = self.v(f"zext i16 {x} to i32")
+            diff = x if diff is None else self.v(f"or i32 {diff}, {x}")
+        stale = self.v(f"icmp ne i32 {diff}, 0")
+        self.put(f"br i1 {stale}, label %stale, label %fresh, !prof !0")
+        self.start("stale")
+        # -1 tells the interpreter to drop it; a chaining block gets its own count back.
+        self.put(f"store i64 %pc, ptr {self.st_ptr(PC)}")
+        first = self.v("icmp eq i64 %done_in, 0")
+        self.put(f"ret i64 {self.v(f'select i1 {first}, i64 -1, i64 %done_in')}")
+        self.start("fresh")
         for r in self.used:
-            a = b.alloca(I64, name=f"x{r}")
-            b.store(b.load(self.st_ptr(r)), a)
-            self.regs[r] = a
-        self.done = b.alloca(I64, name="done")
-        b.store(self.done_in, self.done)
-        self.epilogue = self.fn.append_basic_block("epilogue")
-        self.exits = []
-        self.labels = {start: self.fn.append_basic_block(f"L{start}") for start in self.region.blocks}
-        b.branch(self.labels[0])
+            self.put(f"store i64 {self.v(f'load i64, ptr {self.st_ptr(r)}')}, ptr %x{r}")
+        self.put("store i64 %done_in, ptr %done")
+        self.put("br label %L0")
         for start, sub in self.region.blocks.items():
-            b.position_at_end(self.labels[start])
+            self.start(f"L{start}".replace("-", "m"))
             self.cur = sub.insns
             n = len(sub.insns)
             # Not enough budget left for this sub-block: the interpreter goes on from here.
-            short = b.icmp_signed(">", b.add(b.load(self.done), c64(n)), self.max_insns)
-            go = self.fn.append_basic_block(f"L{start}go")
-            stop = self.fn.append_basic_block(f"L{start}stop")
-            b.cbranch(short, stop, go)
-            b.position_at_end(stop)
+            done = self.v("load i64, ptr %done")
+            short = self.v(f"icmp sgt i64 {self.v(f'add i64 {done}, {n}')}, %maxn")
+            stop, go = self.new_label("stop"), self.new_label("go")
+            self.put(f"br i1 {short}, label %{stop}, label %{go}, !prof !0")
+            self.start(stop)
             self.exit_block(start, 0)
-            b.position_at_end(go)
+            self.start(go)
             for i, insn in enumerate(sub.insns):
                 if not self.emit_insn(i, insn):
                     break  # a jump or branch ended the sub-block
             else:
+                assert sub.next_rel is not None
                 self.goto(sub.next_rel, n)
         self.emit_epilogue()
+        self.lines.append("}")
+        return "\n".join(self.lines) + "\n"
 
-    def goto(self, target_rel: int, retired_in_pass: int) -> None:
+    def goto(self, target_rel: int, retired: int) -> None:
         """End of a sub-block that goes on at block-relative `target_rel`."""
-        label = self.labels.get(target_rel)
-        if label is None:
-            self.exit_to(target_rel, retired_in_pass)
+        if target_rel not in self.region.blocks:
+            self.exit_to(target_rel, retired)
             return
-        b = self.b
-        b.store(b.add(b.load(self.done), c64(retired_in_pass)), self.done)
-        b.branch(label)
+        done = self.v("load i64, ptr %done")
+        self.put(f"store i64 {self.v(f'add i64 {done}, {retired}')}, ptr %done")
+        self.put(f"br label %L{target_rel}".replace("-", "m"))
 
-    # --- memory -------------------------------------------------------------------
-    def ram_pointer(self, i: int, addr: ir.Value, size: int, acc: int) -> ir.Value:
+    # --- memory ----------------------------------------------------------------------
+    def ram_pointer(self, i: int, addr: str, size: int, acc: int) -> str:
         """Host pointer for an aligned RAM access at guest `addr`, or a side exit.
 
         All the reasons to leave (misaligned, TLB miss or no RAM, a store
         into this code's own page) are folded into one test."""
-        b = self.b
-        bad = b.and_(addr, c64(size - 1)) if size > 1 else None
+        bad = self.v(f"and i64 {addr}, {size - 1}") if size > 1 else None
         if self.paged:
             table = TLB + acc * 2 * TLB_ENTRIES
-            slot = b.add(b.and_(b.lshr(addr, c64(11)), c64(2 * TLB_ENTRIES - 2)), c64(table))
-            tag = b.load(self.st_ptr(slot))
-            want = b.or_(b.and_(addr, c64(-4096)), self.dtag)
-            miss = b.xor(tag, want)
-            page = b.load(self.st_ptr(b.add(slot, c64(1))))
-            off = b.add(page, b.and_(addr, c64(0xFFF)))
+            index = self.v(f"and i64 {self.v(f'lshr i64 {addr}, 11')}, {2 * TLB_ENTRIES - 2}")
+            slot = self.v(f"add i64 {index}, {table}")
+            tag = self.v(f"load i64, ptr {self.st_ptr(slot)}")
+            want = self.v(f"or i64 {self.v(f'and i64 {addr}, -4096')}, %dtag")
+            miss = self.v(f"xor i64 {tag}, {want}")
+            page = self.v(f"load i64, ptr {self.st_ptr(self.v(f'add i64 {slot}, 1'))}")
+            off = self.v(f"add i64 {page}, {self.v(f'and i64 {addr}, 4095')}")
         else:
-            off = b.sub(addr, c64(RAM_BASE))
-            miss = b.zext(b.icmp_unsigned(">=", off, self.ram_size), I64)
-        bad = miss if bad is None else b.or_(bad, miss)
+            off = self.v(f"sub i64 {addr}, {RAM_BASE}")
+            miss = self.v(f"zext i1 {self.v(f'icmp uge i64 {off}, %ram_size')} to i64")
+        bad = miss if bad is None else self.v(f"or i64 {bad}, {miss}")
         if acc == _ACC_STORE:
-            same_page = b.icmp_signed("==", b.lshr(off, c64(12)), c64(self.off >> 12))
-            bad = b.or_(bad, b.zext(same_page, I64))
-        self.side_exit_if(b.icmp_unsigned("!=", bad, c64(0)), i)
-        ty = {1: I8, 2: I16, 4: I32, 8: I64}[size]
-        return b.bitcast(b.gep(self.ram, [off]), ty.as_pointer())
+            same = self.v(f"icmp eq i64 {self.v(f'lshr i64 {off}, 12')}, {self.off >> 12}")
+            bad = self.v(f"or i64 {bad}, {self.v(f'zext i1 {same} to i64')}")
+        self.side_exit_if(self.v(f"icmp ne i64 {bad}, 0"), i)
+        return self.v(f"getelementptr i8, ptr %ram, i64 {off}")
 
-    # --- instructions ---------------------------------------------------------------
+    # --- instructions ------------------------------------------------------------------
     def emit_insn(self, i: int, insn: Insn) -> bool:
-        """Emit one instruction; False when it ended the function (block-ending jump)."""
-        b = self.b
+        """Emit one instruction; False when it ended the sub-block (a jump or branch)."""
         op, f3, rd = insn.opcode, insn.f3, insn.rd
+        v = self.v
         if op == 0x13:
             a = self.get(insn.rs1)
-            imm = insn.imm_i
+            imm = s64(insn.imm_i)
             if f3 == 0:
-                v = b.add(a, c64(imm))
+                r = v(f"add i64 {a}, {imm}")
             elif f3 == 1:
-                v = b.shl(a, c64(imm & 63))
+                r = v(f"shl i64 {a}, {insn.imm_i & 63}")
             elif f3 == 2:
-                v = b.zext(b.icmp_signed("<", a, c64(imm)), I64)
+                r = v(f"zext i1 {v(f'icmp slt i64 {a}, {imm}')} to i64")
             elif f3 == 3:
-                v = b.zext(b.icmp_unsigned("<", a, c64(imm)), I64)
+                r = v(f"zext i1 {v(f'icmp ult i64 {a}, {imm}')} to i64")
             elif f3 == 4:
-                v = b.xor(a, c64(imm))
+                r = v(f"xor i64 {a}, {imm}")
             elif f3 == 5:
-                v = b.ashr(a, c64(imm & 63)) if (insn.bits >> 30) & 1 else b.lshr(a, c64(imm & 63))
+                r = v(f"{'ashr' if (insn.bits >> 30) & 1 else 'lshr'} i64 {a}, {insn.imm_i & 63}")
             elif f3 == 6:
-                v = b.or_(a, c64(imm))
+                r = v(f"or i64 {a}, {imm}")
             else:
-                v = b.and_(a, c64(imm))
-            self.set(rd, v)
+                r = v(f"and i64 {a}, {imm}")
+            self.set(rd, r)
         elif op == 0x1B:
-            a32 = b.trunc(self.get(insn.rs1), I32)
+            a = v(f"trunc i64 {self.get(insn.rs1)} to i32")
             sh = insn.rs2  # shamt[4:0]
             if f3 == 0:
-                v = b.add(a32, c32(insn.imm_i))
+                r = v(f"add i32 {a}, {s32(insn.imm_i)}")
             elif f3 == 1:
-                v = b.shl(a32, c32(sh))
+                r = v(f"shl i32 {a}, {sh}")
             elif insn.f7 == 0:
-                v = b.lshr(a32, c32(sh))
+                r = v(f"lshr i32 {a}, {sh}")
             else:
-                v = b.ashr(a32, c32(sh))
-            self.set(rd, b.sext(v, I64))
+                r = v(f"ashr i32 {a}, {sh}")
+            self.set(rd, v(f"sext i32 {r} to i64"))
         elif op == 0x33:
             self.set(rd, self.op(insn, self.get(insn.rs1), self.get(insn.rs2)))
         elif op == 0x3B:
             self.set(rd, self.op32(insn, self.get(insn.rs1), self.get(insn.rs2)))
         elif op == 0x37:
-            self.set(rd, c64(insn.imm_u))
+            self.set(rd, s64(insn.imm_u))
         elif op == 0x17:
-            self.set(rd, b.add(self.pc, c64(insn.rel + insn.imm_u)))
+            self.set(rd, self.pc_plus(insn.rel + insn.imm_u))
         elif op == 0x03:
-            addr = b.add(self.get(insn.rs1), c64(insn.imm_i))
+            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_i)}")
             size = 1 << (f3 & 3)
             p = self.ram_pointer(i, addr, size, _ACC_LOAD)
-            v = b.load(p, align=size)
+            ty = _INT_TYPE[size]
+            r = v(f"load {ty}, ptr {p}, align {size}")
             if size < 8:
-                v = b.zext(v, I64) if f3 >= 4 else b.sext(v, I64)
-            self.set(rd, v)
+                r = v(f"{'zext' if f3 >= 4 else 'sext'} {ty} {r} to i64")
+            self.set(rd, r)
         elif op == 0x23:
-            addr = b.add(self.get(insn.rs1), c64(insn.imm_s))
+            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_s)}")
             size = 1 << f3
-            v = self.get(insn.rs2)  # read before the exits: no register changes in between
+            value = self.get(insn.rs2)
             p = self.ram_pointer(i, addr, size, _ACC_STORE)
+            ty = _INT_TYPE[size]
             if size < 8:
-                v = b.trunc(v, {1: I8, 2: I16, 4: I32}[size])
-            b.store(v, p, align=size)
+                value = v(f"trunc i64 {value} to {ty}")
+            self.put(f"store {ty} {value}, ptr {p}, align {size}")
         elif op == 0x0F:
             pass  # fence: nothing to order in a single-threaded emulator
         elif op == 0x6F:
@@ -298,84 +312,78 @@ class BlockCodegen:
             self.goto(insn.rel + insn.imm_j, i + 1)
             return False
         elif op == 0x67:
-            target = b.and_(b.add(self.get(insn.rs1), c64(insn.imm_i)), c64(-2))
+            target = v(f"and i64 {v(f'add i64 {self.get(insn.rs1)}, {s64(insn.imm_i)}')}, -2")
             self.set(rd, self.pc_plus(insn.rel + insn.length))
             self.exit_block(target, i + 1)
             return False
         elif op == 0x63:
-            a, c = self.get(insn.rs1), self.get(insn.rs2)
-            pred = {0: ("==", True), 1: ("!=", True), 4: ("<", True), 5: (">=", True), 6: ("<", False), 7: (">=", False)}
-            cmp, signed = pred[f3]
-            taken = b.icmp_signed(cmp, a, c) if signed else b.icmp_unsigned(cmp, a, c)
-            t_bb = self.fn.append_basic_block(f"i{i}taken")
-            f_bb = self.fn.append_basic_block(f"i{i}fall")
-            b.cbranch(taken, t_bb, f_bb)
-            b.position_at_end(t_bb)
+            taken = v(f"icmp {_BRANCH[f3]} i64 {self.get(insn.rs1)}, {self.get(insn.rs2)}")
+            t, f = self.new_label("taken"), self.new_label("fall")
+            self.put(f"br i1 {taken}, label %{t}, label %{f}")
+            self.start(t)
             self.goto(insn.rel + insn.imm_b, i + 1)
-            b.position_at_end(f_bb)
+            self.start(f)
             self.goto(insn.rel + insn.length, i + 1)
             return False
-        else:  # decode_block only lets through what is handled above
+        else:  # decode only lets through what is handled above
             raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")
         return True
 
-    def op(self, insn: Insn, a: ir.Value, c: ir.Value) -> ir.Value:
-        b = self.b
+    def op(self, insn: Insn, a: str, c: str) -> str:
+        v = self.v
         f3, f7 = insn.f3, insn.f7
         if f7 == 0:
-            return [
-                lambda: b.add(a, c),
-                lambda: b.shl(a, b.and_(c, c64(63))),
-                lambda: b.zext(b.icmp_signed("<", a, c), I64),
-                lambda: b.zext(b.icmp_unsigned("<", a, c), I64),
-                lambda: b.xor(a, c),
-                lambda: b.lshr(a, b.and_(c, c64(63))),
-                lambda: b.or_(a, c),
-                lambda: b.and_(a, c),
-            ][f3]()
+            if f3 == 1:
+                return v(f"shl i64 {a}, {v(f'and i64 {c}, 63')}")
+            if f3 == 5:
+                return v(f"lshr i64 {a}, {v(f'and i64 {c}, 63')}")
+            if f3 in (2, 3):
+                cmp = "slt" if f3 == 2 else "ult"
+                return v(f"zext i1 {v(f'icmp {cmp} i64 {a}, {c}')} to i64")
+            return v(f"{ {0: 'add', 4: 'xor', 6: 'or', 7: 'and'}[f3]} i64 {a}, {c}")
         if f7 == 0x20:
-            return b.sub(a, c) if f3 == 0 else b.ashr(a, b.and_(c, c64(63)))
+            return v(f"sub i64 {a}, {c}") if f3 == 0 else v(f"ashr i64 {a}, {v(f'and i64 {c}, 63')}")
         # M extension
         if f3 == 0:
-            return b.mul(a, c)
+            return v(f"mul i64 {a}, {c}")
         if f3 in (1, 2, 3):
-            wa = b.sext(a, I128) if f3 in (1, 2) else b.zext(a, I128)
-            wc = b.sext(c, I128) if f3 == 1 else b.zext(c, I128)
-            return b.trunc(b.lshr(b.mul(wa, wc), ir.Constant(I128, 64)), I64)
-        return self.divrem(f3, a, c, I64)
+            wa = v(f"{'sext' if f3 in (1, 2) else 'zext'} i64 {a} to i128")
+            wc = v(f"{'sext' if f3 == 1 else 'zext'} i64 {c} to i128")
+            product = v(f"mul i128 {wa}, {wc}")
+            return v(f"trunc i128 {v(f'lshr i128 {product}, 64')} to i64")
+        return self.divrem(f3, a, c, 64)
 
-    def op32(self, insn: Insn, a: ir.Value, c: ir.Value) -> ir.Value:
-        b = self.b
+    def op32(self, insn: Insn, a: str, c: str) -> str:
+        v = self.v
         f3, f7 = insn.f3, insn.f7
-        a32, c32_ = b.trunc(a, I32), b.trunc(c, I32)
-        sh = b.and_(c32_, c32(31))
-        if f7 == 0:
-            v = {0: lambda: b.add(a32, c32_), 1: lambda: b.shl(a32, sh), 5: lambda: b.lshr(a32, sh)}[f3]()
-        elif f7 == 0x20:
-            v = b.sub(a32, c32_) if f3 == 0 else b.ashr(a32, sh)
+        a32, c32 = v(f"trunc i64 {a} to i32"), v(f"trunc i64 {c} to i32")
+        if f7 in (0, 0x20) and f3 in (1, 5):
+            sh = v(f"and i32 {c32}, 31")
+            kind = "shl" if f3 == 1 else ("lshr" if f7 == 0 else "ashr")
+            r = v(f"{kind} i32 {a32}, {sh}")
+        elif f7 in (0, 0x20):
+            r = v(f"{'add' if f7 == 0 else 'sub'} i32 {a32}, {c32}")
         elif f3 == 0:
-            v = b.mul(a32, c32_)
+            r = v(f"mul i32 {a32}, {c32}")
         else:
-            v = self.divrem(f3, a32, c32_, I32)
-        return b.sext(v, I64)
+            r = self.divrem(f3, a32, c32, 32)
+        return v(f"sext i32 {r} to i64")
 
-    def divrem(self, f3: int, a: ir.Value, c: ir.Value, ty: ir.IntType) -> ir.Value:
+    def divrem(self, f3: int, a: str, c: str, bits: int) -> str:
         """RISC-V division: x/0 = -1 (all ones), x%0 = x, MIN/-1 = MIN, MIN%-1 = 0."""
-        b = self.b
-        zero = ir.Constant(ty, 0)
-        one = ir.Constant(ty, 1)
-        ones = ir.Constant(ty, -1)
-        by_zero = b.icmp_signed("==", c, zero)
+        v = self.v
+        t = f"i{bits}"
+        by_zero = v(f"icmp eq {t} {c}, 0")
         if f3 in (4, 6):  # signed
-            minv = ir.Constant(ty, -(1 << (ty.width - 1)))
-            overflow = b.and_(b.icmp_signed("==", a, minv), b.icmp_signed("==", c, ones))
-            safe = b.select(b.or_(by_zero, overflow), one, c)
+            minv = str(-(1 << (bits - 1)))
+            overflow = v(f"and i1 {v(f'icmp eq {t} {a}, {minv}')}, {v(f'icmp eq {t} {c}, -1')}")
+            safe = v(f"select i1 {v(f'or i1 {by_zero}, {overflow}')}, {t} 1, {t} {c}")
             if f3 == 4:
-                q = b.sdiv(a, safe)
-                return b.select(by_zero, ones, b.select(overflow, a, q))
-            r = b.srem(a, safe)
-            return b.select(by_zero, a, b.select(overflow, zero, r))
-        safe = b.select(by_zero, one, c)
+                q = v(f"sdiv {t} {a}, {safe}")
+                return v(f"select i1 {by_zero}, {t} -1, {t} {v(f'select i1 {overflow}, {t} {a}, {t} {q}')}")
+            r = v(f"srem {t} {a}, {safe}")
+            return v(f"select i1 {by_zero}, {t} {a}, {t} {v(f'select i1 {overflow}, {t} 0, {t} {r}')}")
+        safe = v(f"select i1 {by_zero}, {t} 1, {t} {c}")
         if f3 == 5:
-            return b.select(by_zero, ones, b.udiv(a, safe))
-        return b.select(by_zero, a, b.urem(a, safe))
+            return v(f"select i1 {by_zero}, {t} -1, {t} {v(f'udiv {t} {a}, {safe}')}")
+        return v(f"select i1 {by_zero}, {t} {a}, {t} {v(f'urem {t} {a}, {safe}')}")

@@ -23,10 +23,9 @@ from typing import Callable
 
 import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir
 
 from pocketvm.cpu.tier1 import layout as L
-from pocketvm.cpu.tier1.codegen import BlockCodegen
+from pocketvm.cpu.tier1.codegen import BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import decode_region
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class Tier1:
         self.table = L.new_table(mode, threshold)
         self.stats = Stats()
         target = llvm.Target.from_default_triple()
-        self._pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "light")
+        self._pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "min")
         # Fast instruction selection: codegen at -O0 takes a fifth of the
         # time of -O2 and the code ran within 10% (benchmarks/cpu.py).
         self._tm = target.create_target_machine(opt=int(os.environ.get("POCKETVM_JIT_CGOPT", "0")), jit=True)
@@ -151,8 +150,7 @@ class Tier1:
     def compile(self, keys: list[int], ram16: np.ndarray, ctab: np.ndarray) -> list[tuple[int, int]]:
         """Translate the blocks with these keys: [(key, native address or 0 for nothing to run)]."""
         t0 = time.process_time()
-        module = ir.Module(name=f"tier1_{self._serial}")
-        module.triple = llvm.get_process_triple()
+        functions: list[str] = []
         names: dict[int, str] = {}
         result: list[tuple[int, int]] = []
         for key in keys:
@@ -163,12 +161,12 @@ class Tier1:
                 self.stats.empty += 1
                 continue
             name = f"b{self._serial}_{key:x}"
-            BlockCodegen(module, name, off, paged, region, self.table.ctypes.data).emit()
+            functions.append(BlockCodegen(name, off, paged, region, self.table.ctypes.data).emit())
             names[key] = name
             self.stats.instructions += region.size
         self._serial += 1
         if names:
-            text = str(module)
+            text = module_text(llvm.get_process_triple(), functions)
             t1 = time.process_time()
             self.stats.ir_seconds += t1 - t0
             mod = llvm.parse_assembly(text)
