@@ -80,8 +80,10 @@ class Tier1:
     calls, so the core never sees the table change under it. Mode "all"
     compiles at once, on the hart's thread."""
 
-    def __init__(self, mode: int, threshold: int = 50):
+    def __init__(self, mode: int, threshold: int | None = None):
         _init_llvm()
+        if threshold is None:  # entries of a block before it is translated (tuning knob)
+            threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", "50"))
         self.table = L.new_table(mode, threshold)
         self.stats = Stats()
         target = llvm.Target.from_default_triple()
