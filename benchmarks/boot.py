@@ -1,7 +1,8 @@
 """Boot benchmark: time from process start to the first shell prompt.
 
-Boots the same Debian kernel and initramfs in pocketvm (`pocket run`) and in
-`qemu-system-riscv64 -M virt` (TCG) in the same run, and prints both times,
+Boots the same Debian kernel and initramfs in pocketvm (`pocket run`, with
+the interpreter only and with `--jit on`) and in `qemu-system-riscv64 -M
+virt` (TCG) in the same run, and prints the times,
 their ratio, pocketvm's peak RSS, whether the numba cache was warm, and the
 host CPU each uses while the guest sits idle at its prompt (--idle seconds,
 measured from 5 s after the prompt: the kernel's asynchronous boot work,
@@ -104,6 +105,7 @@ def main() -> int:
     qemu = ["qemu-system-riscv64", "-M", "virt", "-m", "512M", "-smp", "1", "-nographic", "-monitor", "none",
             "-bios", str(img.bios), "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", APPEND]
     pocket = [sys.executable, "-m", "pocketvm", "run", "--memory", "512M", *files]
+    pocket_jit = [*pocket, "--jit", "on"]
 
     env = {**os.environ, "POCKETVM_LAUNCHER": "off"}
     tmp = None
@@ -114,21 +116,24 @@ def main() -> int:
     else:
         warm = numba_cache_warm()
 
-    p_times, q_times, rss, p_idle, q_idle = [], [], 0, [], []
+    p_times, q_times, rss, p_idle, q_idle, j_times = [], [], 0, [], [], []
     for _ in range(args.runs):
         t, r, i = boot_to_prompt(pocket, env, idle=args.idle)
         p_times.append(t)
         p_idle.append(i)
         rss = max(rss, r)
+        t, _, _ = boot_to_prompt(pocket_jit, env)
+        j_times.append(t)
         t, _, i = boot_to_prompt(qemu, idle=args.idle)
         q_times.append(t)
         q_idle.append(i)
-    p, q = min(p_times), min(q_times)
+    p, q, j = min(p_times), min(q_times), min(j_times)
     print(f"kernel           {img.version}")
     print(f"numba cache      {'warm' if warm else 'cold (compile time included)'}")
     print(f"pocketvm         {p:8.2f} s to shell prompt")
+    print(f"pocketvm --jit on{j:8.2f} s to shell prompt (translation on a second thread included)")
     print(f"qemu (TCG)       {q:8.2f} s to shell prompt")
-    print(f"ratio            {p / q:8.2f} x  (pocketvm / qemu)")
+    print(f"ratio            {p / q:8.2f} x  (pocketvm / qemu), {j / q:.2f} x with --jit on")
     print(f"pocketvm RSS     {rss / 1024:8.1f} MiB peak")
     if args.idle > 0:
         print(f"idle at prompt   {100 * min(p_idle):8.1f} % of a host CPU (pocketvm), {100 * min(q_idle):.1f} % (qemu)")
