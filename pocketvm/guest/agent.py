@@ -400,6 +400,15 @@ def _command(req: dict) -> tuple[list[str], dict[str, str], str | None]:
         raise RequestError("'env' must map names to strings")
     env = {} if req.get("clear_env") else dict(os.environ)
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    # Started by init, the agent has no login environment: give commands the
+    # agent user's (a request's "user" replaces these).
+    try:
+        me = pwd.getpwuid(os.getuid())
+        env.setdefault("HOME", me.pw_dir)
+        env.setdefault("USER", me.pw_name)
+        env.setdefault("LOGNAME", me.pw_name)
+    except KeyError:
+        pass
     env.update(env_in)
     cwd = req.get("cwd")
     if cwd is not None:
@@ -422,8 +431,9 @@ def op_exec(ch: Channel, req: dict) -> dict:
         kwargs.update(user=pw.pw_uid, group=pw.pw_gid,
                       extra_groups=[g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem])
         env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
-        if cwd is None:
-            cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
+    if cwd is None:  # like a login: the home directory
+        home = env.get("HOME", "/")
+        cwd = home if os.path.isdir(home) else "/"
     master = None
     try:
         if use_pty:

@@ -80,7 +80,8 @@ def test_env_cwd_and_shell(client, tmp_path):
     r = client.run("echo $GREETING from $(pwd)", env={"GREETING": "hi"}, cwd=str(tmp_path))
     assert r.stdout == f"hi from {tmp_path}\n".encode()
     r = client.run(["env"], env={"ONLY": "1"}, clear_env=True)
-    assert b"ONLY=1\n" in r.stdout and b"HOME=" not in r.stdout
+    assert sorted(line.split(b"=")[0] for line in r.stdout.splitlines()) == [b"HOME", b"LOGNAME", b"ONLY", b"PATH",
+                                                                           b"USER"]  # fmt: skip
 
 
 def test_bad_commands_are_clear_errors(client, tmp_path):
@@ -554,3 +555,25 @@ def test_finished_requests_leave_no_threads_in_the_agent(agent, client):
     assert threads() == base
     for s in held:
         s.close()
+
+
+def test_commands_get_a_login_environment(tmp_path):
+    """Under init the agent has no HOME: commands get the user's, and start there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "USER", "LOGNAME")}
+    proc = subprocess.Popen([sys.executable, str(AGENT), "--unix", str(tmp_path / "a.sock")], env=env,
+                            stdout=subprocess.DEVNULL, cwd="/")  # fmt: skip
+    try:
+        client = AgentClient.for_unix(tmp_path / "a.sock", timeout=20)
+        wait_until_up(client, 20)
+        import pwd
+
+        me = pwd.getpwuid(os.getuid())
+        r = client.run("echo $HOME $USER $LOGNAME; pwd")
+        assert r.stdout.decode().split() == [me.pw_dir, me.pw_name, me.pw_name, me.pw_dir]
+        r = client.run("echo $HOME; pwd", env={"HOME": str(home)})
+        assert r.stdout.decode().split() == [str(home), str(home)]
+    finally:
+        proc.kill()
+        proc.wait()
