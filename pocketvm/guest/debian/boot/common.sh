@@ -11,8 +11,11 @@ mount -t tmpfs tmpfs /run
 finish() {
     echo "pocketvm-build: exit $1"
     sync
-    timeout 120 mount -o remount,ro / 2>/dev/null
-    sync
+    # The kernel remounts every filesystem read-only and powers off. (A
+    # `mount -o remount,ro /` here never returned after a second stage, in
+    # pocketvm and QEMU alike.)
+    echo u > /proc/sysrq-trigger
+    sleep 2
     echo o > /proc/sysrq-trigger
     while :; do sleep 3600; done
 }
