@@ -31,6 +31,12 @@ from pocketvm.cpu.tier1.decode import decode_region
 log = logging.getLogger(__name__)
 
 ENV_VAR = "POCKETVM_JIT"
+# A region shorter than this is left to the interpreter: calling native code
+# and writing registers back costs more than a few instructions save (the
+# FPU benchmark, whose integer fragments between FP instructions are short,
+# ran 5% slower when they were translated). Mode "all" (testing) translates
+# them all the same.
+MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 
 _llvm_lock = threading.Lock()
@@ -158,7 +164,7 @@ class Tier1:
         for key in keys:
             off, paged = key >> 1, bool(key & 1)
             region = decode_region(ram16, ctab, off, taken=self._seen_taken(off))
-            if not region.blocks:
+            if not region.blocks or (self.background and region.size < MIN_REGION):
                 result.append((key, 0))
                 self.stats.empty += 1
                 continue
