@@ -18,9 +18,9 @@ use no stack).
 
 from __future__ import annotations
 
-from pocketvm.cpu.state import PC, RAM_BASE, TLB, TLB_ENTRIES
+from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn, Region
-from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, block_key, slot_index
+from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS, block_key, slot_index
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -110,15 +110,55 @@ class BlockCodegen:
     def exit_to(self, target_rel: int, retired: int) -> None:
         """Like exit_block to block-relative `target_rel`, chaining to the block there if there is one."""
         in_page = 0 <= (self.off & 0xFFF) + target_rel < 0x1000
-        target_off = self.off + target_rel if in_page and self.table_addr is not None else None
-        self._to_epilogue(self.pc_plus(target_rel), retired, target_off)
-
-    def _to_epilogue(self, npc: str, retired: int, target_off: int | None) -> None:
-        total = self.v(f"add i64 {self.v('load i64, ptr %done')}, {retired}")
-        if target_off is None:
-            slot, want = "0", "-2"  # a key that never matches
-        else:
+        npc = self.pc_plus(target_rel)
+        if self.table_addr is None:
+            self._to_epilogue(npc, retired, None)
+        elif in_page:  # same physical page: the target's key is known now
+            target_off = self.off + target_rel
             slot, want = str(8 * (JT_KEY + slot_index(target_off))), s64(block_key(target_off, self.paged))
+            self._to_epilogue(npc, retired, (slot, want))
+        else:
+            self._to_epilogue(npc, retired, self.lookup(npc))
+
+    def exit_indirect(self, target: str, retired: int) -> None:
+        """Leave for a computed pc (jalr), chaining to the block there if there is one."""
+        self._to_epilogue(target, retired, self.lookup(target) if self.table_addr is not None else None)
+
+    def lookup(self, pc: str) -> tuple[str, str]:
+        """(table slot offset, key) of the block at virtual `pc`, found as the
+        interpreter's fetch does: untranslated in M-mode or without paging,
+        else through the fetch TLB (a miss gives a key that never matches)."""
+        v = self.v
+        priv = v(f"load i64, ptr {self.st_ptr(PRIV)}")
+        satp = v(f"load i64, ptr {self.st_ptr(CSR + CSR_SATP)}")
+        mstatus = v(f"load i64, ptr {self.st_ptr(CSR + CSR_MSTATUS)}")
+        not_m = v(f"icmp ne i64 {priv}, 3")
+        satp_mode = v(f"lshr i64 {satp}, 60")
+        paging = v(f"and i1 {not_m}, {v(f'icmp ne i64 {satp_mode}, 0')}")
+        bare_off = v(f"sub i64 {pc}, {RAM_BASE}")
+        bare_ok = v(f"icmp ult i64 {bare_off}, %ram_size")
+        index = v(f"and i64 {v(f'lshr i64 {pc}, 11')}, {2 * TLB_ENTRIES - 2}")
+        slot = v(f"add i64 {index}, {TLB}")  # the fetch table comes first
+        tag = v(f"load i64, ptr {self.st_ptr(slot)}")
+        sum_bit = v(f"and i64 {v(f'lshr i64 {mstatus}, 17')}, 2")  # SUM (bit 18) -> bit 1
+        mxr_bit = v(f"and i64 {v(f'lshr i64 {mstatus}, 19')}, 1")  # MXR (bit 19) -> bit 0
+        sum_mxr = v(f"or i64 {sum_bit}, {mxr_bit}")
+        mode = v(f"or i64 {v(f'shl i64 {priv}, 2')}, {sum_mxr}")
+        want_tag = v(f"or i64 {v(f'and i64 {pc}, -4096')}, {mode}")
+        tlb_ok = v(f"icmp eq i64 {tag}, {want_tag}")
+        page = v(f"load i64, ptr {self.st_ptr(v(f'add i64 {slot}, 1'))}")
+        tlb_off = v(f"add i64 {page}, {v(f'and i64 {pc}, 4095')}")
+        off = v(f"select i1 {paging}, i64 {tlb_off}, i64 {bare_off}")
+        ok = v(f"select i1 {paging}, i1 {tlb_ok}, i1 {bare_ok}")
+        hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SLOT_BITS + 1}')}")
+        slot_index_v = v(f"and i64 {hashed}, {SLOTS - 1}")
+        slot_off = v(f"shl i64 {v(f'add i64 {slot_index_v}, {JT_KEY}')}, 3")
+        key = v(f"add i64 {v(f'shl i64 {off}, 1')}, {1 if self.paged else 0}")
+        return slot_off, v(f"select i1 {ok}, i64 {key}, i64 -2")
+
+    def _to_epilogue(self, npc: str, retired: int, chain: tuple[str, str] | None) -> None:
+        total = self.v(f"add i64 {self.v('load i64, ptr %done')}, {retired}")
+        slot, want = chain if chain is not None else ("0", "-2")  # -2: a key that never matches
         self.exits.append((self.block, npc, total, slot, want))
         self.put("br label %epilogue")
 
@@ -314,7 +354,7 @@ class BlockCodegen:
         elif op == 0x67:
             target = v(f"and i64 {v(f'add i64 {self.get(insn.rs1)}, {s64(insn.imm_i)}')}, -2")
             self.set(rd, self.pc_plus(insn.rel + insn.length))
-            self.exit_block(target, i + 1)
+            self.exit_indirect(target, i + 1)
             return False
         elif op == 0x63:
             taken = v(f"icmp {_BRANCH[f3]} i64 {self.get(insn.rs1)}, {self.get(insn.rs2)}")
