@@ -3,9 +3,11 @@
 The device holds a 16-byte identifier. A restored VM gets a new random one
 and an interrupt; Linux's vmgenid driver then mixes the identifier into its
 random number generator and reseeds it at once (so two VMs restored from the
-same snapshot never produce the same random numbers), and sends a
-NEW_VMGENID=1 uevent that user space can act on (the Debian image makes a
-new machine-id, hostname and MAC addresses then).
+same snapshot never produce the same random numbers), and logs "crng
+reseeded due to virtual machine fork", which the Debian image's
+pocketvm-newid service waits for to make a new machine-id, hostname and MAC
+addresses. (Debian's 6.12 kernel, probing the device from the device tree,
+sends user space no uevent for it: `udevadm monitor` sees none.)
 
 The interrupt stays raised until the guest reads the identifier, which the
 driver's handler does first: the PLIC drops a source whose wire falls before

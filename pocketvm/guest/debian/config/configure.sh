@@ -23,10 +23,12 @@ for t in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer fstrim.tim
     systemctl disable "$t" >/dev/null 2>&1 || true
 done
 
-# A fresh identity after every snapshot restore (see pocketvm-newid).
+# A fresh identity after every snapshot restore (see pocketvm-newid-watch).
 install -m 0755 ./pocketvm-newid /usr/local/sbin/pocketvm-newid
+install -m 0755 ./pocketvm-newid-watch /usr/local/sbin/pocketvm-newid-watch
 cp ./pocketvm-newid.service /etc/systemd/system/pocketvm-newid.service
-cp ./90-pocketvm-vmgenid.rules /etc/udev/rules.d/90-pocketvm-vmgenid.rules
+rm -f /etc/udev/rules.d/90-pocketvm-vmgenid.rules
+systemctl enable pocketvm-newid.service >/dev/null 2>&1
 
 echo pocket > /etc/hostname
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tpocket\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
