@@ -256,3 +256,83 @@ def test_restore_resets_old_connections_and_new_ones_work(vsock_disk, tmp_path, 
         if restored is not None:
             restored.close()
     assert restored.proc.returncode == 0
+
+
+def test_concurrent_connections(guest):
+    """Eight host programs talk to eight guest servers at the same time."""
+    ports = range(5200, 5208)
+    guest.type(" ".join(f"/mnt/vsock_tool echo {p} &" for p in ports))
+    for p in ports:
+        guest.wait_for(f"LISTENING {p}".encode())
+    blobs = {p: os.urandom(1 << 20) for p in ports}
+    echoed: dict[int, bytes] = {}
+
+    def talk(port: int) -> None:
+        s, _ = _connect(guest.sock, port)
+        threading.Thread(target=lambda: (s.sendall(blobs[port]), s.shutdown(socket.SHUT_WR)), daemon=True).start()
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+        s.close()
+        echoed[port] = bytes(got)
+
+    threads = [threading.Thread(target=talk, args=(p,)) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert echoed == blobs
+
+
+def test_either_end_going_away_mid_transfer(guest):
+    """A guest program killed mid-transfer ends the host's stream; a host
+    program that goes away mid-transfer fails the guest program's writes."""
+    guest.type("/mnt/vsock_tool echo 5300 & echo PID-$!-END")
+    pid = int(guest.wait_for(rb"PID-(\d+)-END").group(1))
+    guest.wait_for(rb"LISTENING 5300")
+    s, _ = _connect(guest.sock, 5300)
+    received = []
+    ended = threading.Event()
+
+    def read() -> None:
+        try:
+            while chunk := s.recv(1 << 20):
+                received.append(len(chunk))
+        except OSError:
+            pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    s.sendall(os.urandom(1 << 20))
+    guest.type(f"kill -9 {pid}")
+    with pytest.raises(OSError):  # BrokenPipe or ConnectionReset, once the end shows
+        for _ in range(10_000):
+            s.sendall(b"x" * 65536)
+    assert ended.wait(60) and sum(received) > 0
+    s.close()
+
+    guest.wait_for(PROMPT)
+    _type_until(guest, "/mnt/vsock_tool echo 5301", rb"LISTENING 5301")
+    s, _ = _connect(guest.sock, 5301)
+    s.setblocking(False)
+    try:
+        while True:  # as much as goes in; the guest echoes, we never read
+            s.send(os.urandom(65536))
+    except BlockingIOError:
+        pass
+    s.close()
+    guest.wait_for(rb"(write|read): (Connection reset by peer|Broken pipe)")
+
+
+def _type_until(guest: Guest, line: str, pattern: bytes, tries: int = 3) -> None:
+    """Type `line` until `pattern` shows: BusyBox's shell asks the terminal
+    for the cursor position as it prompts, and a line typed into that
+    moment can be taken for the answer and dropped."""
+    for attempt in range(tries):
+        guest.type(line)
+        try:
+            guest.wait_for(pattern, 20)
+            return
+        except AssertionError:
+            if attempt == tries - 1 or guest.proc.poll() is not None:
+                raise

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
@@ -133,6 +134,7 @@ static int send_pattern(unsigned cid, unsigned port, uint64_t total)
 
 int main(int argc, char **argv)
 {
+    signal(SIGPIPE, SIG_IGN); /* a peer that goes away is an error message, not a silent death */
     if ((argc == 3 || argc == 4) && !strcmp(argv[1], "echo"))
         return echo((unsigned)strtoul(argv[2], NULL, 10), argc == 4 ? strtoul(argv[3], NULL, 10) : 1);
     if (argc == 5 && !strcmp(argv[1], "send"))
