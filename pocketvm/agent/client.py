@@ -14,7 +14,6 @@ an agent listening on a plain Unix socket (tests).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from pocketvm.guest.agent import (
     T_STDERR,
     T_STDIN,
     T_STDOUT,
+    Checksum,
 )
 
 _LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0}
@@ -408,28 +408,29 @@ class AgentClient:
         return stream.wait(max_output)
 
     def upload(self, source: str | os.PathLike[str] | bytes | IO[bytes], path: str, mode: int | None = None,
-               parents: bool = False) -> dict[str, Any]:  # fmt: skip
+               parents: bool = False, checksum: str = "crc32") -> dict[str, Any]:  # fmt: skip
         """Write `source` (bytes, a local file path or a binary file object)
-        to `path` in the guest, atomically; checked by size and SHA-256."""
+        to `path` in the guest, atomically; checked by size and `checksum`
+        ("crc32", or "sha256": ten times slower in an emulated guest)."""
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
-            size: int | None = len(data)
-            sha = hashlib.sha256(data).hexdigest()
+            expected = _checksum(checksum)
+            expected.update(data)
             chunks: Iterator[bytes] = (data[i : i + SEND_CHUNK] for i in range(0, len(data), SEND_CHUNK))
-            return self._upload(path, size, sha, mode, parents, chunks, None)
+            return self._upload(path, len(data), expected.hexdigest(), mode, parents, chunks, checksum)
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as f:
                 st = os.fstat(f.fileno())
-                return self._upload(path, st.st_size, None, mode, parents, _read_chunks(f), f)
-        return self._upload(path, None, None, mode, parents, _read_chunks(source), source)
+                return self._upload(path, st.st_size, None, mode, parents, _read_chunks(f), checksum)
+        return self._upload(path, None, None, mode, parents, _read_chunks(source), checksum)
 
-    def _upload(self, path: str, size: int | None, sha: str | None, mode: int | None, parents: bool,
-                chunks: Iterator[bytes], _f: Any) -> dict[str, Any]:  # fmt: skip
-        request: dict[str, Any] = {"op": "upload", "path": path, "parents": parents}
+    def _upload(self, path: str, size: int | None, expected: str | None, mode: int | None, parents: bool,
+                chunks: Iterator[bytes], checksum: str) -> dict[str, Any]:  # fmt: skip
+        request: dict[str, Any] = {"op": "upload", "path": path, "parents": parents, "checksum": checksum}
         if size is not None:
             request["size"] = size
-        if sha is not None:
-            request["sha256"] = sha
+        if expected is not None:
+            request["digest"] = expected
         if mode is not None:
             request["mode"] = mode
         conn = self._open(request)
@@ -438,7 +439,7 @@ class AgentClient:
             if ready.get("event") != "ready":
                 _final(ready)
                 raise AgentProtocolError("the agent neither took nor refused the upload")
-            digest = hashlib.sha256()
+            digest = _checksum(checksum)
             sent = 0
             for chunk in chunks:
                 digest.update(chunk)
@@ -446,27 +447,28 @@ class AgentClient:
                 conn.send_frame(T_DATA, chunk)
             conn.send_frame(T_DATA, b"")
             reply = _final(conn.recv_json())
-            if reply.get("size") != sent or reply.get("sha256") != digest.hexdigest():
+            if reply.get("size") != sent or reply.get("digest") != digest.hexdigest():
                 raise ChecksumMismatch(f"{path}: the guest wrote something else than was sent")
-            return {"size": sent, "sha256": digest.hexdigest()}
+            return {"size": sent, "checksum": checksum, "digest": digest.hexdigest()}
         finally:
             conn.close()
 
-    def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+    def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes], checksum: str = "crc32") -> dict[str, Any]:
         """Copy `path` from the guest to a local path or binary file object;
-        checked by size and SHA-256. A local path is written atomically."""
+        checked by size and `checksum`. A local path is written atomically."""
         if isinstance(dest, (str, os.PathLike)):
             target = Path(dest)
             tmp = target.with_name(f".{target.name}.pocketvm-download")
             try:
                 with open(tmp, "wb") as f:
-                    info = self.download(path, f)
+                    info = self.download(path, f, checksum)
                 os.replace(tmp, target)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
             return info
-        conn = self._open({"op": "download", "path": path})
+        digest = _checksum(checksum)
+        conn = self._open({"op": "download", "path": path, "checksum": checksum})
         try:
             head = conn.recv_json()
             if head.get("event") != "file":
@@ -474,7 +476,6 @@ class AgentClient:
                 raise AgentProtocolError("the agent neither sent nor refused the file")
             size = _int(head, "size")
             mode = _int(head, "mode", 0, 0o7777)
-            digest = hashlib.sha256()
             got = 0
             while True:
                 kind, data = conn.recv_frame()
@@ -488,9 +489,9 @@ class AgentClient:
                 digest.update(data)
                 dest.write(data)
             reply = _final(conn.recv_json())
-            if got != size or reply.get("size") != got or reply.get("sha256") != digest.hexdigest():
+            if got != size or reply.get("size") != got or reply.get("digest") != digest.hexdigest():
                 raise ChecksumMismatch(f"{path}: received {got} bytes that do not match what the agent sent")
-            return {"size": got, "sha256": digest.hexdigest(), "mode": mode}
+            return {"size": got, "checksum": checksum, "digest": digest.hexdigest(), "mode": mode}
         finally:
             conn.close()
 
@@ -506,6 +507,12 @@ class AgentClient:
 
     def write_bytes(self, path: str, data: bytes, mode: int | None = None) -> None:
         self.upload(data, path, mode=mode)
+
+
+def _checksum(algorithm: str) -> Checksum:
+    if algorithm not in Checksum.ALGORITHMS:
+        raise ValueError(f"unknown checksum {algorithm!r} (use one of {', '.join(Checksum.ALGORITHMS)})")
+    return Checksum(algorithm)
 
 
 def _read_chunks(f: IO[bytes]) -> Iterator[bytes]:

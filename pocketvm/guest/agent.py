@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 VERSION = "1.0"
 PROTOCOL = 1
@@ -178,6 +179,31 @@ def _stat_dict(st: os.stat_result) -> dict:
             "mtime": st.st_mtime, "uid": st.st_uid, "gid": st.st_gid}
 
 
+class Checksum:
+    """A transfer's checksum. CRC-32 by default: it catches data damaged or
+    cut on the way, and runs about ten times faster than SHA-256 on an
+    emulated CPU without crypto instructions (19 vs 1.6 MiB/s measured in
+    pocketvm's guest). SHA-256 when asked."""
+
+    ALGORITHMS = ("crc32", "sha256")
+
+    def __init__(self, algorithm: object = "crc32"):
+        if algorithm not in self.ALGORITHMS:
+            raise RequestError(f"unknown checksum {algorithm!r} (use crc32 or sha256)")
+        self.algorithm = str(algorithm)
+        self._sha = hashlib.sha256() if algorithm == "sha256" else None
+        self._crc = 0
+
+    def update(self, data: bytes) -> None:
+        if self._sha is not None:
+            self._sha.update(data)
+        else:
+            self._crc = zlib.crc32(data, self._crc)
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest() if self._sha is not None else f"{self._crc:08x}"
+
+
 # --- operations ------------------------------------------------------------------------------
 
 
@@ -253,10 +279,11 @@ def op_remove(ch: Channel, req: dict) -> dict:
 
 def op_upload(ch: Channel, req: dict) -> dict:
     """D frames until an empty one: written to a temporary file beside the
-    target, checked against size and sha256, then renamed into place."""
+    target, checked against size and checksum, then renamed into place."""
     path = _str(req, "path")
     size = req.get("size")
-    want_sha = req.get("sha256")
+    digest = Checksum(req.get("checksum", "crc32"))
+    want = req.get("digest")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise RequestError("'size' must be a non-negative integer")
     mode = req.get("mode")
@@ -271,7 +298,6 @@ def op_upload(ch: Channel, req: dict) -> dict:
     except OSError as e:
         raise _os_error(e, path) from None
     ch.send_json({"event": "ready"})
-    digest = hashlib.sha256()
     written = 0
     ok = False
     error: RequestError | None = None
@@ -297,7 +323,7 @@ def op_upload(ch: Channel, req: dict) -> dict:
                 raise error
             if size is not None and written != size:
                 raise RequestError(f"{written} bytes received, {size} announced")
-            if want_sha is not None and digest.hexdigest() != want_sha:
+            if want is not None and digest.hexdigest() != want:
                 raise RequestError("checksum mismatch: the file was corrupted on the way", "EBADMSG")
             f.flush()
             os.fsync(f.fileno())
@@ -315,16 +341,16 @@ def op_upload(ch: Channel, req: dict) -> dict:
                 os.unlink(tmp)
             except OSError:
                 pass
-    return {"ok": True, "size": written, "sha256": digest.hexdigest()}
+    return {"ok": True, "size": written, "checksum": digest.algorithm, "digest": digest.hexdigest()}
 
 
 def op_download(ch: Channel, req: dict) -> dict:
     path = _str(req, "path")
+    digest = Checksum(req.get("checksum", "crc32"))
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; an open error is answered first)
     except OSError as e:
         raise _os_error(e, path) from None
-    digest = hashlib.sha256()
     sent = 0
     with f:
         st = os.fstat(f.fileno())
@@ -339,7 +365,7 @@ def op_download(ch: Channel, req: dict) -> dict:
             sent += len(data)
             ch.send(T_DATA, data)
     ch.send(T_DATA, b"")
-    return {"ok": True, "size": sent, "sha256": digest.hexdigest()}
+    return {"ok": True, "size": sent, "checksum": digest.algorithm, "digest": digest.hexdigest()}
 
 
 # --- commands ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -183,11 +184,20 @@ def test_upload_and_download_64_mib_with_checksums(client, tmp_path):
         client.upload(local, str(target))
     assert e.value.code == "ENOENT"
     info = client.upload(local, str(target), mode=0o600, parents=True)
-    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert info["digest"] == f"{zlib.crc32(data):08x}" and info["checksum"] == "crc32"
     assert target.read_bytes() == data and (target.stat().st_mode & 0o777) == 0o600
     back = tmp_path / "back.bin"
     info = client.download(str(target), back)
     assert back.read_bytes() == data and info["mode"] == 0o600 and info["size"] == len(data)
+    # SHA-256 when asked, both ways.
+    info = client.upload(data[: 5 * MiB], str(target), checksum="sha256")
+    assert info["digest"] == hashlib.sha256(data[: 5 * MiB]).hexdigest()
+    info = client.download(str(target), back, checksum="sha256")
+    assert info["digest"] == hashlib.sha256(data[: 5 * MiB]).hexdigest() and back.read_bytes() == data[: 5 * MiB]
+    with pytest.raises(ValueError):
+        client.upload(b"x", str(target), checksum="md4")
+    with pytest.raises(RemoteError, match="unknown checksum"):
+        client._simple({"op": "download", "path": str(target), "checksum": "md4"})
     # From bytes and to bytes, and an empty file.
     client.write_bytes(str(tmp_path / "small"), b"small file")
     assert client.read_bytes(str(tmp_path / "small")) == b"small file"
@@ -377,7 +387,7 @@ def test_bad_command_results_from_the_agent(tmp_path):
 
 def test_download_that_lies_about_its_size(tmp_path):
     head = _frame(b"J", b'{"event": "file", "size": 3, "mode": 420}')
-    for body in (_frame(b"D", b"abcd"), _frame(b"D", b"ab") + _frame(b"D", b"") + _frame(b"J", b'{"ok": true, "size": 2, "sha256": "x"}')):
+    for body in (_frame(b"D", b"abcd"), _frame(b"D", b"ab") + _frame(b"D", b"") + _frame(b"J", b'{"ok": true, "size": 2, "digest": "x"}')):
         path = tmp_path / f"lie{len(body)}.sock"
         fake = FakeAgent(path, head + body)
         with pytest.raises(ChecksumMismatch):
