@@ -300,9 +300,15 @@ def bench_qemu(work: Path, runs: int, img) -> dict:
     finally:
         if con.proc.poll() is None:
             con.proc.wait(30)
+    restores = qemu_restores(cmd("-loadvm", "bench"), mon, runs)
+    return {"boot": boot, "save_pause": save, "save_wall": save, "state_bytes": size, "restores": restores}
+
+
+def qemu_restores(cmd: list[str], mon: Path, runs: int) -> list[float]:
+    """Seconds from starting QEMU with -loadvm to the guest's answer, `runs` times."""
     restores = []
     for _ in range(runs):
-        con = Console(cmd("-loadvm", "bench"))
+        con = Console(cmd)
         try:
             restores.append(answer_time(con))
         finally:
@@ -311,7 +317,7 @@ def bench_qemu(work: Path, runs: int, img) -> dict:
             except OSError:
                 pass
             con.proc.wait(30)
-    return {"boot": boot, "save_pause": save, "save_wall": save, "state_bytes": size, "restores": restores}
+    return restores
 
 
 # --- report ---------------------------------------------------------------------------

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import click
 from rich.console import Console
 
 from .errors import ImageError
 from .pull import default_image_dir, load_default_image, pull_default_image
 from .sources import MIRROR_ENV
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.Abort() from None
 
 
 @click.group("image")
@@ -21,12 +34,8 @@ def image() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def pull(mirror: str | None, force: bool, quiet: bool) -> None:
     """Download Debian trixie riscv64 packages and build the default boot files."""
-    try:
+    with _one_line_errors():
         files = pull_default_image(mirror=mirror, force=force, quiet=quiet)
-    except ImageError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        raise click.Abort() from None
     if not quiet:
         out = Console()
         out.print(f"[bold]Debian trixie riscv64[/bold], Linux {files.version}")
@@ -66,13 +75,9 @@ def build(distribution: str, name: str, packages: str, mirror: str | None, force
     from .debian import build as build_debian
 
     extra = [p.strip() for p in packages.split(",") if p.strip()]
-    try:
+    with _one_line_errors():
         img = build_debian(name or distribution, extra, mirror=mirror, force=force, template=not no_template,
                            quiet=quiet)
-    except ImageError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        raise click.Abort() from None
     if not quiet:
         out = Console()
         out.print(f"[bold]{img.name}[/bold]: Debian {img.manifest.get('suite')} {img.manifest.get('architecture')}, "
@@ -105,7 +110,5 @@ def remove(name: str) -> None:
     """Delete the built image NAME (its base disk and template)."""
     from .catalog import remove_image
 
-    try:
+    with _one_line_errors():
         remove_image(name)
-    except ImageError as exc:
-        raise click.ClickException(str(exc)) from None

@@ -107,6 +107,12 @@ class Pocket:
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} within {timeout} s:\n{self.out[-3000:]}\n{self.err}")
 
+    def command(self, line: str, expect: str, timeout: float = 60) -> str:
+        """Type a shell command line; the output from its start once `expect` shows."""
+        mark = self.mark()
+        self.send(line + "\n")
+        return self.wait_for(expect, timeout, after=mark)[mark:]
+
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(text.encode())
@@ -134,3 +140,14 @@ class Pocket:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def isolated_xdg_dirs(tmp_path_factory, monkeypatch_context):
+    """Own control-socket and disk-copy directories (not the image cache) for
+    this process and the `pocket` processes it starts."""
+    base = tmp_path_factory.mktemp("xdg")
+    (base / "run").mkdir(mode=0o700)
+    with monkeypatch_context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(base / "run"))
+        mp.setenv("XDG_STATE_HOME", str(base / "state"))
+        yield base

@@ -32,13 +32,6 @@ def _make_ext4(path, size_mib: int):
     return path
 
 
-def _cmd(vm: Pocket, line: str, expect: str, timeout: float = 60) -> str:
-    """Run a shell command line; return the output from its start."""
-    mark = vm.mark()
-    vm.send(line + "\n")
-    return vm.wait_for(expect, timeout, after=mark)[mark:]
-
-
 def ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"TICK-(\d+)-K", text)]
 
@@ -56,19 +49,19 @@ def saved(tmp_path_factory, isolated_dirs):
     snap = base / "snap"
     with Pocket("run", "--name", "deb", "--disk", disk) as vm:
         vm.wait_for(PROMPT, BOOT)
-        _cmd(vm, "mount -t ext4 /dev/vda /mnt && echo MOUNTED=$((1+1))=", "MOUNTED=2=")
-        _cmd(vm, "echo ram-at-snapshot > /tmp/marker; echo disk-at-snapshot > /mnt/marker; sync; echo W=$((2+2))=", "W=4=")
+        vm.command("mount -t ext4 /dev/vda /mnt && echo MOUNTED=$((1+1))=", "MOUNTED=2=")
+        vm.command("echo ram-at-snapshot > /tmp/marker; echo disk-at-snapshot > /mnt/marker; sync; echo W=$((2+2))=", "W=4=")
         # The counter: one line a second, from a loop the snapshot must not break.
         vm.send("(i=0; while true; do i=$((i+1)); echo TICK-$i-K; sleep 1; done) &\n")
         vm.wait_for("TICK-3-K", 60)
-        up = _cmd(vm, "echo UP-$(cut -d' ' -f1 /proc/uptime)=$((100+1))=", "=101=")
+        up = vm.command("echo UP-$(cut -d' ' -f1 /proc/uptime)=$((100+1))=", "=101=")
         uptime = float(re.search(r"UP-([\d.]+)=101=", up).group(1))
         before = ticks(vm.out)
         run = pocket("snapshot", "deb", snap, timeout=300)
         assert run.returncode == 0, run.stderr
         after_snap = ticks(vm.out)
         # After the snapshot the original changes both markers and stops.
-        _cmd(vm, "echo ram-later > /tmp/marker; echo disk-later > /mnt/marker; sync; echo C=$((3+3))=", "C=6=")
+        vm.command("echo ram-later > /tmp/marker; echo disk-later > /mnt/marker; sync; echo C=$((3+3))=", "C=6=")
         vm.send("umount /mnt; poweroff\n")
         assert vm.wait(120) == 0, vm.err
     # The original disk image holds the later marker, the snapshot does not change.
@@ -80,7 +73,7 @@ def saved(tmp_path_factory, isolated_dirs):
 def test_restore_brings_back_both_markers_and_the_counter(saved):
     snap, uptime, lo, hi = saved
     with Pocket("restore", snap, "--name", "back") as vm:
-        out = _cmd(vm, "echo RAM-$(cat /tmp/marker)-DISK-$(cat /mnt/marker)=$((6*7))=", "=42=", RESTORE)
+        out = vm.command("echo RAM-$(cat /tmp/marker)-DISK-$(cat /mnt/marker)=$((6*7))=", "=42=", RESTORE)
         assert "RAM-ram-at-snapshot-DISK-disk-at-snapshot=42=" in out
         # The counter loop started before the snapshot goes on from where it was.
         start = vm.mark()
@@ -89,10 +82,10 @@ def test_restore_brings_back_both_markers_and_the_counter(saved):
         assert lo + 1 <= got[0] <= hi + 1
         assert got == list(range(got[0], got[0] + len(got)))
         # Guest time moved forward from the snapshot, not back and not frozen.
-        up = _cmd(vm, "echo UP-$(cut -d' ' -f1 /proc/uptime)=$((100+2))=", "=102=")
+        up = vm.command("echo UP-$(cut -d' ' -f1 /proc/uptime)=$((100+2))=", "=102=")
         assert float(re.search(r"UP-([\d.]+)=102=", up).group(1)) > uptime
         # The disk works: write, read back through a remount.
-        out = _cmd(vm, "echo new > /mnt/new; sync; umount /mnt; mount /dev/vda /mnt; echo NEW-$(cat /mnt/new)=$((1+8))=", "=9=")
+        out = vm.command("echo new > /mnt/new; sync; umount /mnt; mount /dev/vda /mnt; echo NEW-$(cat /mnt/new)=$((1+8))=", "=9=")
         assert "NEW-new=9=" in out
         assert vm.mark() > start
         vm.send("umount /mnt; poweroff\n")
@@ -106,11 +99,11 @@ def test_two_restores_at_once_are_isolated(saved, tmp_path):
     with Pocket("restore", snap, "--name", "twin-a", "--disk-dir", tmp_path / "a") as a, Pocket(
         "restore", snap, "--name", "twin-b", "--disk-dir", tmp_path / "b"
     ) as b:
-        _cmd(a, "echo ram-from-a > /tmp/marker; echo disk-from-a > /mnt/marker; sync; echo A=$((5+5))=", "A=10=", RESTORE)
-        out = _cmd(b, "echo B-$(cat /tmp/marker)-$(cat /mnt/marker)=$((7+7))=", "=14=", RESTORE)
+        a.command("echo ram-from-a > /tmp/marker; echo disk-from-a > /mnt/marker; sync; echo A=$((5+5))=", "A=10=", RESTORE)
+        out = b.command("echo B-$(cat /tmp/marker)-$(cat /mnt/marker)=$((7+7))=", "=14=", RESTORE)
         assert "B-ram-at-snapshot-disk-at-snapshot=14=" in out
-        _cmd(b, "echo ram-from-b > /tmp/marker; echo disk-from-b > /mnt/marker; sync; echo B=$((8+8))=", "B=16=")
-        out = _cmd(a, "echo A-$(cat /tmp/marker)-$(cat /mnt/marker)=$((9+9))=", "=18=")
+        b.command("echo ram-from-b > /tmp/marker; echo disk-from-b > /mnt/marker; sync; echo B=$((8+8))=", "B=16=")
+        out = a.command("echo A-$(cat /tmp/marker)-$(cat /mnt/marker)=$((9+9))=", "=18=")
         assert "A-ram-from-a-disk-from-a=18=" in out
         for vm in (a, b):
             vm.send("umount /mnt; poweroff\n")
@@ -137,7 +130,7 @@ def test_restored_vms_reseed_their_random_numbers(saved, tmp_path):
     ) as b:
         got = []
         for vm in (a, b):
-            out = _cmd(vm, "echo R-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')-"
+            out = vm.command("echo R-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')-"
                            "$(dmesg | grep -c 'virtual machine fork')=$((4*4))=", "=16=", RESTORE)
             got.append(re.search(r"R-([0-9a-f]{32})-(\d+)=16=", out).groups())
         assert got[0][0] != got[1][0]
@@ -157,10 +150,10 @@ def test_restores_through_the_launcher_answer_and_are_isolated(saved, tmp_path):
         with Pocket("restore", snap, "--name", "fork-a", "--disk-dir", tmp_path / "a") as a, Pocket(
             "restore", snap, "--name", "fork-b", "--disk-dir", tmp_path / "b"
         ) as b:
-            out = _cmd(a, "echo RAM-$(cat /tmp/marker)-DISK-$(cat /mnt/marker)=$((6*7))=", "=42=", RESTORE)
+            out = a.command("echo RAM-$(cat /tmp/marker)-DISK-$(cat /mnt/marker)=$((6*7))=", "=42=", RESTORE)
             assert "RAM-ram-at-snapshot-DISK-disk-at-snapshot=42=" in out
-            _cmd(a, "echo ram-from-a > /tmp/marker; echo disk-from-a > /mnt/marker; sync; echo A=$((5+5))=", "A=10=")
-            out = _cmd(b, "echo B-$(cat /tmp/marker)-$(cat /mnt/marker)=$((7+7))=", "=14=", RESTORE)
+            a.command("echo ram-from-a > /tmp/marker; echo disk-from-a > /mnt/marker; sync; echo A=$((5+5))=", "A=10=")
+            out = b.command("echo B-$(cat /tmp/marker)-$(cat /mnt/marker)=$((7+7))=", "=14=", RESTORE)
             assert "B-ram-at-snapshot-disk-at-snapshot=14=" in out
             status = pocket("launcher", "status", "--json")
             running = json.loads(status.stdout)["running"]
@@ -191,7 +184,7 @@ def test_a_two_hart_guest_continues_on_both_harts(tmp_path):
     with Pocket("restore", snap, "--name", "smp-back", "--discard") as vm:
         for h in (0, 1):
             vm.wait_for(f"H{h}-{before[h] + 3}-K", 60)
-        out = _cmd(vm, "taskset 2 sh -c 'echo ON-$(cat /sys/devices/system/cpu/online)-CPU1-$((3+3))='", "CPU1-6=", RESTORE)
+        out = vm.command("taskset 2 sh -c 'echo ON-$(cat /sys/devices/system/cpu/online)-CPU1-$((3+3))='", "CPU1-6=", RESTORE)
         assert "ON-0-1-CPU1-6=" in out
         for h in (0, 1):
             got = [int(n) for n in re.findall(rf"H{h}-(\d+)-K", vm.out)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from snaptools import isolated_xdg_dirs
 
 BUILD_TIMEOUT = 3 * 3600
 
@@ -28,10 +29,4 @@ def debian_image():
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_dirs(tmp_path_factory):
-    """Own control-socket and disk directories for each module (not the cache)."""
-    base = tmp_path_factory.mktemp("xdg")
-    (base / "run").mkdir(mode=0o700)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_RUNTIME_DIR", str(base / "run"))
-        mp.setenv("XDG_STATE_HOME", str(base / "state"))
-        yield base
+    yield from isolated_xdg_dirs(tmp_path_factory, pytest.MonkeyPatch.context)

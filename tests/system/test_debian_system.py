@@ -18,12 +18,6 @@ START = 120  # seconds until a restored template answers (busy machine)
 REBOOT = 900  # a full systemd boot at emulated speed
 
 
-def _cmd(vm: Pocket, line: str, expect: str, timeout: float = 60) -> str:
-    mark = vm.mark()
-    vm.send(line + "\n")
-    return vm.wait_for(expect, timeout, after=mark)[mark:]
-
-
 def _sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -34,21 +28,21 @@ def _sha256(path) -> str:
 
 def test_apt_python_and_a_file_that_survives_reboot(debian_image):
     with Pocket("run", "--image", "debian", "--nic", "user", "--name", "deb-work") as vm:
-        out = _cmd(vm, "echo OS-$(. /etc/os-release; echo $VERSION_CODENAME)-$(uname -m)=$((6*7))=", "=42=", START)
+        out = vm.command("echo OS-$(. /etc/os-release; echo $VERSION_CODENAME)-$(uname -m)=$((6*7))=", "=42=", START)
         assert "OS-trixie-riscv64=42=" in out
-        out = _cmd(vm, "python3 -c 'print(\"PY\", sum(i * i for i in range(10**5)))'; echo P=$((1+1))=", "P=2=", 300)
+        out = vm.command("python3 -c 'print(\"PY\", sum(i * i for i in range(10**5)))'; echo P=$((1+1))=", "P=2=", 300)
         assert "PY 333328333350000" in out
         # A package from the mirror, through the user-mode NAT.
-        out = _cmd(vm, "apt-get -q update >/dev/null 2>&1 && apt-get install -y -q hello >/dev/null 2>&1; "
+        out = vm.command("apt-get -q update >/dev/null 2>&1 && apt-get install -y -q hello >/dev/null 2>&1; "
                        "echo APT-$?=$((2+3))=", "=5=", 900)
         assert "APT-0=5=" in out, vm.out[-3000:]
-        out = _cmd(vm, "hello; echo H=$((3+3))=", "H=6=", 60)
+        out = vm.command("hello; echo H=$((3+3))=", "H=6=", 60)
         assert "Hello, world!" in out
-        _cmd(vm, "echo kept-across-reboot > /root/keep.txt; sync; echo W=$((4+4))=", "W=8=")
+        vm.command("echo kept-across-reboot > /root/keep.txt; sync; echo W=$((4+4))=", "W=8=")
         mark = vm.mark()
         vm.send("reboot\n")
         vm.wait_for("root@pocket", REBOOT, after=mark)
-        out = _cmd(vm, "echo K-$(cat /root/keep.txt)-$(command -v hello)=$((5+5))=", "=10=", 120)
+        out = vm.command("echo K-$(cat /root/keep.txt)-$(command -v hello)=$((5+5))=", "=10=", 120)
         assert "K-kept-across-reboot-/usr/bin/hello=10=" in out
         vm.send("poweroff\n")
         assert vm.wait(300) == 0, vm.err
@@ -62,7 +56,7 @@ def _identity(vm: Pocket, n: int) -> dict[str, str]:
             "echo ID-$(cat /proc/sys/kernel/hostname)-$(cat /etc/machine-id)-"
             "$(cat /sys/class/net/eth0/address)-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')"
             f"=$(({n}*11))=")
-    out = _cmd(vm, line, f"={n * 11}=", START)
+    out = vm.command(line, f"={n * 11}=", START)
     m = re.search(rf"ID-(\S+)-([0-9a-f]{{32}})-([0-9a-f:]{{17}})-([0-9a-f]{{32}})={n * 11}=", out)
     assert m, out
     return dict(zip(("hostname", "machine_id", "mac", "random"), m.groups()))
@@ -75,8 +69,8 @@ def test_two_vms_from_the_template_are_different_machines(debian_image, tmp_path
         for key in ida:
             assert ida[key] != idb[key], key
         assert ida["hostname"].startswith("pocket-")
-        _cmd(a, "echo from-a > /root/marker; sync; echo A=$((7+7))=", "A=14=")
-        out = _cmd(b, "echo B-$(cat /root/marker 2>/dev/null || echo none)=$((8+8))=", "=16=")
+        a.command("echo from-a > /root/marker; sync; echo A=$((7+7))=", "A=14=")
+        out = b.command("echo B-$(cat /root/marker 2>/dev/null || echo none)=$((8+8))=", "=16=")
         assert "B-none=16=" in out
         for vm in (a, b):
             vm.send("poweroff\n")
