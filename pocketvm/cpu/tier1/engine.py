@@ -89,7 +89,7 @@ class Tier1:
     def __init__(self, mode: int, threshold: int | None = None):
         _init_llvm()
         if threshold is None:  # entries of a block before it is translated (tuning knob)
-            threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", "50"))
+            threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", "1000"))
         self.table = L.new_table(mode, threshold)
         self.stats = Stats()
         target = llvm.Target.from_default_triple()
@@ -105,6 +105,7 @@ class Tier1:
         self._todo: queue.SimpleQueue[tuple[list[int], np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
         self._done: deque[list[tuple[int, int]]] = deque()
         self._worker: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def mode(self) -> int:
@@ -133,7 +134,7 @@ class Tier1:
     def _work(self) -> None:
         while True:
             item = self._todo.get()
-            if item is None:
+            if item is None or self._stopping:
                 return
             keys, ram16, ctab = item
             try:
@@ -150,7 +151,10 @@ class Tier1:
         )
 
     def close(self) -> None:
+        """Stop the compiler thread; work still queued is dropped (a VM that
+        ends does not wait for translations it will never run)."""
         if self._worker is not None:
+            self._stopping = True
             self._todo.put(None)
             self._worker.join(timeout=5)
             self._worker = None
