@@ -128,7 +128,7 @@ class Sandbox:
         """Run a command (argv list, or a string for /bin/sh -c); Output pieces as
         they come, then one Exit. Raises CommandTimeout, SandboxGone, ..."""
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        req = C.ExecRequest(command, {**self._manager.env(self.name), **(env or {})}, cwd, None, data, timeout)
+        req = C.ExecRequest(command, {**self._call(self._manager.env), **(env or {})}, cwd, None, data, timeout)
         with self._channel() as ch:
             events = ch.stream(req)
             while True:
