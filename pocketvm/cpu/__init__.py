@@ -18,7 +18,7 @@ import numba
 from pocketvm.paths import cache_dir
 
 
-_COMPILED_SUBMODULES = ("tier1/layout.py", "tier1/native_call.py")
+_COMPILED_SUBMODULES = ("tier1/layout.py", "tier1/native_call.py", "tier1/fp_helper.py")
 
 
 def _source_digest() -> str:

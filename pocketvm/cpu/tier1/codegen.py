@@ -18,7 +18,7 @@ use no stack).
 
 from __future__ import annotations
 
-from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
+from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, F, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS, block_key, slot_index
 
@@ -26,6 +26,10 @@ _ACC_LOAD = 1
 _ACC_STORE = 2
 _WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03)
 _INT_TYPE = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
+_FP_OPS = (0x53, 0x43, 0x47, 0x4B, 0x4F)
+_FS = 3 << 13
+_FS_DIRTY = (3 << 13) | (-(1 << 63))
+_NAN_BOX = -(1 << 32)
 _BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
 _ARGS = "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in"
 
@@ -49,7 +53,9 @@ def module_text(triple: str, functions: list[str]) -> str:
 class BlockCodegen:
     """The text of one function for the region at RAM offset `off`."""
 
-    def __init__(self, name: str, off: int, paged: bool, region: Region, table_addr: int | None):
+    def __init__(
+        self, name: str, off: int, paged: bool, region: Region, table_addr: int | None, fp_entry: int = 0
+    ):
         """`paged`: loads and stores are translated (the table keys the block by it too);
         `table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
         self.name = name
@@ -58,7 +64,8 @@ class BlockCodegen:
         self.region = region
         self.insns = region.insns
         self.table_addr = table_addr
-        written = {i.rd for i in self.insns if i.opcode in _WRITES_RD}
+        self.fp_entry = fp_entry  # address of fp_helper.fp_entry
+        written = {i.rd for i in self.insns if i.opcode in _WRITES_RD or i.opcode in _FP_OPS}
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
         read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63)}
         self.written = sorted(written - {0})
@@ -347,6 +354,8 @@ class BlockCodegen:
             self.put(f"store {ty} {value}, ptr {p}, align {size}")
         elif op == 0x0F:
             pass  # fence: nothing to order in a single-threaded emulator
+        elif op in _FP_OPS or op == 0x07 or op == 0x27:
+            self.emit_fp(i, insn)
         elif op == 0x6F:
             self.set(rd, self.pc_plus(insn.rel + insn.length))
             self.goto(insn.rel + insn.imm_j, i + 1)
@@ -368,6 +377,47 @@ class BlockCodegen:
         else:  # decode only lets through what is handled above
             raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")
         return True
+
+    def emit_fp(self, i: int, insn: Insn) -> None:
+        """F/D: loads and stores inline, arithmetic through the interpreter's FPU."""
+        v = self.v
+        mstatus_ptr = self.st_ptr(CSR + CSR_MSTATUS)
+        mstatus = v(f"load i64, ptr {mstatus_ptr}")
+        self.side_exit_if(v(f"icmp eq i64 {v(f'and i64 {mstatus}, {_FS}')}, 0"), i)  # FPU off: illegal
+        op = insn.opcode
+        if op == 0x07:
+            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_i)}")
+            size = 4 if insn.f3 == 2 else 8
+            p = self.ram_pointer(i, addr, size, _ACC_LOAD)
+            if size == 4:
+                word = v(f"load i32, ptr {p}, align 4")
+                bits = v(f"or i64 {v(f'zext i32 {word} to i64')}, {_NAN_BOX}")
+            else:
+                bits = v(f"load i64, ptr {p}, align 8")
+            self.put(f"store i64 {bits}, ptr {self.st_ptr(F + insn.rd)}")
+            self.put(f"store i64 {v(f'or i64 {mstatus}, {_FS_DIRTY}')}, ptr {mstatus_ptr}")
+            return
+        if op == 0x27:
+            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_s)}")
+            size = 4 if insn.f3 == 2 else 8
+            bits = v(f"load i64, ptr {self.st_ptr(F + insn.rs2)}")
+            p = self.ram_pointer(i, addr, size, _ACC_STORE)
+            if size == 4:
+                bits = v(f"trunc i64 {bits} to i32")
+            self.put(f"store {_INT_TYPE[size]} {bits}, ptr {p}, align {size}")
+            return
+        # The FPU reads and writes st: integer registers go there first and
+        # the destination comes back (it is an integer register for fmv.x,
+        # fcvt to integer, compares and fclass).
+        for r in self.written:
+            self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
+        if insn.rs1:
+            self.put(f"store i64 {v(f'load i64, ptr %x{insn.rs1}')}, ptr {self.st_ptr(insn.rs1)}")
+        fn = v(f"inttoptr i64 {self.fp_entry} to ptr")
+        r = v(f"call i64 {fn}(ptr %st, i64 {insn.bits})")
+        self.side_exit_if(v(f"icmp ne i64 {r}, 0"), i)  # illegal: nothing was changed
+        if insn.rd:
+            self.set(insn.rd, v(f"load i64, ptr {self.st_ptr(insn.rd)}"))
 
     def op(self, insn: Insn, a: str, c: str) -> str:
         v = self.v

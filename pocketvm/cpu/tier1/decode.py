@@ -120,6 +120,10 @@ def translatable(bits: int) -> bool:
         return f3 <= 3
     if op == 0x0F:  # FENCE (fence.i ends the block: the interpreter runs it)
         return f3 == 0
+    if op in (0x53, 0x43, 0x47, 0x4B, 0x4F):  # OP-FP, fused multiply-add: the FPU is called
+        return True
+    if op == 0x07 or op == 0x27:  # FLW/FLD, FSW/FSD
+        return f3 in (2, 3)
     return False
 
 

@@ -101,6 +101,9 @@ class Tier1:
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
         self._pb = llvm.create_pass_builder(self._tm, self._pto)
         self._serial = 0
+        from pocketvm.cpu.tier1.fp_helper import fp_entry_address  # compiled (or loaded from cache) here
+
+        self._fp_entry = fp_entry_address()
         self.background = mode == L.MODE_ON
         self._todo: queue.SimpleQueue[tuple[list[int], np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
         self._done: deque[list[tuple[int, int]]] = deque()
@@ -173,7 +176,7 @@ class Tier1:
                 self.stats.empty += 1
                 continue
             name = f"b{self._serial}_{key:x}"
-            functions.append(BlockCodegen(name, off, paged, region, self.table.ctypes.data).emit())
+            functions.append(BlockCodegen(name, off, paged, region, self.table.ctypes.data, self._fp_entry).emit())
             names[key] = name
             self.stats.instructions += region.size
         self._serial += 1
