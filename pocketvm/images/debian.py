@@ -92,7 +92,7 @@ def load(name: str) -> DebianImage | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("kind") != "debian-root" or not (d / BASE_FILE).is_file():
         return None
-    boot = load_default_image()
+    boot = load_default_image(verify=False)
     if boot is None or boot.version != manifest.get("kernel_release"):
         return None
     template = d / TEMPLATE_DIR

@@ -79,6 +79,15 @@ def warm_up() -> None:
     import pocketvm.snapshot.restore  # noqa: F401
     import pocketvm.snapshot.save  # noqa: F401
     import pocketvm.snapshot.workdisks  # noqa: F401
+    # `pocket run --image`: image lookup, overlays, qcow2 chains, the
+    # template's devices (rich alone costs ~50 ms to import).
+    import pocketvm.backends.open_disk  # noqa: F401
+    import pocketvm.backends.qcow2_create  # noqa: F401
+    import pocketvm.imagevm  # noqa: F401
+    import pocketvm.images.debian  # noqa: F401
+    import pocketvm.images.template  # noqa: F401
+    import pocketvm.snapshot.basechain  # noqa: F401
+    import pocketvm.web.attach  # noqa: F401
     from pocketvm.machine import load_cpu_core
 
     load_cpu_core()

@@ -70,7 +70,7 @@ def test_run_image_refuses_its_own_boot_files_being_replaced():
 
 def test_guest_files_hold_the_configuration_and_their_digest_follows_them(monkeypatch):
     files = rootfs.guest_files()
-    assert {"configure.sh", "autologin.conf", "pocketvm-newid", "pocketvm-newid-watch", "agent.py"} <= set(files)
+    assert {"configure.sh", "autologin.conf", "pocketvm-newid", "pocketvm-newid.service", "agent.py"} <= set(files)
     before = rootfs.guest_files_digest()
     monkeypatch.setattr(rootfs, "guest_files", lambda: {**files, "configure.sh": files["configure.sh"] + b"\n"})
     assert rootfs.guest_files_digest() != before

@@ -23,9 +23,9 @@ for t in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer fstrim.tim
     systemctl disable "$t" >/dev/null 2>&1 || true
 done
 
-# A fresh identity after every snapshot restore (see pocketvm-newid-watch).
+# A fresh identity after every snapshot restore (see pocketvm-newid).
 install -m 0755 ./pocketvm-newid /usr/local/sbin/pocketvm-newid
-install -m 0755 ./pocketvm-newid-watch /usr/local/sbin/pocketvm-newid-watch
+rm -f /usr/local/sbin/pocketvm-newid-watch
 cp ./pocketvm-newid.service /etc/systemd/system/pocketvm-newid.service
 rm -f /etc/udev/rules.d/90-pocketvm-vmgenid.rules
 systemctl enable pocketvm-newid.service >/dev/null 2>&1
