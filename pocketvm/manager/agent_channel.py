@@ -48,23 +48,23 @@ def _signal_number(name: str | None) -> int | None:
 
 
 class _IterReader:
-    """A binary file object reading from an iterable of byte strings."""
+    """A binary file object reading from an iterable of byte strings
+    (without copying what is left of a big piece at every read)."""
 
     def __init__(self, pieces: Iterable[bytes]):
         self._it = iter(pieces)
-        self._buf = b""
+        self._piece = memoryview(b"")
 
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
+        while not self._piece:
             try:
-                piece = next(self._it)
+                self._piece = memoryview(next(self._it)).cast("B")
             except StopIteration:
-                break
-            self._buf += bytes(piece)
-        if n < 0:
-            out, self._buf = self._buf, b""
+                return b""
+        if n < 0 or n >= len(self._piece):
+            out, self._piece = bytes(self._piece), memoryview(b"")
         else:
-            out, self._buf = self._buf[:n], self._buf[n:]
+            out, self._piece = bytes(self._piece[:n]), self._piece[n:]
         return out
 
 
@@ -169,8 +169,12 @@ class AgentChannel:
             t.join(5.0)
 
     def write_file(self, path: str, data: Iterable[bytes], mode: int = 0o644) -> int:
+        pieces = data if not isinstance(data, list) or len(data) != 1 else data[0]
         with _mapped(path):
-            reply = self.client.upload(_IterReader(data), path, mode=mode)  # type: ignore[arg-type]
+            if isinstance(pieces, (bytes, bytearray, memoryview)):  # whole: sent with its size and checksum
+                reply = self.client.upload(bytes(pieces), path, mode=mode)
+            else:
+                reply = self.client.upload(_IterReader(pieces), path, mode=mode)  # type: ignore[arg-type]
         return int(reply.get("size", 0))
 
     def close(self) -> None:
