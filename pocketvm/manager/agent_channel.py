@@ -9,9 +9,11 @@ bounded queue, so a 64 MiB transfer never sits whole in memory here.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -90,15 +92,34 @@ class AgentChannel:
         """The agent of the VM whose vsock socket is `vsock` (or any `client`);
         the first channel to a VM waits up to `timeout` for its agent."""
         self.client = client if client is not None else A.AgentClient.for_vm_socket(vsock, timeout=timeout)  # type: ignore[arg-type]
-        key = str(vsock) if vsock is not None else ""
+        key = ""
+        if vsock is not None:
+            try:  # a VM of the same name later has a new socket
+                key = f"{vsock}:{os.stat(vsock).st_ino}"
+            except OSError:
+                key = str(vsock)
         if key:
             with _seen_lock:
                 seen = key in _seen_up
             if not seen:
                 with _mapped("the guest agent does not answer"):
-                    A.wait_until_up(self.client, timeout)
+                    self._wait_up(timeout)
                 with _seen_lock:
                     _seen_up.add(key)
+
+    def _wait_up(self, timeout: float) -> None:
+        """Until the agent answers `health`. Just after a restore the guest is
+        still settling: the first connection is often reset by the vsock
+        transport reset (the restore's), so try again soon rather than late."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.health()
+                return
+            except (A.AgentUnavailable, A.AgentTimeout):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def stream(self, request: C.ExecRequest) -> Iterator[C.Output | C.Exit]:
         with _mapped("exec"):
