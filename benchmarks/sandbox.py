@@ -10,7 +10,7 @@
              pages split between the sandboxes), with --idle sandboxes up
   how many   sandboxes created one after the other and kept, until a
              create fails or takes twice the first ones' median (bounded by
-             --max and by host memory)
+             --max and by host memory), each given --settle seconds first
 
 The source is the Debian image's template (`--image debian`, the default
 when it is built), or any snapshot directory (`--snapshot DIR`). VMs are
@@ -61,6 +61,9 @@ def main() -> int:
     ap.add_argument("--snapshot", default=None)
     ap.add_argument("--idle", type=int, default=8, help="sandboxes up for the idle PSS figure")
     ap.add_argument("--max", type=int, default=32, help="most sandboxes in the how-many ramp")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds each new sandbox gets to settle (its guest's after-restore work) in the ramp")
+    ap.add_argument("--ramp-only", action="store_true", help="only the how-many ramp")
     args = ap.parse_args()
 
     import pocketvm
@@ -91,7 +94,7 @@ def main() -> int:
         pocketvm.Sandbox(**source, timeout=120).close()  # type: ignore[arg-type]
 
         creates, firsts, agent_error = [], [], None
-        for _ in range(args.runs):
+        for _ in range(0 if args.ramp_only else args.runs):
             t0 = time.perf_counter()
             sb = pocketvm.Sandbox(**source, timeout=120)  # type: ignore[arg-type]
             t1 = time.perf_counter()
@@ -105,12 +108,26 @@ def main() -> int:
                 except pocketvm.GuestError as e:
                     agent_error = str(e)
             sb.close()
-        print(f"create (to a running VM)        {fmt(creates)}   target for first output: p50 <= 150 ms")
+        if creates:
+            print(f"create (to a running VM)        {fmt(creates)}   target for first output: p50 <= 150 ms")
         if firsts:
             print(f"create to first output (echo)   {fmt(firsts)}")
-        else:
+        elif creates:
             print(f"create to first output          not measured: {agent_error}")
+        if not args.ramp_only:
+            others(args, source, agent_error)
+        ramp(args, source)
+        print("peer (QEMU + qemu-guest-agent over virtio-serial): not measured (not in the Debian image yet)")
+    finally:
+        if started_launcher:
+            client.stop()
+    return 0
 
+
+def others(args: argparse.Namespace, source: dict[str, object], agent_error: str | None) -> None:
+    import pocketvm
+
+    if True:
         with pocketvm.Sandbox(**source, timeout=600) as sb:  # type: ignore[arg-type]
             if agent_error is None:
                 trips = []
@@ -141,6 +158,11 @@ def main() -> int:
         for b in boxes:
             b.close()
 
+
+def ramp(args: argparse.Namespace, source: dict[str, object]) -> None:
+    import pocketvm
+
+    if True:
         ramp: list[pocketvm.Sandbox] = []
         times: list[float] = []
         why = f"reached --max {args.max}"
@@ -160,16 +182,12 @@ def main() -> int:
                 if len(times) > 3 and times[-1] > 2 * base:
                     why = f"create took {times[-1] * 1000:.0f} ms, twice the first ones' {base * 1000:.0f} ms"
                     break
+                time.sleep(args.settle)
         finally:
             n = len(ramp)
             for b in ramp:
                 b.close()
-        print(f"sandboxes at once               {n}   ({why})")
-        print("peer (QEMU + qemu-guest-agent over virtio-serial): not measured (not in the Debian image yet)")
-    finally:
-        if started_launcher:
-            client.stop()
-    return 0
+        print(f"sandboxes at once               {n}   ({why}; {args.settle:g} s to settle after each create)")
 
 
 if __name__ == "__main__":
