@@ -29,7 +29,9 @@ import os
 import shutil
 import subprocess
 import sys
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ MANIFEST = "manifest.json"
 BUILD_MEMORY = "1G"
 STAGE2_TIMEOUT = 3 * 3600  # seconds; 10-20 minutes on a 2-core machine
 FINALIZE_TIMEOUT = 900
+POWEROFF_GRACE = 120  # seconds from a build script's result to the VM's end
 BUILD_APPEND = "console=ttyS0 cryptomgr.notests root=/dev/vda rw"
 BOOT_APPEND = "console=ttyS0 cryptomgr.notests quiet root=/dev/vda rw"
 _MARK = "pocketvm-build: "
@@ -100,28 +103,51 @@ def load(name: str) -> DebianImage | None:
                        manifest)
 
 
-def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float) -> list[str]:
+def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float, disk: Path) -> list[str]:
     """`pocket run ARGS` in its own process, console lines to on_line; what
-    the build scripts reported ("step X", "exit N")."""
+    the build scripts reported ("step X", "exit N").
+
+    After "exit N" the script syncs and powers off. Twice a VM went idle
+    there instead, after a second stage, in pocketvm and QEMU alike (where
+    exactly is not known yet): a VM that has not ended POWEROFF_GRACE seconds
+    after reporting is stopped, and its root filesystem checked and repaired
+    on the host like after a power cut (the journal makes that safe).
+    """
     reports: list[str] = []
+    lines: queue.Queue[str | None] = queue.Queue()
     env = dict(os.environ, POCKETVM_LAUNCHER="off")
     proc = subprocess.Popen([sys.executable, "-m", "pocketvm", "run", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    try:
+
+    def pump() -> None:
+        assert proc.stdout is not None
         for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines.put(raw.decode(errors="replace").rstrip("\r\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    stopped = False
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                if any(r.startswith("exit ") for r in reports):
+                    stopped = True
+                    break
+                raise ImageError(f"the build VM did not finish within {timeout / 60:.0f} minutes") from None
+            if line is None:
+                break
             if line.startswith(_MARK):
                 reports.append(line[len(_MARK):])
+                if reports[-1].startswith("exit "):
+                    deadline = time.monotonic() + POWEROFF_GRACE
             on_line(line)
-            if time.monotonic() > deadline:
-                raise ImageError(f"the build VM did not finish within {timeout / 60:.0f} minutes")
-        rc = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        rc = proc.wait()
     exits = [r for r in reports if r.startswith("exit ")]
     if not exits:
         raise ImageError(f"the build VM ended (status {rc}) without reporting a result; see the build log")
@@ -129,7 +155,19 @@ def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float)
         steps = [r[5:] for r in reports if r.startswith("step ")]
         raise ImageError(f"the build VM failed in step {steps[-1] if steps else '?'} ({exits[-1]}); "
                          f"see the build log")
+    if stopped:
+        on_line(f"pocketvm: the build VM did not power off within {POWEROFF_GRACE} s; stopped it, checking {disk.name}")
+        _check_filesystem(disk, on_line)
     return reports
+
+
+def _check_filesystem(image: Path, log: Note) -> None:
+    proc = subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, text=True)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        log(line)
+    if proc.returncode > 1:  # 0: clean, 1: errors corrected
+        raise ImageError(f"the root filesystem needs repairs e2fsck could not make (status {proc.returncode}); "
+                         f"see the build log")
 
 
 def _vm_args(boot: BootFiles, init: str, disks: Sequence[str]) -> list[str]:
@@ -152,7 +190,7 @@ def second_stage(raw: Path, boot: BootFiles, packages: int, progress: Callable[[
             done[0] += 1
             progress(min(99.0, 100.0 * done[0] / total), line[3:].rstrip("."))
 
-    _run_vm(_vm_args(boot, STAGE2, [str(raw)]), on_line, STAGE2_TIMEOUT)
+    _run_vm(_vm_args(boot, STAGE2, [str(raw)]), on_line, STAGE2_TIMEOUT, raw)
 
 
 def finalize(raw: Path, boot: BootFiles, log: Note) -> None:
@@ -160,7 +198,7 @@ def finalize(raw: Path, boot: BootFiles, log: Note) -> None:
     files = raw.parent / "guest-files.img"
     make_files_disk(files)
     try:
-        _run_vm(_vm_args(boot, FINALIZE, [str(raw), f"{files},ro"]), log, FINALIZE_TIMEOUT)
+        _run_vm(_vm_args(boot, FINALIZE, [str(raw), f"{files},ro"]), log, FINALIZE_TIMEOUT, raw)
     finally:
         files.unlink(missing_ok=True)
 

@@ -81,3 +81,36 @@ def test_boot_scripts_are_installed_executable(tmp_path):
     for name in ("stage2.sh", "finalize.sh", "common.sh"):
         path = tmp_path / "pocketvm" / name
         assert path.is_file() and path.stat().st_mode & 0o111
+
+
+def test_a_build_vm_that_reports_but_never_powers_off_is_stopped_and_its_disk_checked(tmp_path, monkeypatch):
+    from pocketvm.images import debian
+
+    disk = tmp_path / "root.raw"
+    (tmp_path / "empty").mkdir()
+    rootfs.make_ext4(tmp_path / "empty", disk, 8 << 20)
+    real_popen = subprocess.Popen
+
+    def fake_vm(cmd, **kw):  # a "VM" that reports its result, then hangs (e2fsck runs for real)
+        if "pocketvm" not in cmd:
+            return real_popen(cmd, **kw)
+        return real_popen(["sh", "-c", 'echo "pocketvm-build: step x"; echo "pocketvm-build: exit 0"; exec sleep 600'],
+                          **kw)
+
+    monkeypatch.setattr(debian.subprocess, "Popen", fake_vm)
+    monkeypatch.setattr(debian, "POWEROFF_GRACE", 1)
+    log: list[str] = []
+    assert debian._run_vm([], log.append, 60, disk) == ["step x", "exit 0"]
+    assert any("did not power off" in line for line in log)
+    assert any("e2fsck" in line or "clean" in line or "blocks" in line for line in log)
+
+
+def test_a_build_vm_that_reports_a_failure_names_the_step(tmp_path, monkeypatch):
+    from pocketvm.images import debian
+
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(debian.subprocess, "Popen", lambda cmd, **kw: real_popen(
+        ["sh", "-c", 'echo "pocketvm-build: step configure"; echo "pocketvm-build: exit 11"'] if "pocketvm" in cmd
+        else cmd, **kw))
+    with pytest.raises(ImageError, match="failed in step configure"):
+        debian._run_vm([], lambda line: None, 60, tmp_path / "unused.raw")
