@@ -18,7 +18,7 @@ import numpy as np
 from pocketvm.backends import qcow2_header as H
 from pocketvm.backends.disk import SECTOR_SIZE, DiskError, data_extents
 from pocketvm.backends.open_disk import open_disk
-from pocketvm.backends.qcow2_refcount import pwrite_all
+from pocketvm.backends.qcow2_refcount import pwrite_all, runs_of
 
 DEFAULT_CLUSTER_SIZE = 64 << 10
 _BLOCK = 4096
@@ -188,19 +188,10 @@ def _copy_data(source, out, cluster_size: int) -> None:
             padded = np.zeros(nclusters * cluster_size, np.uint8)
             padded[:n] = view
             nonzero = padded.view(np.uint64).reshape(nclusters, -1).any(axis=1)
-            for i, j in _runs(nonzero):
+            for i, j in runs_of(nonzero):
                 lo, hi = i * cluster_size, min(j * cluster_size, n)
                 out.writefrom(pos + lo, [view[lo:hi]])
             pos += n
         done = max(done, b)
     out.flush()
 
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1)
-    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-    ends = np.concatenate((idx[breaks] + 1, [idx[-1] + 1]))
-    return list(zip(starts.tolist(), ends.tolist()))

@@ -221,7 +221,7 @@ class Refcounts:
             mask = np.ones(n, bool) if arr is None else arr[:n] == 0
             if base == 0:
                 mask[0] = False  # the header
-            for a, b in _runs(mask):
+            for a, b in runs_of(mask):
                 free.append([base + a, base + b])
         meta = self.meta
         out: list[list[int]] = []
@@ -328,7 +328,8 @@ class Refcounts:
             os.ftruncate(self.fd, self.end * self.cluster_size)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in mask."""
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
         return []
