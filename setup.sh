@@ -24,6 +24,7 @@ done
 
 debs=(python3-venv qemu-system-misc qemu-user qemu-utils gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
       e2fsprogs device-tree-compiler cpio xz-utils debootstrap
+      kmod  # depmod indexes the guest's kernel modules on the host (pocketvm/images/rootfs.py)
       libseccomp2  # the seccomp filter of sandbox VM processes (pocketvm/manager/harden.py)
       novnc chromium)  # the web display's client; the browser its end-to-end test drives
 missing=()

@@ -23,6 +23,8 @@ image does nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +35,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,8 +229,6 @@ def _copy_sparse(src: Path, dst: Path) -> None:
 def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None = None, force: bool = False,
           template: bool = True, quiet: bool = False) -> DebianImage:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, \
-        TimeElapsedColumn
 
     from .catalog import check_image_name
 
@@ -239,15 +239,36 @@ def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None
     mirror_url = resolve_mirror(mirror)
     stage2_key = _key(RECIPE, wanted, mirror_url, boot.version, SUITE, ARCH, boot_scripts_digest())
     final_key = _key(stage2_key, guest_files_digest())
-    existing = load(name)
-    if existing is not None and not force and existing.manifest.get("key") == final_key:
-        if template and existing.template is None:
-            make_template(existing, quiet=quiet)
-            return load(name) or existing
-        return existing
-
     d = image_dir(name)
     d.mkdir(parents=True, exist_ok=True)
+    with _build_lock(d, console):
+        existing = load(name)
+        if existing is not None and not force and existing.manifest.get("key") == final_key:
+            if template and existing.template is None:
+                make_template(existing, quiet=quiet)
+                return load(name) or existing
+            return existing
+        return _build(name, d, wanted, mirror_url, boot, stage2_key, final_key, force, template, quiet, console)
+
+
+@contextlib.contextmanager
+def _build_lock(d: Path, console) -> Iterator[None]:
+    """One build of an image at a time: a second `pocket image build` waits,
+    then finds the image the first one made."""
+    with open(d / "build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"Waiting for another build of {d.name} to finish...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(name: str, d: Path, wanted: list[str], mirror_url: str, boot: BootFiles, stage2_key: str,
+           final_key: str, force: bool, template: bool, quiet: bool, console) -> DebianImage:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, \
+        TimeElapsedColumn
+
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                         TimeElapsedColumn(), console=console, disable=quiet)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=d))

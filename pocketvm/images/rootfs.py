@@ -120,6 +120,16 @@ def install_kernel_modules(target: Path, kernel_deb: Path, release: str, package
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dest, symlinks=True)
+    # The host's depmod writes the index files: in the guest, at emulated
+    # speed, depmod took more than half of the second stage (it decompresses
+    # every module). kmod reads riscv64 modules on any host.
+    depmod = shutil.which("depmod") or shutil.which("depmod", path="/usr/sbin:/sbin")
+    if depmod is None:
+        raise ImageError("depmod not found: install the Debian package kmod (./setup.sh does)")
+    result = subprocess.run([depmod, "-b", str(target), release], capture_output=True, text=True)
+    if result.returncode != 0 or not (dest / "modules.dep.bin").is_file():
+        detail = (result.stderr.strip().splitlines() or ["no modules.dep.bin written"])[-1]
+        raise ImageError(f"depmod could not index the kernel modules: {detail}")
 
 
 def _guest_tree():

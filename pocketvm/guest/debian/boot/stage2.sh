@@ -9,8 +9,6 @@ step debootstrap
     tail -n 30 /debootstrap/debootstrap.log 2>/dev/null
     finish 1
 }
-step depmod
-for rel in /usr/lib/modules/*; do depmod -a "${rel##*/}" || finish 2; done
 step clean
 apt-get clean
 rm -rf /var/lib/apt/lists/*
