@@ -148,6 +148,9 @@ class VirtioVsock(v.VirtioDevice):
     max_connections = 128
     connect_timeout = 10.0  # for the guest to answer a host's CONNECT
     close_timeout = 10.0  # for a half-closed connection to finish
+    # How long host connections wait for the guest to handle a transport reset
+    # before they go to it anyway (a driver that never re-posts its event buffer).
+    reset_ack_timeout = 2.0
     buf_alloc = BUF_ALLOC
 
     def __init__(self, host: VsockUnixHost, guest_cid: int = DEFAULT_GUEST_CID):
@@ -162,6 +165,15 @@ class VirtioVsock(v.VirtioDevice):
         self._orphan_resets: deque[bytes] = deque()
         self._next_host_port = FIRST_HOST_PORT
         self._reset_event_pending = False
+        # After a restore the guest is sent the transport reset event; until
+        # its driver has handled it (it then re-posts the event buffer), a
+        # new connection would be reset along with the old ones: Linux
+        # handles event and rx work in any order, and its reset handler
+        # ends every connected socket, also one accepted a moment ago. So
+        # host connections made meanwhile wait (see _reset_acknowledged).
+        self._reset_delivered_at: float | None = None
+        self._event_avail_at_reset = 0
+        self._held_connects: list[tuple[HostStream, int]] = []  # (stream, guest port)
         self._next_deadline: float | None = None
         self.stats: dict[str, int] = {
             "to_guest_bytes": 0, "to_host_bytes": 0, "connections": 0, "resets_sent": 0,
@@ -187,6 +199,9 @@ class VirtioVsock(v.VirtioDevice):
             self._send_to_guest()
         else:
             self._deliver_reset_event()
+            if self._reset_delivered_at is not None:
+                self._release_held(time.monotonic())
+                self._send_to_guest()
 
     def reset(self) -> None:
         """The driver reset the device: every connection ends."""
@@ -195,6 +210,10 @@ class VirtioVsock(v.VirtioDevice):
         self._ready.clear()
         self._orphan_resets.clear()
         self._reset_event_pending = False
+        self._reset_delivered_at = None
+        for stream, _ in self._held_connects:
+            stream.close()
+        self._held_connects.clear()
         self._next_deadline = None
 
     def close(self) -> None:
@@ -222,10 +241,15 @@ class VirtioVsock(v.VirtioDevice):
         """Serve the host sockets: new connections, bytes to move, deadlines.
         Called by the run loop (cheap when nothing happened)."""
         now = time.monotonic()
-        for stream, port in self.host.poll(now):
-            self._host_connect(stream, port, now)
         if self._reset_event_pending:
             self._deliver_reset_event()
+        for stream, port in self.host.poll(now):
+            if self._reset_delivered_at is not None and len(self._held_connects) < self.max_connections:
+                self._held_connects.append((stream, port))
+            else:
+                self._host_connect(stream, port, now)
+        if self._reset_delivered_at is not None:
+            self._release_held(now)
         if self._next_deadline is not None and now >= self._next_deadline:
             self._expire(now)
         for conn in list(self.conns.values()):
@@ -607,7 +631,8 @@ class VirtioVsock(v.VirtioDevice):
 
     def next_deadline(self) -> float | None:
         """When poll() next has a timer to serve (monotonic seconds), if any."""
-        times = [t for t in (self._next_deadline, self.host.next_deadline()) if t is not None]
+        reset_wait = None if self._reset_delivered_at is None else self._reset_delivered_at + self.reset_ack_timeout
+        times = [t for t in (self._next_deadline, self.host.next_deadline(), reset_wait) if t is not None]
         return min(times, default=None)
 
     # --- events ---------------------------------------------------------------------------------
@@ -628,8 +653,28 @@ class VirtioVsock(v.VirtioDevice):
                 continue
             queue.push(chain.head, chain.write(self.transport.ram, 0, _EVENT.pack(EVENT_TRANSPORT_RESET)))
             self._reset_event_pending = False
+            self._reset_delivered_at = time.monotonic()
+            self._event_avail_at_reset = _avail_idx(queue)
             self.transport.notify_used(EVENT)
             return
+
+    def _reset_acknowledged(self, now: float) -> bool:
+        """Whether the guest has handled the transport reset: Linux re-posts
+        the event buffer (and notifies) only after its handler ran. A guest
+        that never does is given `reset_ack_timeout`."""
+        assert self._reset_delivered_at is not None
+        if now >= self._reset_delivered_at + self.reset_ack_timeout or not self._queue_ready(EVENT):
+            return True
+        return _avail_idx(self.transport.queues[EVENT]) != self._event_avail_at_reset  # type: ignore[union-attr]
+
+    def _release_held(self, now: float) -> None:
+        """Once the reset is handled, the host connections made meanwhile go to the guest."""
+        if not self._reset_acknowledged(now):
+            return
+        self._reset_delivered_at = None
+        held, self._held_connects = self._held_connects, []
+        for stream, port in held:
+            self._host_connect(stream, port, now)
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -642,6 +687,14 @@ class VirtioVsock(v.VirtioDevice):
 
     def _rx_ready(self) -> bool:
         return self._queue_ready(RX)
+
+
+def _avail_idx(queue: VirtQueue) -> int:
+    """The driver's index into its available ring (-1 when unreadable)."""
+    try:
+        return queue.ram.read_int(queue.driver_addr + 2, 2)
+    except GuestMemoryError:
+        return -1
 
 
 def _has_available(queue: VirtQueue) -> bool:

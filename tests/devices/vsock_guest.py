@@ -70,6 +70,7 @@ class VsockGuest:
         self.received: list[Packet] = []
         self.events: list[int] = []
         self.repost = True  # collect() gives used receive buffers back at once
+        self.repost_events = True  # collect() gives used event buffers back at once
 
     # --- bring-up ---------------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class VsockGuest:
                 got.append(Packet(self.ram.read(self.rx_addr[head], length)))
         for head, length in self.ev.used():
             self.events.append(struct.unpack("<I", self.ram.read(RAM_BASE + 0xF00000 + 16 * head, 4))[0])
+            if self.repost_events:  # as Linux does once it has handled the event
+                self.post_event(head)
         if (self.repost if repost is None else repost) and used:
             self.post_rx(len(used))
         self.received += got
