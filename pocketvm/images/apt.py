@@ -208,13 +208,48 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
         stanza = out.split("\n\n", 1)[0] if rc == 0 else ""
         if not deb822_field(stanza, "Package"):
             raise ImageError(f"package {name} not found in Debian {self.suite} ({self.arch}) at {self.mirror}")
-        try:
-            size = int(deb822_field(stanza, "Size") or 0)
-        except ValueError:
-            size = 0
-        return Package(deb822_field(stanza, "Package"), deb822_field(stanza, "Version"),
-                       deb822_field(stanza, "Architecture"), deb822_field(stanza, "SHA256").lower(),
-                       size, deb822_field(stanza, "Depends"))
+        return package_of(stanza)
+
+    def closure(self, names: Sequence[str]) -> list[str]:
+        """Every package `apt-get install --no-install-recommends NAMES` would
+        install on an empty system (this apt's status is empty), in order."""
+        rc, out = self._run(["apt-get", "install", "-s", "--no-install-recommends", *names])
+        if rc != 0:
+            raise ImageError(f"cannot resolve the packages {', '.join(names)} in Debian {self.suite} "
+                             f"({self.arch}): {_first_problem(out)}")
+        return [ln.split()[1] for ln in out.splitlines() if ln.startswith("Inst ") and len(ln.split()) > 1]
+
+    def stanzas(self, names: Sequence[str]) -> dict[str, str]:
+        """The index stanza of each package's candidate version, by name."""
+        rc, out = self._run(["apt-cache", "show", "--no-all-versions", *names])
+        found = {}
+        for stanza in out.split("\n\n"):
+            name = deb822_field(stanza, "Package")
+            if name:
+                found[name] = stanza.strip("\n") + "\n"
+        missing = [n for n in names if n not in found]
+        if rc != 0 or missing:
+            raise ImageError(f"packages not found in Debian {self.suite} ({self.arch}) at {self.mirror}: "
+                             f"{', '.join(missing) or _first_problem(out)}")
+        return found
+
+    def download_all(self, pkgs: Sequence[Package], dest: Path, progress: Progress | None = None) -> list[Path]:
+        """The verified .debs of exactly these package versions, in dest (one apt-get run)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        todo = [p for p in pkgs if not (dest / p.deb_filename).exists()
+                or not _sha256_matches(dest / p.deb_filename, p.sha256)]
+        if todo:
+            rc, out = self._run(["apt-get", "download", *(f"{p.name}={p.version}" for p in todo)], cwd=dest,
+                                progress=progress)
+            if rc != 0:
+                raise ImageError(f"cannot download packages from {self.mirror}: {_first_problem(out)}")
+        paths = []
+        for p in pkgs:
+            path = dest / p.deb_filename
+            if not path.exists() or not _sha256_matches(path, p.sha256):
+                raise ImageError(f"{path.name} is missing or does not match the SHA256 of the signed package index")
+            paths.append(path)
+        return paths
 
     def download(self, pkg: Package, dest: Path, progress: Progress | None = None) -> Path:
         """The verified .deb of exactly this package version, in dest."""
@@ -233,6 +268,17 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
         if not _sha256_matches(path, pkg.sha256):
             raise ImageError(f"{path.name} does not match the SHA256 of the signed package index")
         return path
+
+
+def package_of(stanza: str) -> Package:
+    """The Package an index stanza describes."""
+    try:
+        size = int(deb822_field(stanza, "Size") or 0)
+    except ValueError:
+        size = 0
+    return Package(deb822_field(stanza, "Package"), deb822_field(stanza, "Version"),
+                   deb822_field(stanza, "Architecture"), deb822_field(stanza, "SHA256").lower(),
+                   size, deb822_field(stanza, "Depends"))
 
 
 def _sha256_matches(path: Path, expected: str) -> bool:
