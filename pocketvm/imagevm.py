@@ -3,8 +3,9 @@
 Two ways to start it, chosen by what the user asked for:
 
 - from the image's template (the system booted once and snapshotted idle),
-  when the VM is the template's shape (memory, harts, no extra disks, no
-  display): a restore, answering in a fraction of a second;
+  when the VM is the template's shape (memory, harts, no extra disks, and
+  the template's display: none, or for the desktop image its screen size):
+  a restore, answering in a fraction of a second;
 - otherwise a boot of the base image, on a fresh qcow2 overlay in the VM's
   disk directory.
 
@@ -23,11 +24,19 @@ from pocketvm.images.errors import ImageError
 
 
 def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str, ...], deterministic: bool,
-                   display: str) -> bool:
+                   display: str, display_size: str) -> bool:
     from pocketvm.images.template import TEMPLATE_CPUS, TEMPLATE_MEMORY
     from pocketvm.machine import parse_memory
+    from pocketvm.web.attach import parse_display, parse_size
 
-    if image.template is None or disks or deterministic or display != "none":
+    if image.template is None or disks or deterministic:
+        return False
+    # A template has a screen of one size (the desktop image's) or none.
+    screen = image.manifest.get("template_display")
+    if parse_display(display).kind == "none":
+        if screen is not None:
+            return False
+    elif screen != list(parse_size(display_size)):
         return False
     if memory is not None and parse_memory(memory) != parse_memory(TEMPLATE_MEMORY):
         return False
@@ -53,7 +62,7 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
                                    + ("" if image_name == "debian" else f" --name {image_name}"))
     vm_name = check_name(name) if name else generate_name()
     shown = parse_display(display)
-    if _template_fits(image, memory, cpus, disks, deterministic, display):
+    if _template_fits(image, memory, cpus, disks, deterministic, display, display_size):
         # The template has one NIC: connected as asked, or with its cable out.
         specs = [_parse_nic(n) for n in nics] or [NicSpec("none")]
         if len(specs) > 1:

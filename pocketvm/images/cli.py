@@ -53,16 +53,21 @@ def path() -> None:
 
 @image.command("build")
 @click.argument("distribution", type=click.Choice(["debian"]))
-@click.option("--name", default="", help="Name of the image (default: the distribution's name).")
+@click.option("--name", default="", help="Name of the image (default: the distribution's name; with --desktop, "
+              "debian-desktop).")
+@click.option("--desktop", is_flag=True,
+              help="A separate image with a small desktop (X.org, the jwm window manager, xterm) on top of the "
+              "plain debian image (built first if needed). The desktop starts when the VM has a display: "
+              "`pocket run --image debian-desktop --display web` restores straight into it. About 15 minutes.")
 @click.option("--packages", metavar="PKG[,PKG...]", default="",
-              help="Extra Debian packages to install (comma-separated).")
+              help="Extra Debian packages to install (comma-separated; with --desktop, into the desktop image).")
 @click.option("--mirror", metavar="URL", help=f"Debian mirror (default: ${MIRROR_ENV}, else the host's apt sources). "
               "It is also the mirror the guest's apt uses.")
 @click.option("--force", is_flag=True, help="Build again even if an image with the same inputs exists.")
 @click.option("--no-template", is_flag=True, help="Do not boot the result once to save a template snapshot.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def build(distribution: str, name: str, packages: str, mirror: str | None, force: bool, no_template: bool,
-          quiet: bool) -> None:
+def build(distribution: str, name: str, desktop: bool, packages: str, mirror: str | None, force: bool,
+          no_template: bool, quiet: bool) -> None:
     """Build a Debian trixie riscv64 system on a qcow2 root disk.
 
     The first stage (debootstrap, download and unpack) runs on the host and
@@ -71,20 +76,32 @@ def build(distribution: str, name: str, packages: str, mirror: str | None, force
     a snapshot of the system booted once, which `pocket run --image NAME`
     restores in a fraction of a second. A second build with the same inputs
     does nothing. Takes about 15-30 minutes the first time.
-    """
-    from .debian import build as build_debian
 
+    With --desktop: the image debian-desktop, the plain system plus a small
+    desktop, started when the VM has a display (without one it behaves like
+    the plain image). Its template is taken with a 1024x768 display and the
+    desktop up.
+    """
     extra = [p.strip() for p in packages.split(",") if p.strip()]
     with _one_line_errors():
-        img = build_debian(name or distribution, extra, mirror=mirror, force=force, template=not no_template,
-                           quiet=quiet)
+        if desktop:
+            from .desktop import DEFAULT_NAME, build as build_desktop
+
+            img = build_desktop(name or DEFAULT_NAME, extra, mirror=mirror, force=force, template=not no_template,
+                                quiet=quiet)
+        else:
+            from .debian import build as build_debian
+
+            img = build_debian(name or distribution, extra, mirror=mirror, force=force, template=not no_template,
+                               quiet=quiet)
     if not quiet:
         out = Console()
         out.print(f"[bold]{img.name}[/bold]: Debian {img.manifest.get('suite')} {img.manifest.get('architecture')}, "
                   f"{len(img.manifest.get('packages', []))} packages + minbase, Linux {img.manifest.get('kernel_release')}")
         out.print(f"  base      {img.base}")
         out.print(f"  template  {img.template or '(none)'}")
-        out.print(f"  run it:   pocket run --image {img.name}")
+        shown = " --display web" if img.manifest.get("template_display") else ""
+        out.print(f"  run it:   pocket run --image {img.name}{shown}")
 
 
 @image.command("ls")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,28 @@ BOOT_TIMEOUT = 900.0  # seconds, at emulated speed on a busy 2-core machine
 # does not contain ($((...)) is expanded only in the output).
 READY_COMMAND = b"systemctl is-system-running --wait >/dev/null 2>&1; history -c; echo pocketvm-template-$((6*7))\n"
 READY_MARK = b"pocketvm-template-42"
+# An image whose manifest names a `template_ready_file` (the desktop image)
+# is snapshotted only once that file exists in the guest, and a few seconds
+# later, so that what it shows has been drawn.
+READY_FILE_WAIT = 600  # seconds, in the guest
+SETTLE = 10  # seconds, in the guest
+
+
+def ready_command(image: DebianImage) -> bytes:
+    ready = image.manifest.get("template_ready_file")
+    if not isinstance(ready, str) or not ready.startswith("/"):
+        return READY_COMMAND
+    wait = (f"for i in $(seq {READY_FILE_WAIT}); do [ -e {shlex.quote(ready)} ] && break; sleep 1; done; "
+            f"sleep {SETTLE}; [ -e {shlex.quote(ready)} ] && ")
+    return READY_COMMAND.replace(b"history -c; ", b"history -c; " + wait.encode())
+
+
+def display_args(image: DebianImage) -> list[str]:
+    """--display for the template VM when the image's template has a screen."""
+    size = image.manifest.get("template_display")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size)):
+        return []
+    return ["--display", "vnc", "--display-size", f"{size[0]}x{size[1]}"]
 
 
 def boot_args(image: DebianImage, disk: Path, memory: str, cpus: int, nic: bool) -> list[str]:
@@ -62,7 +85,7 @@ def make_template(image: DebianImage, quiet: bool = False) -> Path:
     create_overlay(overlay, image.base)
     env = dict(os.environ, POCKETVM_LAUNCHER="off")
     cmd = [sys.executable, "-m", "pocketvm", "run", "--name", name,
-           *boot_args(image, overlay, TEMPLATE_MEMORY, TEMPLATE_CPUS, nic=True)]
+           *boot_args(image, overlay, TEMPLATE_MEMORY, TEMPLATE_CPUS, nic=True), *display_args(image)]
     log = open(image.directory / "template.log", "wb")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
     seen = bytearray()
@@ -89,7 +112,7 @@ def make_template(image: DebianImage, quiet: bool = False) -> Path:
             want[0] = READY_MARK
             seen.clear()
             assert proc.stdin is not None
-            proc.stdin.write(READY_COMMAND)
+            proc.stdin.write(ready_command(image))
             proc.stdin.flush()
             if not got.wait(BOOT_TIMEOUT):
                 raise ImageError(f"the template VM of {image.name} did not finish booting; "
