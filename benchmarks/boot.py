@@ -1,8 +1,9 @@
 """Boot benchmark: time from process start to the first shell prompt.
 
 Boots the same Debian kernel and initramfs in pocketvm (`pocket run`, with
-the interpreter only and with `--jit on`) and in `qemu-system-riscv64 -M
-virt` (TCG) in the same run, and prints the times,
+the interpreter only and with `--jit on`: once with an empty translation
+cache, then again with the cache the first boot filled) and in
+`qemu-system-riscv64 -M virt` (TCG) in the same run, and prints the times,
 their ratio, pocketvm's peak RSS, whether the numba cache was warm, and the
 host CPU each uses while the guest sits idle at its prompt (--idle seconds,
 measured from 5 s after the prompt: the kernel's asynchronous boot work,
@@ -36,12 +37,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def boot_to_prompt(
-    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900, idle: float = 0.0, settle: float = 5.0
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    idle: float = 0.0,
+    settle: float = 5.0,
+    stderr_to: Path | None = None,
 ) -> tuple[float, int, float]:
     """Start `cmd`, wait for the prompt, stay idle `idle` seconds, power off.
     Returns (seconds to prompt, peak RSS in KiB, share of a host CPU used while idle)."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    err = open(stderr_to, "wb") if stderr_to is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env)
     assert proc.stdout is not None and proc.stdin is not None
     seen = b""
     elapsed = None
@@ -80,7 +87,17 @@ def boot_to_prompt(
     finally:
         if proc.poll() is None:
             proc.kill()
+        if stderr_to is not None:
+            err.close()  # type: ignore[union-attr]
     return elapsed, usage.ru_maxrss, idle_cpu
+
+
+def tier1_line(stderr_file: Path) -> str:
+    """The tier-1 statistics that `pocket -v` logs at the end."""
+    for line in stderr_file.read_text(errors="replace").splitlines():
+        if "tier 1:" in line:
+            return line.split("tier 1:", 1)[1].strip()
+    return "(no statistics)"
 
 
 def numba_cache_warm() -> bool:
@@ -105,7 +122,7 @@ def main() -> int:
     qemu = ["qemu-system-riscv64", "-M", "virt", "-m", "512M", "-smp", "1", "-nographic", "-monitor", "none",
             "-bios", str(img.bios), "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", APPEND]
     pocket = [sys.executable, "-m", "pocketvm", "run", "--memory", "512M", *files]
-    pocket_jit = [*pocket, "--jit", "on"]
+    pocket_jit = [sys.executable, "-m", "pocketvm", "-v", "run", "--memory", "512M", *files, "--jit", "on"]
 
     env = {**os.environ, "POCKETVM_LAUNCHER": "off"}
     tmp = None
@@ -116,24 +133,36 @@ def main() -> int:
     else:
         warm = numba_cache_warm()
 
-    p_times, q_times, rss, p_idle, q_idle, j_times = [], [], 0, [], [], []
+    p_times, q_times, rss, p_idle, q_idle, j_times, w_times = [], [], 0, [], [], [], []
+    stats: dict[str, str] = {}
     for _ in range(args.runs):
         t, r, i = boot_to_prompt(pocket, env, idle=args.idle)
         p_times.append(t)
         p_idle.append(i)
         rss = max(rss, r)
-        t, _, _ = boot_to_prompt(pocket_jit, env)
-        j_times.append(t)
+        with tempfile.TemporaryDirectory(prefix="pocketvm-jit-cache-") as jit_cache:
+            jenv = {**env, "POCKETVM_JIT_CACHE": jit_cache}
+            log = Path(jit_cache) / "stderr.log"
+            t, _, _ = boot_to_prompt(pocket_jit, jenv, stderr_to=log)
+            j_times.append(t)
+            stats["cold"] = tier1_line(log)
+            t, _, _ = boot_to_prompt(pocket_jit, jenv, stderr_to=log)
+            w_times.append(t)
+            stats["warm"] = tier1_line(log)
         t, _, i = boot_to_prompt(qemu, idle=args.idle)
         q_times.append(t)
         q_idle.append(i)
-    p, q, j = min(p_times), min(q_times), min(j_times)
+    p, q, j, w = min(p_times), min(q_times), min(j_times), min(w_times)
     print(f"kernel           {img.version}")
     print(f"numba cache      {'warm' if warm else 'cold (compile time included)'}")
-    print(f"pocketvm         {p:8.2f} s to shell prompt")
-    print(f"pocketvm --jit on{j:8.2f} s to shell prompt (translation on a second thread included)")
+    print(f"pocketvm         {p:8.2f} s to shell prompt (interpreter)")
+    print(f"  --jit on, cold {j:8.2f} s  (empty translation cache; compiling in a second process included)")
+    print(f"  --jit on, warm {w:8.2f} s  (second boot: the translation cache the first one filled)")
     print(f"qemu (TCG)       {q:8.2f} s to shell prompt")
-    print(f"ratio            {p / q:8.2f} x  (pocketvm / qemu), {j / q:.2f} x with --jit on")
+    print(f"ratio            {p / q:8.2f} x  (pocketvm / qemu); JIT cold {j / q:.2f} x, warm {w / q:.2f} x")
+    print(f"JIT / interpreter  cold {j / p:.2f}, warm {w / p:.2f}")
+    print(f"tier 1, cold: {stats['cold']}")
+    print(f"tier 1, warm: {stats['warm']}")
     print(f"pocketvm RSS     {rss / 1024:8.1f} MiB peak")
     if args.idle > 0:
         print(f"idle at prompt   {100 * min(p_idle):8.1f} % of a host CPU (pocketvm), {100 * min(q_idle):.1f} % (qemu)")

@@ -5,6 +5,8 @@ change in a helper module would leave a stale compiled core behind. The cache
 directory is therefore named after a digest of every module in this package
 and of the sub-package modules the core compiles in (not the translator
 itself, which runs on the host side: changing it needs no recompilation).
+Modules the core never compiles (`hart`, this file) are left out too, so
+editing them does not send every user of the tree through a recompile.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pocketvm.paths import cache_dir
 
 
 _COMPILED_SUBMODULES = ("tier1/layout.py", "tier1/native_call.py", "tier1/fp_helper.py")
+_HOST_SIDE = ("__init__.py", "hart.py")
 
 
 def _source_digest() -> str:
     h = hashlib.sha256(numba.__version__.encode())
     here = Path(__file__).parent
-    for path in sorted(here.glob("*.py")) + [here / name for name in _COMPILED_SUBMODULES]:
+    compiled = [p for p in sorted(here.glob("*.py")) if p.name not in _HOST_SIDE]
+    for path in compiled + [here / name for name in _COMPILED_SUBMODULES]:
         h.update(str(path.relative_to(here)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, F, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn, Region
-from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS, block_key, slot_index
+from pocketvm.cpu.tier1.layout import JT_FN, JT_FP_ENTRY, JT_KEY, SLOT_BITS, SLOTS, block_key, slot_index
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -31,7 +31,10 @@ _FS = 3 << 13
 _FS_DIRTY = (3 << 13) | (-(1 << 63))
 _NAN_BOX = -(1 << 32)
 _BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
-_ARGS = "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in"
+_ARGS = (
+    "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in, "
+    "ptr noalias %jt"
+)
 
 
 def s64(v: int) -> str:
@@ -53,18 +56,16 @@ def module_text(triple: str, functions: list[str]) -> str:
 class BlockCodegen:
     """The text of one function for the region at RAM offset `off`."""
 
-    def __init__(
-        self, name: str, off: int, paged: bool, region: Region, table_addr: int | None, fp_entry: int = 0
-    ):
+    def __init__(self, name: str, off: int, paged: bool, region: Region, chain: bool = True):
         """`paged`: loads and stores are translated (the table keys the block by it too);
-        `table_addr`: address of the translation table's data, for chaining (None: no chaining)."""
+        `chain`: exits jump to the translated block at their target when the table has one.
+        The code holds no host address: the table (%jt) has them."""
         self.name = name
         self.off = off
         self.paged = paged
         self.region = region
         self.insns = region.insns
-        self.table_addr = table_addr
-        self.fp_entry = fp_entry  # address of fp_helper.fp_entry
+        self.chain = chain
         written = {i.rd for i in self.insns if i.opcode in _WRITES_RD or i.opcode in _FP_OPS}
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
         read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63)}
@@ -118,7 +119,7 @@ class BlockCodegen:
         """Like exit_block to block-relative `target_rel`, chaining to the block there if there is one."""
         in_page = 0 <= (self.off & 0xFFF) + target_rel < 0x1000
         npc = self.pc_plus(target_rel)
-        if self.table_addr is None:
+        if not self.chain:
             self._to_epilogue(npc, retired, None)
         elif in_page:  # same physical page: the target's key is known now
             target_off = self.off + target_rel
@@ -129,7 +130,7 @@ class BlockCodegen:
 
     def exit_indirect(self, target: str, retired: int) -> None:
         """Leave for a computed pc (jalr), chaining to the block there if there is one."""
-        self._to_epilogue(target, retired, self.lookup(target) if self.table_addr is not None else None)
+        self._to_epilogue(target, retired, self.lookup(target) if self.chain else None)
 
     def lookup(self, pc: str) -> tuple[str, str]:
         """(table slot offset, key) of the block at virtual `pc`, found as the
@@ -184,18 +185,18 @@ class BlockCodegen:
         npc, total, slot, want = (self.v("phi i64 " + ", ".join(col)) for col in cols)
         for r in self.written:
             self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
-        if self.table_addr is not None and any(e[4] != "-2" for e in self.exits):
-            key_addr = self.v(f"add i64 {slot}, {self.table_addr}")
-            key = self.v(f"load i64, ptr {self.v(f'inttoptr i64 {key_addr} to ptr')}")
-            fn_addr = self.v(f"add i64 {key_addr}, {8 * (JT_FN - JT_KEY)}")
-            target = self.v(f"load i64, ptr {self.v(f'inttoptr i64 {fn_addr} to ptr')}")
+        if self.chain and any(e[4] != "-2" for e in self.exits):
+            key_ptr = self.v(f"getelementptr i8, ptr %jt, i64 {slot}")
+            key = self.v(f"load i64, ptr {key_ptr}")
+            fn_ptr = self.v(f"getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_FN - JT_KEY)}")
+            target = self.v(f"load i64, ptr {fn_ptr}")
             ok = self.v(f"and i1 {self.v(f'icmp eq i64 {key}, {want}')}, {self.v(f'icmp ne i64 {target}, 0')}")
             self.put(f"br i1 {ok}, label %chain, label %plain")
             self.start("chain")
             callee = self.v(f"inttoptr i64 {target} to ptr")
             r = self.v(
                 f"musttail call i64 {callee}(ptr %st, ptr %ram, i64 %ram_size, i64 {npc}, i64 %dx, i64 %dtag, "
-                f"i64 %maxn, i64 {total})"
+                f"i64 %maxn, i64 {total}, ptr %jt)"
             )
             self.put(f"ret i64 {r}")
             self.start("plain")
@@ -413,7 +414,7 @@ class BlockCodegen:
             self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         if insn.rs1:
             self.put(f"store i64 {v(f'load i64, ptr %x{insn.rs1}')}, ptr {self.st_ptr(insn.rs1)}")
-        fn = v(f"inttoptr i64 {self.fp_entry} to ptr")
+        fn = v(f"load ptr, ptr {v(f'getelementptr i64, ptr %jt, i64 {JT_FP_ENTRY}')}")
         r = v(f"call i64 {fn}(ptr %st, i64 {insn.bits})")
         self.side_exit_if(v(f"icmp ne i64 {r}, 0"), i)  # illegal: nothing was changed
         if insn.rd:

@@ -1,32 +1,36 @@
-"""Compiling queued blocks and installing them in the translation table.
+"""Handing hot blocks to the translation service and installing its code.
 
 One `Tier1` serves all harts of a machine (translations depend on guest RAM
 only, never on a hart's state). The numba core queues hot blocks in the
-table; after each run() call the hart asks the engine to translate what is
-queued: every block of the batch goes into one LLVM module, compiled by
-llvmlite's MCJIT, and the entry addresses go into the table. Compiled code
-is never freed (a replaced block's code stays in memory, unreachable);
-translations are few and small next to guest RAM.
+table; between two run() calls the hart's thread calls `service()`, which
+installs whatever code has arrived and sends what is queued to the
+translation service (`service`): in mode "on" a process of its own, so the
+hart never waits for a compiler and never competes with one for the GIL;
+in mode "all" (tests) in-process, at once. The service answers with object
+files (from the persistent cache or freshly compiled), which are linked
+into this process by llvmlite's MCJIT. Compiled code is never freed (a
+replaced block's code stays in memory, unreachable); translations are few
+and small next to guest RAM.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
+import pickle
+import socket
+import subprocess
+import sys
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
 import llvmlite.binding as llvm
 import numpy as np
 
 from pocketvm.cpu.tier1 import layout as L
-from pocketvm.cpu.tier1.codegen import BlockCodegen, module_text
-from pocketvm.cpu.tier1.decode import decode_region
+from pocketvm.cpu.tier1.service import PAGE, PageWork, Reply, Request, TranslationService
+from pocketvm.cpu.tier1.translator import init_llvm
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +42,11 @@ ENV_VAR = "POCKETVM_JIT"
 # them all the same.
 MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
-
-_llvm_lock = threading.Lock()
-_llvm_ready = False
-
-
-def _init_llvm() -> None:
-    global _llvm_ready
-    with _llvm_lock:
-        if not _llvm_ready:
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            _llvm_ready = True
+DEFAULT_THRESHOLD = 1000
+# Blocks in flight to the service at most: a burst of hot code (a boot)
+# queues faster than it compiles; beyond this the hart keeps interpreting
+# and the table's queue simply fills (later hot blocks are asked for later).
+MAX_IN_FLIGHT = 2
 
 
 def mode_from_env(default: str = "off") -> int:
@@ -62,173 +59,247 @@ def mode_from_env(default: str = "off") -> int:
 
 @dataclass
 class Stats:
-    blocks: int = 0
-    instructions: int = 0
+    blocks: int = 0  # regions compiled
+    instructions: int = 0  # guest instructions in them
+    cached: int = 0  # regions found in the persistent cache
+    prefetched: int = 0  # regions installed because their batch came with one that was asked for
     empty: int = 0  # hot places where nothing could be translated
-    batches: int = 0
-    compile_seconds: float = 0.0
+    batches: int = 0  # objects loaded
+    compile_seconds: float = 0.0  # the service's CPU time
     ir_seconds: float = 0.0  # of which: generating the IR (Python)
     opt_seconds: float = 0.0  # LLVM's optimisation passes
     codegen_seconds: float = 0.0  # machine code
+    load_seconds: float = 0.0  # the hart's thread linking objects in
+    requests: int = 0
+    cache_bytes: int = 0
 
     def summary(self, stale: int) -> str:
         return (
-            f"tier 1: {self.blocks} blocks ({self.instructions} instructions) in {self.batches} batches, "
-            f"{self.compile_seconds:.2f} s compiling (IR {self.ir_seconds:.2f}, optimisation {self.opt_seconds:.2f}, "
-            f"code {self.codegen_seconds:.2f}), {stale} invalidated"
+            f"tier 1: {self.blocks} blocks compiled ({self.instructions} instructions), {self.cached} from the "
+            f"translation cache ({self.cache_bytes >> 10} KiB), {self.prefetched} prefetched, {self.empty} not worth it; "
+            f"{self.batches} objects loaded in {self.load_seconds:.3f} s; service CPU {self.compile_seconds:.2f} s "
+            f"(IR {self.ir_seconds:.2f}, optimisation {self.opt_seconds:.2f}, code {self.codegen_seconds:.2f}); "
+            f"{stale} invalidated"
         )
 
 
+@dataclass
+class HartStats:
+    """Where the hart's thread spends its time (wall clock)."""
+
+    runs: int = 0  # run() calls of the core
+    between_seconds: float = 0.0  # from one service() to the next: the core, devices, the run loop
+    between_cpu: float = 0.0  # the hart thread's CPU time in the same spans (less: it waited for a core or the GIL)
+    service_seconds: float = 0.0  # in service(): requests and installing translations
+    last_wall: float = 0.0
+    last_cpu: float = 0.0
+
+
+class _ServiceProcess:
+    """The translation service in a process of its own, over a socket."""
+
+    def __init__(self) -> None:
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pocketvm.cpu.tier1.service import main; sys.exit(main())",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the console's signals are the VM's, not its compiler's
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def send(self, req: Request) -> None:
+        self.conn.send_bytes(pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def poll(self) -> bool:
+        return self.conn.poll(0)
+
+    def receive(self) -> Reply:
+        try:
+            reply = pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            raise
+        except Exception as e:  # not what the service sends
+            raise OSError(f"unreadable reply from the translation service: {e}") from None
+        if not isinstance(reply, Reply):
+            raise OSError("unexpected reply from the translation service")
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class Tier1:
-    """Translations for one machine. In mode "on" a worker thread compiles
-    while the harts run (the core releases the GIL, see `core.run_released`)
-    and finished blocks are installed by the hart's thread between two run()
-    calls, so the core never sees the table change under it. Mode "all"
-    compiles at once, on the hart's thread."""
+    """Translations for one machine."""
 
     def __init__(self, mode: int, threshold: int | None = None):
-        _init_llvm()
+        init_llvm()
         if threshold is None:  # entries of a block before it is translated (tuning knob)
-            threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", "1000"))
+            threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", str(DEFAULT_THRESHOLD)))
         self.table = L.new_table(mode, threshold)
-        self.stats = Stats()
-        target = llvm.Target.from_default_triple()
-        self._pipeline = os.environ.get("POCKETVM_JIT_PIPELINE", "min")
-        # Fast instruction selection: codegen at -O0 takes a fifth of the
-        # time of -O2 and the code ran within 10% (benchmarks/cpu.py).
-        self._tm = target.create_target_machine(opt=int(os.environ.get("POCKETVM_JIT_CGOPT", "0")), jit=True)
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._tm)
-        self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
-        self._pb = llvm.create_pass_builder(self._tm, self._pto)
-        self._serial = 0
         from pocketvm.cpu.tier1.fp_helper import fp_entry_address  # compiled (or loaded from cache) here
 
-        self._fp_entry = fp_entry_address()
+        self.table[L.JT_FP_ENTRY] = fp_entry_address()
+        self.stats = Stats()
+        self.hart_stats = HartStats()
+        self._born = time.perf_counter()
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), llvm.Target.from_default_triple().create_target_machine(jit=True))
+        self._addresses: dict[str, int] = {}  # loaded functions
         self.background = mode == L.MODE_ON
-        self._todo: queue.SimpleQueue[tuple[list[int], np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
-        self._done: deque[list[tuple[int, int]]] = deque()
-        self._worker: threading.Thread | None = None
-        self._stopping = False
+        self._local: TranslationService | None = None
+        self._remote: _ServiceProcess | None = None
+        self._in_flight = 0
+        self._broken = False
+        self._ram_size = 0
+        self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
 
     @property
     def mode(self) -> int:
         return int(self.table[L.JT_MODE])
 
     def service(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
-        """Between two run() calls: install what is compiled, hand over what is queued."""
+        """Between two run() calls: install what has arrived, hand over what is queued."""
+        h = self.hart_stats
+        now, cpu = time.perf_counter(), time.thread_time()
+        if h.last_wall:
+            h.runs += 1
+            h.between_seconds += now - h.last_wall
+            h.between_cpu += cpu - h.last_cpu
+        try:
+            self._service(ram16, ctab)
+        finally:
+            h.last_wall, h.last_cpu = time.perf_counter(), time.thread_time()
+            h.service_seconds += h.last_wall - now
+
+    def _service(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
         table = self.table
-        while self._done:
-            for key, fn in self._done.popleft():
-                self._install(key, fn)
+        remote = self._remote
+        if remote is not None and self._in_flight:
+            try:
+                while self._in_flight and remote.poll():
+                    self._in_flight -= 1
+                    self._apply(remote.receive())
+            except (EOFError, OSError) as e:
+                self._fail(f"the translation service stopped: {e}")
+                return
         count = int(table[L.JT_QLEN])
-        if not count:
+        if not count or self._broken or self._in_flight >= MAX_IN_FLIGHT:
             return
         keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
         table[L.JT_QLEN] = 0
+        req = self._request(keys, ram16)
         if not self.background:
-            for key, fn in self.compile(keys, ram16, ctab):
-                self._install(key, fn)
+            if self._local is None:
+                self._local = TranslationService(ctab)
+            self._apply(self._local.handle(req))
             return
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="pocketvm-tier1", daemon=True)
-            self._worker.start()
-        self._todo.put((keys, ram16, ctab))
+        try:
+            if remote is None:
+                remote = self._remote = _ServiceProcess()
+            remote.send(req)
+            self._in_flight += 1
+        except OSError as e:
+            self._fail(f"cannot reach the translation service: {e}")
 
-    def _work(self) -> None:
-        while True:
-            item = self._todo.get()
-            if item is None or self._stopping:
-                return
-            keys, ram16, ctab = item
-            try:
-                self._done.append(self.compile(keys, ram16, ctab))
-            except Exception:  # a translator bug must not take the VM down: those blocks stay interpreted
-                log.exception("tier 1 could not translate blocks %s", [hex(k >> 1) for k in keys])
-
-    def report(self) -> str:
-        """One line of statistics (`pocket -v run --jit on` logs it at the end)."""
-        t = self.table
-        return (
-            self.stats.summary(int(t[L.JT_STALE]))
-            + f"; {int(t[L.JT_NATIVE])} instructions in translated code, {int(t[L.JT_CALLS])} calls from the interpreter"
-        )
-
-    def close(self) -> None:
-        """Stop the compiler thread; work still queued is dropped (a VM that
-        ends does not wait for translations it will never run)."""
-        if self._worker is not None:
-            self._stopping = True
-            self._todo.put(None)
-            self._worker.join(timeout=5)
-            self._worker = None
-
-    def compile(self, keys: list[int], ram16: np.ndarray, ctab: np.ndarray) -> list[tuple[int, int]]:
-        """Translate the blocks with these keys: [(key, native address or 0 for nothing to run)]."""
-        t0 = time.process_time()
-        functions: list[str] = []
-        names: dict[int, str] = {}
-        result: list[tuple[int, int]] = []
-        for key in keys:
-            off, paged = key >> 1, bool(key & 1)
-            region = decode_region(ram16, ctab, off, taken=self._seen_taken(off))
-            if not region.blocks or (self.background and region.size < MIN_REGION):
-                result.append((key, 0))
-                self.stats.empty += 1
-                continue
-            name = f"b{self._serial}_{key:x}"
-            functions.append(BlockCodegen(name, off, paged, region, self.table.ctypes.data, self._fp_entry).emit())
-            names[key] = name
-            self.stats.instructions += region.size
-        self._serial += 1
-        if names:
-            text = module_text(llvm.get_process_triple(), functions)
-            t1 = time.process_time()
-            self.stats.ir_seconds += t1 - t0
-            mod = llvm.parse_assembly(text)
-            mod.verify()
-            self._optimise(mod)
-            t2 = time.process_time()
-            self.stats.opt_seconds += t2 - t1
-            self._engine.add_module(mod)
-            self._engine.finalize_object()
-            self.stats.codegen_seconds += time.process_time() - t2
-            result += [(key, self._engine.get_function_address(name)) for key, name in names.items()]
-            self.stats.blocks += len(names)
-            self.stats.batches += 1
-        self.stats.compile_seconds += time.process_time() - t0
-        return result
-
-    def _seen_taken(self, off: int) -> Callable[[int], bool]:
-        """Whether the interpreter counted entries at block-relative `rel` (or a block is there)."""
+    def _request(self, keys: list[int], ram16: np.ndarray) -> Request:
+        """The pages of these blocks, with where the interpreter saw control arrive in them."""
         table = self.table
+        ram8 = ram16.view(np.uint8)
+        by_page: dict[int, list[int]] = {}
+        for key in keys:
+            by_page.setdefault((key >> 1) & ~(PAGE - 1), []).append(key)
+        pages = []
+        for page_off, page_keys in by_page.items():
+            offs = page_off + self._slots
+            slots = ((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1)
+            seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
+            code = ram8[page_off : page_off + PAGE].tobytes()
+            pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys))
+        min_region = MIN_REGION if self.background else 1
+        return Request(pages, int(ram16.shape[0]) * 2, min_region)
 
-        def taken(rel: int) -> bool:
-            slot = L.slot_index(off + rel)
-            return bool(table[L.JT_HOT + slot] != 0 or (int(table[L.JT_KEY + slot]) >> 1) == off + rel)
+    def _apply(self, reply: Reply) -> None:
+        """Link the reply's objects in and install its functions."""
+        s = self.stats
+        t0 = time.perf_counter()
+        for batch in reply.batches:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(batch.obj))
+        if reply.batches:
+            self._engine.finalize_object()
+        asked = set()
+        for tkey, name in reply.installs:
+            asked.add(tkey)
+            self._install(tkey, self._address(name) if name is not None else 0)
+        for batch in reply.batches:  # the rest of a batch is likely to be wanted soon: install it where nothing is
+            for name, tkey in batch.functions:
+                if tkey not in asked and self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:
+                    self._install(tkey, self._address(name))
+                    s.prefetched += 1
+        s.load_seconds += time.perf_counter() - t0
+        s.requests += 1
+        s.batches += len(reply.batches)
+        s.blocks += reply.compiled
+        s.instructions += reply.instructions
+        s.cached += reply.cached
+        s.empty += reply.empty
+        s.compile_seconds += reply.cpu_seconds
+        s.ir_seconds += reply.times.ir
+        s.opt_seconds += reply.times.opt
+        s.codegen_seconds += reply.times.code
+        if reply.cache_bytes >= 0:
+            s.cache_bytes = reply.cache_bytes
 
-        return taken
-
-    def _optimise(self, mod: llvm.ModuleRef) -> None:
-        if self._pipeline == "o2":
-            self._pb.getModulePassManager().run(mod, self._pb)
-            return
-        if self._pipeline == "none":
-            return
-        fpm = llvm.create_new_function_pass_manager()
-        fpm.add_sroa_pass()
-        if self._pipeline == "light":
-            fpm.add_instruction_combine_pass()
-        fpm.add_simplify_cfg_pass()
-        fpm.add_dead_code_elimination_pass()
-        for f in mod.functions:
-            if not f.is_declaration:
-                fpm.run(f, self._pb)
+    def _address(self, name: str) -> int:
+        addr = self._addresses.get(name)
+        if addr is None:
+            addr = self._addresses[name] = int(self._engine.get_function_address(name))
+        return addr
 
     def _install(self, key: int, fn: int) -> None:
         slot = L.slot_index(key >> 1)
         self.table[L.JT_KEY + slot] = key
         self.table[L.JT_FN + slot] = fn
         self.table[L.JT_HOT + slot] = 0
+
+    def _fail(self, why: str) -> None:
+        """The service is gone: everything stays interpreted from now on."""
+        log.warning("tier 1: %s; the guest goes on interpreted", why)
+        self._broken = True
+        self._in_flight = 0
+        self.table[L.JT_THRESHOLD] = 1 << 62
+
+    def report(self) -> str:
+        """One line of statistics (`pocket -v run --jit on` logs it at the end)."""
+        t = self.table
+        h = self.hart_stats
+        return (
+            self.stats.summary(int(t[L.JT_STALE]))
+            + f"; {int(t[L.JT_NATIVE])} instructions in translated code, {int(t[L.JT_CALLS])} calls from the interpreter"
+            + f"; hart: {h.runs} run() calls, {h.between_seconds:.2f} s wall / {h.between_cpu:.2f} s CPU between them, "
+            f"{h.service_seconds:.3f} s servicing, {time.perf_counter() - self._born:.2f} s since start"
+        )
+
+    def close(self) -> None:
+        """Stop the service; work still in flight is dropped (a VM that ends
+        does not wait for translations it will never run)."""
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        if self._local is not None:
+            self._local.close()
+            self._local = None
 
 
 _shared: "weakref.WeakKeyDictionary[object, Tier1]" = weakref.WeakKeyDictionary()

@@ -9,6 +9,9 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_STALE]       blocks found stale at entry (their code had changed)
     [JT_NATIVE]      instructions retired in translated code
     [JT_CALLS]       calls of translated blocks
+    [JT_FP_ENTRY]    address of the FPU's C entry (`fp_helper`), which
+                     translated code loads from here: no host address is
+                     written into translated code, so it can be cached
     [JT_LEFT]        mode 2: run() stopped early to have a block translated;
                      budget it had left (0 = it did not)
     [JT_RESUME]      ...and instructions to its next look at interrupts, which
@@ -37,7 +40,8 @@ JT_LEFT = 4
 JT_RESUME = 5
 JT_NATIVE = 6
 JT_CALLS = 7
-JT_QUEUE = 8
+JT_FP_ENTRY = 8
+JT_QUEUE = 9
 QUEUE_SIZE = 64
 SLOT_BITS = 15
 SLOTS = 1 << SLOT_BITS

@@ -1,0 +1,180 @@
+"""The persistent translation cache: compiled batches on disk, found by content.
+
+One SQLite file per translator version (`translator.VERSION`) under
+~/.cache/pocketvm/jit/ (or $POCKETVM_JIT_CACHE; "off" disables it). A batch
+is one object file; each region it holds is indexed by its content key
+(`translator.region_key`: the code's bytes, place and mode), so the second
+boot of the same kernel finds the code it compiled the first time.
+
+What is read back is data from disk, never trusted: every object carries
+its SHA-256 and is checked before it is handed out; a file that is not
+such a database (truncated, corrupt, foreign) is replaced by an empty one,
+and any SQLite error just makes the cache miss. The total size of objects is
+bounded (least recently used batches go first). Several VMs may share the
+file (SQLite's locking; a busy cache is a miss, not a wait).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+from pocketvm.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "POCKETVM_JIT_CACHE"
+MAX_BYTES = int(os.environ.get("POCKETVM_JIT_CACHE_MAX", str(64 << 20)))
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch (id TEXT PRIMARY KEY, object BLOB NOT NULL, digest TEXT NOT NULL,
+                                  size INTEGER NOT NULL, used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS region (key TEXT PRIMARY KEY, batch TEXT NOT NULL, name TEXT NOT NULL,
+                                   tkey INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS region_batch ON region (batch);
+"""
+
+
+def cache_path(version: str) -> Path | None:
+    """The cache file for this translator version, or None when disabled."""
+    where = os.environ.get(ENV_VAR, "")
+    if where.strip().lower() == "off":
+        return None
+    base = Path(where) if where else cache_dir() / "jit"
+    return base / f"tier1-{version}.sqlite"
+
+
+def new_batch_id() -> str:
+    return secrets.token_hex(8)
+
+
+class ObjectCache:
+    """Batches by region key. Every method degrades to "not cached" on trouble."""
+
+    def __init__(self, path: Path | None, max_bytes: int = MAX_BYTES):
+        self.path = path
+        self.max_bytes = max_bytes
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = self._open(path)
+
+    def _open(self, path: Path) -> sqlite3.Connection | None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_other_versions(path)
+        except OSError:
+            return None
+        for attempt in range(2):
+            try:
+                db = sqlite3.connect(str(path), timeout=0.5, isolation_level=None, check_same_thread=False)
+                db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM batch").fetchone()
+                return db
+            except sqlite3.DatabaseError as e:  # not a database, corrupt, or an unexpected schema
+                if attempt == 0 and not isinstance(e, sqlite3.OperationalError):
+                    log.warning("tier 1: translation cache %s unusable (%s), starting a new one", path, e)
+                    try:
+                        path.unlink()
+                    except OSError:
+                        return None
+                    continue
+                log.warning("tier 1: translation cache %s unusable (%s), not caching", path, e)
+                return None
+        return None
+
+    @staticmethod
+    def _drop_other_versions(path: Path) -> None:
+        """Caches of older translators can never be used again."""
+        for other in path.parent.glob("tier1-*.sqlite*"):
+            if not other.name.startswith(path.name):
+                try:
+                    other.unlink()
+                except OSError:
+                    pass
+
+    def lookup(self, key: str) -> tuple[str, str] | None:
+        """(batch id, function name) of the region with this content key."""
+        if self._db is None:
+            return None
+        try:
+            row = self._db.execute("SELECT batch, name FROM region WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (str(row[0]), str(row[1])) if row else None
+
+    def load(self, batch: str) -> tuple[bytes, list[tuple[str, int]]] | None:
+        """A batch's object and its functions [(name, table key)], checked; None if missing or damaged."""
+        if self._db is None:
+            return None
+        try:
+            row = self._db.execute("SELECT object, digest FROM batch WHERE id = ?", (batch,)).fetchone()
+            if row is None:
+                return None
+            obj, digest = row
+            if not isinstance(obj, bytes) or hashlib.sha256(obj).hexdigest() != digest:
+                log.warning("tier 1: damaged object %s in the translation cache, dropped", batch)
+                self._delete(batch)
+                return None
+            names = [
+                (str(n), int(k)) for n, k in self._db.execute("SELECT name, tkey FROM region WHERE batch = ?", (batch,))
+            ]
+            self._db.execute("UPDATE batch SET used = ? WHERE id = ?", (time.time(), batch))
+            return obj, names
+        except (sqlite3.Error, TypeError, ValueError):
+            return None
+
+    def store(self, batch: str, obj: bytes, regions: list[tuple[str, str, int]]) -> None:
+        """Keep a compiled batch: regions as (content key, function name, table key)."""
+        if self._db is None:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO batch VALUES (?, ?, ?, ?, ?)",
+                    (batch, obj, hashlib.sha256(obj).hexdigest(), len(obj), time.time()),
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO region VALUES (?, ?, ?, ?)", [(k, batch, n, t) for k, n, t in regions]
+                )
+            self._bound()
+        except sqlite3.Error as e:
+            log.debug("tier 1: could not store a batch in the translation cache: %s", e)
+
+    def size(self) -> int:
+        if self._db is None:
+            return 0
+        try:
+            return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM batch").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    def _bound(self) -> None:
+        assert self._db is not None
+        total = self.size()
+        if total <= self.max_bytes:
+            return
+        with self._db:
+            for batch, size in self._db.execute("SELECT id, size FROM batch ORDER BY used").fetchall():
+                if total <= self.max_bytes * 3 // 4:
+                    break
+                self._delete(batch)
+                total -= int(size)
+
+    def _delete(self, batch: str) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM region WHERE batch = ?", (batch,))
+        self._db.execute("DELETE FROM batch WHERE id = ?", (batch,))
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None

@@ -1,0 +1,184 @@
+"""The translation service: hot places in, loadable object files out.
+
+A request names hot blocks with a copy of their code page and which
+places in it the interpreter saw control arrive at (all a region's decode
+needs, as regions never leave their page). The service decodes each region,
+looks its content key up in the persistent cache and compiles the misses as
+one batch (stored in the cache for next time). The reply lists the batches
+the caller has not loaded yet and, for every requested block, the function
+to install (or none: nothing worth translating there).
+
+In mode "on" the service runs in a process of its own (`main()`,
+talking over a socket): its work,
+Python and LLVM alike, then never holds the VM's GIL, so the hart's thread
+never waits for it. Mode "all" (tests) calls it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocketvm.cpu.tier1.decode import Region, decode_region
+from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path, new_batch_id
+from pocketvm.cpu.tier1.translator import VERSION, CompileTimes, ObjectCompiler, region_key
+
+log = logging.getLogger(__name__)
+
+PAGE = 4096
+
+
+@dataclass
+class PageWork:
+    """Hot blocks in one page of guest RAM."""
+
+    page_off: int  # RAM offset of the page
+    code: bytes  # the page's 4096 bytes when the request was made
+    taken: bytes  # np.packbits of 2048 flags: control seen arriving at each halfword
+    keys: list[int]  # table keys (RAM offset * 2 + paged) of the hot blocks in it
+
+
+@dataclass
+class Request:
+    pages: list[PageWork]
+    ram_size: int
+    min_region: int  # regions shorter than this are not worth a call
+
+
+@dataclass
+class Batch:
+    id: str
+    obj: bytes
+    functions: list[tuple[str, int]]  # (name, table key)
+
+
+@dataclass
+class Reply:
+    batches: list[Batch] = field(default_factory=list)  # to load, in order
+    installs: list[tuple[int, str | None]] = field(default_factory=list)  # (table key, function or None)
+    compiled: int = 0  # regions compiled now
+    instructions: int = 0  # guest instructions in them
+    cached: int = 0  # regions found in the persistent cache
+    empty: int = 0
+    cpu_seconds: float = 0.0  # the service's CPU time for this request
+    times: CompileTimes = field(default_factory=CompileTimes)
+    cache_bytes: int = -1
+
+
+class _PageWords:
+    """One page of RAM as the 16-bit view `decode_region` reads (only that page is there)."""
+
+    def __init__(self, page_off: int, code: bytes, ram_size: int):
+        self._base = page_off >> 1
+        self._words = np.frombuffer(code, dtype=np.uint16)
+        self.shape = (ram_size // 2,)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self._words[i - self._base])
+
+
+class TranslationService:
+    def __init__(self, ctab: np.ndarray, cache: ObjectCache | None = None):
+        self._ctab = ctab
+        self._compiler = ObjectCompiler()
+        self.cache = cache if cache is not None else ObjectCache(cache_path(VERSION))
+        self._sent: set[str] = set()  # batches the caller has loaded
+        self._names: dict[str, tuple[str, str]] = {}  # region key -> (batch, name) of the caller's loaded code
+
+    def handle(self, req: Request) -> Reply:
+        t0 = time.thread_time()
+        reply = Reply()
+        misses: list[tuple[str, int, bool, Region, int]] = []  # (region key, off, paged, region, table key)
+        for page in req.pages:
+            words = _PageWords(page.page_off, page.code, req.ram_size)
+            taken_bits = np.unpackbits(np.frombuffer(page.taken, dtype=np.uint8))
+            for tkey in page.keys:
+                off, paged = tkey >> 1, bool(tkey & 1)
+                region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
+                if not region.blocks or region.size < req.min_region:
+                    reply.installs.append((tkey, None))
+                    reply.empty += 1
+                    continue
+                key = region_key(off, paged, region)
+                known = self._names.get(key)
+                if known is None:
+                    hit = self.cache.lookup(key)
+                    if hit is not None and self._send(hit[0], reply):
+                        known = hit
+                        reply.cached += 1
+                if known is not None:
+                    reply.installs.append((tkey, known[1]))
+                else:
+                    misses.append((key, off, paged, region, tkey))
+        if misses:
+            batch = new_batch_id()
+            named = [(f"t{batch}_{i}", m) for i, m in enumerate(misses)]
+            obj = self._compiler.compile([(name, off, paged, region) for name, (_, off, paged, region, _) in named], reply.times)
+            functions = [(name, tkey) for name, (_, _, _, _, tkey) in named]
+            reply.batches.append(Batch(batch, obj, functions))
+            self._sent.add(batch)
+            for name, (key, _, _, region, tkey) in named:
+                self._names[key] = (batch, name)
+                reply.installs.append((tkey, name))
+                reply.instructions += region.size
+            reply.compiled += len(misses)
+            self.cache.store(batch, obj, [(key, name, tkey) for name, (key, _, _, _, tkey) in named])
+            reply.cache_bytes = self.cache.size()
+        reply.cpu_seconds = time.thread_time() - t0
+        return reply
+
+    def _send(self, batch: str, reply: Reply) -> bool:
+        """Put a cached batch into the reply unless the caller has it; False if it cannot be read."""
+        if batch in self._sent:
+            return True
+        loaded = self.cache.load(batch)
+        if loaded is None:
+            return False
+        obj, functions = loaded
+        reply.batches.append(Batch(batch, obj, functions))
+        self._sent.add(batch)
+        return True
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def _taken(bits: np.ndarray, off: int, page_off: int):
+    def taken(rel: int) -> bool:
+        at = off + rel - page_off
+        return 0 <= at < PAGE and bool(bits[at >> 1])
+
+    return taken
+
+
+def main() -> int:
+    """The service process: requests in, replies out, until the VM closes the socket."""
+    import pickle
+    from multiprocessing.connection import Connection
+
+    from pocketvm.cpu.rvc import expansion_table
+
+    conn = Connection(int(sys.argv[1]))
+    service = TranslationService(expansion_table())
+    try:
+        while True:
+            try:
+                req = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return 0
+            try:
+                reply = service.handle(req)
+            except Exception:  # a translator bug: those blocks stay interpreted
+                log.exception("tier 1 could not translate %d pages", len(req.pages))
+                reply = Reply(installs=[(k, None) for p in req.pages for k in p.keys])
+            try:
+                conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+            except (EOFError, OSError):
+                return 0
+    finally:
+        service.close()
+
