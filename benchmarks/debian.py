@@ -116,7 +116,28 @@ def bench_stage2(img, work: Path, qemu: bool) -> dict[str, float]:
         if isinstance(results[name], BaseException):
             raise results[name]
         out[name] = results[name]
+    print_stage2_phases(cons)
     return out
+
+
+# What debootstrap --second-stage and stage2.sh print as they go, in order.
+STAGE2_PHASES = [b"pocketvm-build: step debootstrap", b"I: Installing core packages",
+                 b"I: Unpacking required packages", b"I: Configuring required packages",
+                 b"I: Unpacking the base system", b"I: Configuring the base system",
+                 b"I: Base system installed successfully", b"pocketvm-build: exit 0"]
+
+
+def print_stage2_phases(cons: dict) -> None:
+    """Seconds between the markers, side by side: where the second stage's time goes."""
+    print(f"{'second stage phase (s)':48}" + "".join(f"{n:>10}" for n in cons))
+    prev = {n: 0.0 for n in cons}
+    for marker in STAGE2_PHASES:
+        row = ""
+        for n, con in cons.items():
+            t = con.seen_at(marker)
+            row += f"{t - prev[n]:10.1f}" if t is not None else f"{'-':>10}"
+            prev[n] = t if t is not None else prev[n]
+        print(f"  up to {marker.decode():41}{row}")
 
 
 # --- boot and template -------------------------------------------------------------------

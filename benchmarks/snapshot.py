@@ -52,6 +52,15 @@ class Console:
         self.start = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.seen = b""
+        self.marks: list[tuple[float, int]] = []  # (seconds since start, len(seen)) after each read
+
+    def seen_at(self, needle: bytes) -> float | None:
+        """Seconds since start when `needle` had arrived (to the read), or None."""
+        pos = self.seen.find(needle)
+        if pos < 0:
+            return None
+        end = pos + len(needle)
+        return next((t for t, n in self.marks if n >= end), None)
 
     def send(self, data: bytes) -> None:
         assert self.proc.stdin is not None
@@ -71,6 +80,7 @@ class Console:
                 if not chunk:
                     break
                 self.seen += chunk
+                self.marks.append((time.monotonic() - self.start, len(self.seen)))
                 if needle in self.seen[after:]:
                     return time.monotonic() - self.start
             elif self.proc.poll() is not None:

@@ -109,11 +109,11 @@ def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float,
     """`pocket run ARGS` in its own process, console lines to on_line; what
     the build scripts reported ("step X", "exit N").
 
-    After "exit N" the script syncs and powers off. Twice a VM went idle
-    there instead, after a second stage, in pocketvm and QEMU alike (where
-    exactly is not known yet): a VM that has not ended POWEROFF_GRACE seconds
-    after reporting is stopped, and its root filesystem checked and repaired
-    on the host like after a power cut (the journal makes that safe).
+    After "exit N" the script syncs and powers off. Should a VM go idle
+    there instead (it did after every second stage, in pocketvm and QEMU
+    alike, until common.sh remounted the /proc that debootstrap unmounts), it
+    is stopped POWEROFF_GRACE seconds after reporting, and its root
+    filesystem checked and repaired on the host like after a power cut.
     """
     reports: list[str] = []
     lines: queue.Queue[str | None] = queue.Queue()

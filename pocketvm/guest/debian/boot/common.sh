@@ -11,9 +11,11 @@ mount -t tmpfs tmpfs /run
 finish() {
     echo "pocketvm-build: exit $1"
     sync
-    # The kernel remounts every filesystem read-only and powers off. (A
-    # `mount -o remount,ro /` here never returned after a second stage, in
-    # pocketvm and QEMU alike.)
+    # debootstrap --second-stage unmounts /proc when it exits (it mounts its
+    # own over ours and unmounts it on exit): without this, the sysrq lines
+    # below wrote plain files and the VM never powered off.
+    mountpoint -q /proc || mount -t proc proc /proc
+    # The kernel remounts every filesystem read-only and powers off.
     echo u > /proc/sysrq-trigger
     sleep 2
     echo o > /proc/sysrq-trigger
