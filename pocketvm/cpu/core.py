@@ -530,7 +530,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                 if jt[_u(JT_KEY + jslot)] == jkey:
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
-                        r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt)
+                        r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
                         if r > 0:
                             jt[JT_NATIVE] += r

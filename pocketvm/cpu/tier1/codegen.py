@@ -14,13 +14,18 @@ in native code for as long as `max_insns` allows; an exit to a known place
 in the same physical page jumps straight to the block there when the
 translation table has one (a guaranteed tail call, so chains of any length
 use no stack).
+
+The code holds no host address and does not depend on where in guest RAM
+its page is (the RAM offset of the entry is an argument, %off): the same
+object serves the same code wherever it is loaded, in this process or,
+from the persistent cache, in the next.
 """
 
 from __future__ import annotations
 
 from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, F, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.decode import Insn, Region
-from pocketvm.cpu.tier1.layout import JT_FN, JT_FP_ENTRY, JT_KEY, SLOT_BITS, SLOTS, block_key, slot_index
+from pocketvm.cpu.tier1.layout import JT_FN, JT_FP_ENTRY, JT_KEY, SLOT_BITS, SLOTS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -33,7 +38,7 @@ _NAN_BOX = -(1 << 32)
 _BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
 _ARGS = (
     "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in, "
-    "ptr noalias %jt"
+    "ptr noalias %jt, i64 %off"
 )
 
 
@@ -61,7 +66,7 @@ class BlockCodegen:
         `chain`: exits jump to the translated block at their target when the table has one.
         The code holds no host address: the table (%jt) has them."""
         self.name = name
-        self.off = off
+        self.off = off & 0xFFF  # the code depends on its place in the page only: %off is an argument
         self.paged = paged
         self.region = region
         self.insns = region.insns
@@ -74,7 +79,8 @@ class BlockCodegen:
         self.lines: list[str] = []
         self.n = 0
         self.block = "entry"
-        self.exits: list[tuple[str, str, str, str, str]] = []  # (from label, npc, total, slot offset, want)
+        # (from label, npc, total, slot offset, want, RAM offset of the target)
+        self.exits: list[tuple[str, str, str, str, str, str]] = []
         self.cur: list[Insn] = []
 
     # --- text helpers ---------------------------------------------------------------
@@ -121,10 +127,8 @@ class BlockCodegen:
         npc = self.pc_plus(target_rel)
         if not self.chain:
             self._to_epilogue(npc, retired, None)
-        elif in_page:  # same physical page: the target's key is known now
-            target_off = self.off + target_rel
-            slot, want = str(8 * (JT_KEY + slot_index(target_off))), s64(block_key(target_off, self.paged))
-            self._to_epilogue(npc, retired, (slot, want))
+        elif in_page:  # same physical page: the target's key follows from this block's
+            self._to_epilogue(npc, retired, self.table_slot(self.v(f"add i64 %off, {target_rel}"), None))
         else:
             self._to_epilogue(npc, retired, self.lookup(npc))
 
@@ -158,16 +162,22 @@ class BlockCodegen:
         tlb_off = v(f"add i64 {page}, {v(f'and i64 {pc}, 4095')}")
         off = v(f"select i1 {paging}, i64 {tlb_off}, i64 {bare_off}")
         ok = v(f"select i1 {paging}, i1 {tlb_ok}, i1 {bare_ok}")
+        return self.table_slot(off, ok)
+
+    def table_slot(self, off: str, ok: str | None) -> tuple[str, str, str]:
+        """(byte offset of the table slot, key wanted there, RAM offset) for the
+        block at RAM offset `off` (`layout.slot_of`); no key matches unless `ok`."""
+        v = self.v
         hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SLOT_BITS + 1}')}")
         slot_index_v = v(f"and i64 {hashed}, {SLOTS - 1}")
         slot_off = v(f"shl i64 {v(f'add i64 {slot_index_v}, {JT_KEY}')}, 3")
         key = v(f"add i64 {v(f'shl i64 {off}, 1')}, {1 if self.paged else 0}")
-        return slot_off, v(f"select i1 {ok}, i64 {key}, i64 -2")
+        return slot_off, key if ok is None else v(f"select i1 {ok}, i64 {key}, i64 -2"), off
 
-    def _to_epilogue(self, npc: str, retired: int, chain: tuple[str, str] | None) -> None:
+    def _to_epilogue(self, npc: str, retired: int, chain: tuple[str, str, str] | None) -> None:
         total = self.v(f"add i64 {self.v('load i64, ptr %done')}, {retired}")
-        slot, want = chain if chain is not None else ("0", "-2")  # -2: a key that never matches
-        self.exits.append((self.block, npc, total, slot, want))
+        slot, want, off = chain if chain is not None else ("0", "-2", "0")  # -2: a key that never matches
+        self.exits.append((self.block, npc, total, slot, want, off))
         self.put("br label %epilogue")
 
     def side_exit_if(self, cond: str, index: int) -> None:
@@ -181,8 +191,8 @@ class BlockCodegen:
     def emit_epilogue(self) -> None:
         """All exits meet here: write the registers back, then chain or return."""
         self.start("epilogue")
-        cols = list(zip(*[[f"[ {e[i]}, %{e[0]} ]" for i in range(1, 5)] for e in self.exits]))
-        npc, total, slot, want = (self.v("phi i64 " + ", ".join(col)) for col in cols)
+        cols = list(zip(*[[f"[ {e[i]}, %{e[0]} ]" for i in range(1, 6)] for e in self.exits]))
+        npc, total, slot, want, target_off = (self.v("phi i64 " + ", ".join(col)) for col in cols)
         for r in self.written:
             self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         if self.chain and any(e[4] != "-2" for e in self.exits):
@@ -196,7 +206,7 @@ class BlockCodegen:
             callee = self.v(f"inttoptr i64 {target} to ptr")
             r = self.v(
                 f"musttail call i64 {callee}(ptr %st, ptr %ram, i64 %ram_size, i64 {npc}, i64 %dx, i64 %dtag, "
-                f"i64 %maxn, i64 {total}, ptr %jt)"
+                f"i64 %maxn, i64 {total}, ptr %jt, i64 {target_off})"
             )
             self.put(f"ret i64 {r}")
             self.start("plain")
@@ -210,18 +220,23 @@ class BlockCodegen:
         for r in self.used:
             self.put(f"%x{r} = alloca i64")
         self.put("%done = alloca i64")
-        # The code must still be what it was translated from.
+        self.put("%code = getelementptr i8, ptr %ram, i64 %off")
+        self.put("%code_page = lshr i64 %off, 12")
+        # The code must still be what it was translated from: compared 8 bytes at a time.
         diff = None
-        for insn in self.insns:
-            ty = "i16" if insn.length == 2 else "i32"
-            p = self.v(f"getelementptr i8, ptr %ram, i64 {self.off + insn.rel}")
-            word = self.v(f"load {ty}, ptr {p}, align 2")
-            raw = s32(insn.raw) if insn.length == 4 else str(insn.raw - (1 << 16) if insn.raw >> 15 else insn.raw)
-            x = self.v(f"xor {ty} {word}, {raw}")
-            if ty == "i16":
-                x = self.v(f"zext i16 {x} to i32")
-            diff = x if diff is None else self.v(f"or i32 {diff}, {x}")
-        stale = self.v(f"icmp ne i32 {diff}, 0")
+        for rel, code in self.code_runs():
+            at = 0
+            while at < len(code):
+                size = next(n for n in (8, 4, 2) if n <= len(code) - at)
+                p = self.v(f"getelementptr i8, ptr %code, i64 {rel + at}")
+                word = self.v(f"load i{8 * size}, ptr {p}, align 2")
+                want = int.from_bytes(code[at : at + size], "little", signed=True)
+                x = self.v(f"xor i{8 * size} {word}, {want}")
+                if size < 8:
+                    x = self.v(f"zext i{8 * size} {x} to i64")
+                diff = x if diff is None else self.v(f"or i64 {diff}, {x}")
+                at += size
+        stale = self.v(f"icmp ne i64 {diff}, 0")
         self.put(f"br i1 {stale}, label %stale, label %fresh, !prof !0")
         self.start("stale")
         # -1 tells the interpreter to drop it; a chaining block gets its own count back.
@@ -255,6 +270,17 @@ class BlockCodegen:
         self.lines.append("}")
         return "\n".join(self.lines) + "\n"
 
+    def code_runs(self) -> list[tuple[int, bytes]]:
+        """The region's instructions as runs of contiguous bytes: (block-relative start, bytes)."""
+        runs: list[tuple[int, bytearray]] = []
+        for insn in sorted(self.insns, key=lambda i: i.rel):
+            raw = insn.raw.to_bytes(insn.length, "little")
+            if runs and runs[-1][0] + len(runs[-1][1]) == insn.rel:
+                runs[-1][1].extend(raw)
+            else:
+                runs.append((insn.rel, bytearray(raw)))
+        return [(rel, bytes(code)) for rel, code in runs]
+
     def goto(self, target_rel: int, retired: int) -> None:
         """End of a sub-block that goes on at block-relative `target_rel`."""
         if target_rel not in self.region.blocks:
@@ -285,7 +311,7 @@ class BlockCodegen:
             miss = self.v(f"zext i1 {self.v(f'icmp uge i64 {off}, %ram_size')} to i64")
         bad = miss if bad is None else self.v(f"or i64 {bad}, {miss}")
         if acc == _ACC_STORE:
-            same = self.v(f"icmp eq i64 {self.v(f'lshr i64 {off}, 12')}, {self.off >> 12}")
+            same = self.v(f"icmp eq i64 {self.v(f'lshr i64 {off}, 12')}, %code_page")
             bad = self.v(f"or i64 {bad}, {self.v(f'zext i1 {same} to i64')}")
         self.side_exit_if(self.v(f"icmp ne i64 {bad}, 0"), i)
         return self.v(f"getelementptr i8, ptr %ram, i64 {off}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 import numpy as np
 
+from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.tier1.service import PAGE, PageWork, Reply, Request, TranslationService
 from pocketvm.cpu.tier1.translator import init_llvm
@@ -42,7 +43,17 @@ ENV_VAR = "POCKETVM_JIT"
 # them all the same.
 MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
-DEFAULT_THRESHOLD = 1000
+# Two thresholds (entries of a block), chosen by measuring Debian boots on
+# this 2-core machine. LLVM takes about 2 ms of CPU for a region of 25
+# instructions, which the interpreter runs in ~3 ns each and translated
+# code several times faster: compiling pays only for code that runs tens of
+# thousands of times, and on a busy machine the compiler's CPU is the
+# hart's loss (a boot with threshold 1000: 1450 regions compiled, 4.2 s of
+# compiler CPU for ~0.3 s saved). Looking a block up in the persistent
+# cache costs next to nothing, so a block is first looked up early
+# (PROBE_THRESHOLD) and compiled only if it gets hot (COMPILE_THRESHOLD).
+DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
+DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
 # Blocks in flight to the service at most: a burst of hot code (a boot)
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
@@ -95,22 +106,42 @@ class HartStats:
     last_cpu: float = 0.0
 
 
+# The service only writes IR text and calls LLVM: it needs neither numba nor
+# the compiled core, and importing numba would cost it half a second before
+# its first translation. So the CPU package is entered without running its
+# __init__ (which sets up numba's cache), and the one numba decorator the
+# table layout uses becomes a no-op there.
+_SERVICE_BOOT = """
+import sys, types
+from pathlib import Path
+import pocketvm
+cpu = types.ModuleType("pocketvm.cpu")
+cpu.__path__ = [str(Path(pocketvm.__file__).parent / "cpu")]
+sys.modules["pocketvm.cpu"] = cpu
+jit = types.ModuleType("pocketvm.cpu.jit")
+jit.core_jit = lambda *args, **kwargs: (lambda f: f)
+sys.modules["pocketvm.cpu.jit"] = jit
+from pocketvm.cpu.tier1.service import main
+sys.exit(main())
+"""
+
+
 class _ServiceProcess:
     """The translation service in a process of its own, over a socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctab: np.ndarray) -> None:
         from multiprocessing.connection import Connection
 
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from pocketvm.cpu.tier1.service import main; sys.exit(main())",
-             str(theirs.fileno())],
+            [sys.executable, "-c", _SERVICE_BOOT, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # the console's signals are the VM's, not its compiler's
         )
         theirs.close()
         self.conn = Connection(ours.detach())
+        self.conn.send_bytes(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
 
     def send(self, req: Request) -> None:
         self.conn.send_bytes(pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL))
@@ -144,11 +175,19 @@ class _ServiceProcess:
 class Tier1:
     """Translations for one machine."""
 
-    def __init__(self, mode: int, threshold: int | None = None):
+    def __init__(
+        self, mode: int, threshold: int | None = None, ctab: np.ndarray | None = None, compile_threshold: int | None = None
+    ):
         init_llvm()
-        if threshold is None:  # entries of a block before it is translated (tuning knob)
+        if threshold is None:  # entries of a block before it is looked up (tuning knob)
             threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", str(DEFAULT_THRESHOLD)))
+        if compile_threshold is None:  # ... and before it is compiled
+            compile_threshold = int(os.environ.get("POCKETVM_JIT_COMPILE_THRESHOLD", str(DEFAULT_COMPILE_THRESHOLD)))
         self.table = L.new_table(mode, threshold)
+        # A block found cold (not in the cache) counts again from this, so it is
+        # queued again after `compile_threshold` entries in all.
+        self._rearm = 0 if mode == L.MODE_ALL else min(0, int(self.table[L.JT_THRESHOLD]) - compile_threshold)
+        self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
         from pocketvm.cpu.tier1.fp_helper import fp_entry_address  # compiled (or loaded from cache) here
 
         self.table[L.JT_FP_ENTRY] = fp_entry_address()
@@ -162,8 +201,12 @@ class Tier1:
         self._remote: _ServiceProcess | None = None
         self._in_flight = 0
         self._broken = False
-        self._ram_size = 0
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
+        if self.background:  # it takes a few tenths of a second to start: while the VM sets up
+            try:
+                self._remote = _ServiceProcess(ctab if ctab is not None else expansion_table())
+            except OSError as e:
+                self._fail(f"cannot start the translation service: {e}")
 
     @property
     def mode(self) -> int:
@@ -207,7 +250,7 @@ class Tier1:
             return
         try:
             if remote is None:
-                remote = self._remote = _ServiceProcess()
+                remote = self._remote = _ServiceProcess(ctab)
             remote.send(req)
             self._in_flight += 1
         except OSError as e:
@@ -226,7 +269,8 @@ class Tier1:
             slots = ((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1)
             seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
             code = ram8[page_off : page_off + PAGE].tobytes()
-            pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys))
+            compile = [self._rearm == 0 or k in self._probed for k in page_keys]
+            pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
         min_region = MIN_REGION if self.background else 1
         return Request(pages, int(ram16.shape[0]) * 2, min_region)
 
@@ -242,6 +286,11 @@ class Tier1:
         for tkey, name in reply.installs:
             asked.add(tkey)
             self._install(tkey, self._address(name) if name is not None else 0)
+        for tkey in reply.cold:
+            self._probed.add(tkey)
+            slot = L.slot_index(tkey >> 1)
+            if self.table[L.JT_KEY + slot] != tkey:
+                self.table[L.JT_HOT + slot] = self._rearm
         for batch in reply.batches:  # the rest of a batch is likely to be wanted soon: install it where nothing is
             for name, tkey in batch.functions:
                 if tkey not in asked and self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:

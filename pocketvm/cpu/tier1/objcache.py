@@ -2,9 +2,14 @@
 
 One SQLite file per translator version (`translator.VERSION`) under
 ~/.cache/pocketvm/jit/ (or $POCKETVM_JIT_CACHE; "off" disables it). A batch
-is one object file; each region it holds is indexed by its content key
-(`translator.region_key`: the code's bytes, place and mode), so the second
-boot of the same kernel finds the code it compiled the first time.
+is one object file; each region it holds is indexed by its entry (place in
+its page, mode and first instruction: `translator.entry_key`) and carries
+the bits of every instruction it was made from. A lookup takes a region
+whose instructions are all there in guest RAM now, so the second boot of the
+same kernel finds the code it compiled the first time, whichever branches
+the interpreter happened to see taken before it asked, and the same program
+loaded at another physical address finds it too (translated code does not
+depend on where its page is).
 
 What is read back is data from disk, never trusted: every object carries
 its SHA-256 and is checked before it is handed out; a file that is not
@@ -23,6 +28,7 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from pocketvm.paths import cache_dir
 
@@ -34,8 +40,9 @@ MAX_BYTES = int(os.environ.get("POCKETVM_JIT_CACHE_MAX", str(64 << 20)))
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch (id TEXT PRIMARY KEY, object BLOB NOT NULL, digest TEXT NOT NULL,
                                   size INTEGER NOT NULL, used REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS region (key TEXT PRIMARY KEY, batch TEXT NOT NULL, name TEXT NOT NULL,
-                                   tkey INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS region (entry INTEGER NOT NULL, tkey INTEGER NOT NULL, batch TEXT NOT NULL,
+                                   name TEXT NOT NULL, code BLOB NOT NULL, size INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS region_entry ON region (entry);
 CREATE INDEX IF NOT EXISTS region_batch ON region (batch);
 """
 
@@ -97,18 +104,26 @@ class ObjectCache:
                 except OSError:
                     pass
 
-    def lookup(self, key: str) -> tuple[str, str] | None:
-        """(batch id, function name) of the region with this content key."""
+    def lookup(self, entry: int, still_there: Callable[[bytes], bool], min_size: int) -> tuple[str, str] | None:
+        """(batch id, function name) of the largest region at this entry whose
+        code `still_there` accepts (see `translator.code_signature`)."""
         if self._db is None:
             return None
         try:
-            row = self._db.execute("SELECT batch, name FROM region WHERE key = ?", (key,)).fetchone()
+            rows = self._db.execute(
+                "SELECT batch, name, code FROM region WHERE entry = ? AND size >= ? ORDER BY size DESC LIMIT 8",
+                (entry, min_size),
+            ).fetchall()
         except sqlite3.Error:
             return None
-        return (str(row[0]), str(row[1])) if row else None
+        for batch, name, code in rows:
+            if isinstance(code, bytes) and still_there(code):
+                return str(batch), str(name)
+        return None
 
     def load(self, batch: str) -> tuple[bytes, list[tuple[str, int]]] | None:
-        """A batch's object and its functions [(name, table key)], checked; None if missing or damaged."""
+        """A batch's object and its functions [(name, table key where it was made)], checked;
+        None if missing or damaged."""
         if self._db is None:
             return None
         try:
@@ -128,8 +143,8 @@ class ObjectCache:
         except (sqlite3.Error, TypeError, ValueError):
             return None
 
-    def store(self, batch: str, obj: bytes, regions: list[tuple[str, str, int]]) -> None:
-        """Keep a compiled batch: regions as (content key, function name, table key)."""
+    def store(self, batch: str, obj: bytes, regions: list[tuple[int, int, str, bytes, int]]) -> None:
+        """Keep a compiled batch: regions as (entry key, table key, function name, code signature, instructions)."""
         if self._db is None:
             return
         try:
@@ -140,7 +155,10 @@ class ObjectCache:
                     (batch, obj, hashlib.sha256(obj).hexdigest(), len(obj), time.time()),
                 )
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO region VALUES (?, ?, ?, ?)", [(k, batch, n, t) for k, n, t in regions]
+                    "DELETE FROM region WHERE entry = ? AND code = ?", [(e, c) for e, _, _, c, _ in regions]
+                )
+                self._db.executemany(
+                    "INSERT INTO region VALUES (?, ?, ?, ?, ?, ?)", [(e, t, batch, n, c, k) for e, t, n, c, k in regions]
                 )
             self._bound()
         except sqlite3.Error as e:

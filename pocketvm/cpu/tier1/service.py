@@ -17,6 +17,7 @@ never waits for it. Mode "all" (tests) calls it in-process.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 
 from pocketvm.cpu.tier1.decode import Region, decode_region
 from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path, new_batch_id
-from pocketvm.cpu.tier1.translator import VERSION, CompileTimes, ObjectCompiler, region_key
+from pocketvm.cpu.tier1.translator import VERSION, CompileTimes, ObjectCompiler, code_matches, code_signature, entry_key
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class PageWork:
     code: bytes  # the page's 4096 bytes when the request was made
     taken: bytes  # np.packbits of 2048 flags: control seen arriving at each halfword
     keys: list[int]  # table keys (RAM offset * 2 + paged) of the hot blocks in it
+    compile: list[bool]  # per key: compile it on a cache miss (else only look in the cache)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Batch:
 class Reply:
     batches: list[Batch] = field(default_factory=list)  # to load, in order
     installs: list[tuple[int, str | None]] = field(default_factory=list)  # (table key, function or None)
+    cold: list[int] = field(default_factory=list)  # keys not in the cache and not to be compiled yet
     compiled: int = 0  # regions compiled now
     instructions: int = 0  # guest instructions in them
     cached: int = 0  # regions found in the persistent cache
@@ -87,46 +90,48 @@ class TranslationService:
         self._compiler = ObjectCompiler()
         self.cache = cache if cache is not None else ObjectCache(cache_path(VERSION))
         self._sent: set[str] = set()  # batches the caller has loaded
-        self._names: dict[str, tuple[str, str]] = {}  # region key -> (batch, name) of the caller's loaded code
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
         reply = Reply()
-        misses: list[tuple[str, int, bool, Region, int]] = []  # (region key, off, paged, region, table key)
+        misses: list[tuple[int, int, Region]] = []  # (entry key, table key, region)
         for page in req.pages:
             words = _PageWords(page.page_off, page.code, req.ram_size)
             taken_bits = np.unpackbits(np.frombuffer(page.taken, dtype=np.uint8))
-            for tkey in page.keys:
-                off, paged = tkey >> 1, bool(tkey & 1)
+            for tkey, may_compile in zip(page.keys, page.compile):
+                entry = entry_key(tkey >> 1, bool(tkey & 1), page.code)
+                hit = self.cache.lookup(entry, lambda sig: code_matches(sig, page.code), req.min_region)
+                if hit is not None and self._send(hit[0], reply):
+                    reply.installs.append((tkey, hit[1]))
+                    reply.cached += 1
+                    continue
+                if not may_compile:
+                    reply.cold.append(tkey)
+                    continue
+                off = tkey >> 1
                 region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
                 if not region.blocks or region.size < req.min_region:
                     reply.installs.append((tkey, None))
                     reply.empty += 1
                     continue
-                key = region_key(off, paged, region)
-                known = self._names.get(key)
-                if known is None:
-                    hit = self.cache.lookup(key)
-                    if hit is not None and self._send(hit[0], reply):
-                        known = hit
-                        reply.cached += 1
-                if known is not None:
-                    reply.installs.append((tkey, known[1]))
-                else:
-                    misses.append((key, off, paged, region, tkey))
+                misses.append((entry, tkey, region))
         if misses:
             batch = new_batch_id()
-            named = [(f"t{batch}_{i}", m) for i, m in enumerate(misses)]
-            obj = self._compiler.compile([(name, off, paged, region) for name, (_, off, paged, region, _) in named], reply.times)
-            functions = [(name, tkey) for name, (_, _, _, _, tkey) in named]
-            reply.batches.append(Batch(batch, obj, functions))
+            named = [(f"t{batch}_{i}", entry, tkey, region) for i, (entry, tkey, region) in enumerate(misses)]
+            obj = self._compiler.compile(
+                [(name, tkey >> 1, bool(tkey & 1), region) for name, _, tkey, region in named], reply.times
+            )
+            reply.batches.append(Batch(batch, obj, [(name, tkey) for name, _, tkey, _ in named]))
             self._sent.add(batch)
-            for name, (key, _, _, region, tkey) in named:
-                self._names[key] = (batch, name)
+            for name, _, tkey, region in named:
                 reply.installs.append((tkey, name))
                 reply.instructions += region.size
             reply.compiled += len(misses)
-            self.cache.store(batch, obj, [(key, name, tkey) for name, (key, _, _, _, tkey) in named])
+            self.cache.store(
+                batch,
+                obj,
+                [(entry, tkey, name, code_signature(tkey >> 1, region), region.size) for name, entry, tkey, region in named],
+            )
             reply.cache_bytes = self.cache.size()
         reply.cpu_seconds = time.thread_time() - t0
         return reply
@@ -160,10 +165,18 @@ def main() -> int:
     import pickle
     from multiprocessing.connection import Connection
 
-    from pocketvm.cpu.rvc import expansion_table
-
+    # Compiling must never take a core from the guest: the service runs at the
+    # lowest priority, so it uses what the hart (and everything else) leaves idle.
+    try:
+        os.nice(19)
+    except OSError:
+        pass
     conn = Connection(int(sys.argv[1]))
-    service = TranslationService(expansion_table())
+    try:
+        ctab = np.frombuffer(conn.recv_bytes(), dtype=np.int32)  # the VM's expansion table for compressed code
+    except (EOFError, OSError):
+        return 0
+    service = TranslationService(ctab)
     try:
         while True:
             try:

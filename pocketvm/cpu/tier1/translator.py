@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -59,13 +60,35 @@ def _version() -> str:
 VERSION = _version()
 
 
-def region_key(off: int, paged: bool, region: Region) -> str:
-    """Content key of a region's translation: its place in RAM, mode, every
-    instruction's bits and the shape of its sub-blocks (all the codegen sees)."""
-    h = hashlib.sha256(f"{VERSION} {off} {int(paged)}".encode())
-    h.update(repr([(i.rel, i.raw) for i in region.insns]).encode())
-    h.update(repr([(b.start, b.next_rel, len(b.insns)) for b in region.blocks.values()]).encode())
-    return h.hexdigest()[:40]
+_SIG = struct.Struct("<iI")  # an instruction: offset from the start of its page, its bits in RAM
+
+
+def code_signature(off: int, region: Region) -> bytes:
+    """What a region's translation was made from: every instruction's place in
+    its page and bits (its entry and mode are the cache's index)."""
+    base = off & 0xFFF
+    return b"".join(_SIG.pack(base + i.rel, i.raw) for i in region.insns)
+
+
+def entry_key(off: int, paged: bool, page: bytes) -> int:
+    """The cache's index for a region entered at RAM offset `off`: its place in
+    the page, whether its loads and stores are translated, its first instruction."""
+    at = off & 0xFFF
+    raw = int.from_bytes(page[at : at + 2], "little")
+    if (raw & 3) == 3 and at + 4 <= len(page):
+        raw = int.from_bytes(page[at : at + 4], "little")
+    return (at << 33) | (int(paged) << 32) | raw
+
+
+def code_matches(signature: bytes, page: bytes) -> bool:
+    """Whether a page still holds every instruction of `signature`."""
+    if len(signature) % _SIG.size:
+        return False
+    for at, raw in _SIG.iter_unpack(signature):
+        size = 4 if (raw & 3) == 3 else 2
+        if not 0 <= at <= len(page) - size or int.from_bytes(page[at : at + size], "little") != raw:
+            return False
+    return True
 
 
 @dataclass
