@@ -5,9 +5,11 @@ they are read, JSON is checked for shape, every wait has a timeout, and a
 guest whose agent dies or answers garbage gives an `AgentError` subclass
 with a one-line message, never a hang of the caller.
 
-One request per connection, so requests from several threads run at once
-(each opens its own connection). Connections are made by a `connect`
-callable; `AgentClient.for_vm_socket(path)` reaches the agent through a
+Requests from several threads run at once, each on a connection of its
+own; a connection whose request ended cleanly is kept (a few per client,
+for IDLE_KEEP seconds) and reused by the next request, which saves the
+connection set-up in the emulated guest. Connections are made by a
+`connect` callable; `AgentClient.for_vm_socket(path)` reaches the agent through a
 VM's vsock Unix socket (Firecracker's `CONNECT <port>`), `for_unix(path)`
 an agent listening on a plain Unix socket (tests).
 """
@@ -18,11 +20,12 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from pocketvm.guest.agent import (
     DEFAULT_PORT,
@@ -39,7 +42,9 @@ from pocketvm.guest.agent import (
 )
 
 _LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0}
-SEND_CHUNK = 256 * 1024
+SEND_CHUNK = MAX_DATA  # file data per frame: fewer, bigger frames for the guest to handle
+MAX_IDLE = 4  # idle connections kept per client
+IDLE_KEEP = 30.0  # seconds an idle connection is kept (the agent keeps it far longer)
 MAX_LIST_ENTRIES = 1_000_000
 _OK_LINE = re.compile(rb"OK ([0-9]{1,10})\n")
 
@@ -90,12 +95,16 @@ class ExecResult:
 class _Conn:
     sock: socket.socket
     timeout: float
-    buf: bytearray = field(default_factory=bytearray)
+    reused: bool = False  # it served a request before this one
+    dirty: bool = False  # frames were sent after the request: not reusable
 
     def send_frame(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
         try:
-            self.sock.sendall(FRAME.pack(kind, len(payload)))
-            if payload:
+            head = FRAME.pack(kind, len(payload))
+            if len(payload) < 65536:
+                self.sock.sendall(head + payload)
+            else:
+                self.sock.sendall(head)
                 self.sock.sendall(payload)
         except TimeoutError:
             raise AgentTimeout(f"the agent took no data for {self.timeout:g} s") from None
@@ -106,17 +115,19 @@ class _Conn:
         self.send_frame(T_JSON, json.dumps(obj).encode())
 
     def _exact(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
+        out = bytearray(n)
+        view = memoryview(out)
+        got = 0
+        while got < n:
             try:
-                chunk = self.sock.recv(min(n - len(out), 1 << 20))
+                k = self.sock.recv_into(view[got:])
             except TimeoutError:
                 raise AgentTimeout(f"no answer from the agent for {self.timeout:g} s") from None
             except OSError as e:
                 raise AgentUnavailable(f"connection to the agent lost: {e.strerror or e}") from None
-            if not chunk:
+            if not k:
                 raise AgentUnavailable("the agent closed the connection mid-reply (killed, or the VM stopped?)")
-            out += chunk
+            got += k
         return bytes(out)
 
     def recv_frame(self) -> tuple[bytes, bytes]:
@@ -179,23 +190,31 @@ class ExecStream:
     """A running command: iterate for ("stdout"|"stderr", bytes) as it comes;
     `result` is set once the iteration ends."""
 
-    def __init__(self, conn: _Conn, pid: int):
+    def __init__(self, conn: _Conn, pid: int, client: AgentClient | None = None):
         self._conn = conn
+        self._client = client
+        self._released = False  # its connection went back to the client for reuse
         self.pid = pid
         self.result: ExecResult | None = None
 
     def write_stdin(self, data: bytes) -> None:
+        # Frames sent after the request may reach the agent after the
+        # command ended: such a connection is not reused for the next request.
+        self._conn.dirty = True
         view = memoryview(data)
         for i in range(0, len(view), SEND_CHUNK):
             self._conn.send_frame(T_STDIN, view[i : i + SEND_CHUNK])
 
     def close_stdin(self) -> None:
+        self._conn.dirty = True
         self._conn.send_frame(T_STDIN, b"")
 
     def signal(self, sig: str | int = "TERM") -> None:
+        self._conn.dirty = True
         self._conn.send_json({"op": "signal", "signal": sig})
 
     def resize(self, rows: int, cols: int) -> None:
+        self._conn.dirty = True
         self._conn.send_json({"op": "resize", "rows": rows, "cols": cols})
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
@@ -216,11 +235,15 @@ class ExecStream:
                     if (code is None) == (sig is None) or not isinstance(timed_out, bool):
                         raise AgentProtocolError("the agent sent an invalid command result")
                     self.result = ExecResult(code, None if sig is None else str(sig)[:32], timed_out, pid=self.pid)
+                    if self._client is not None:
+                        self._released = True
+                        self._client._release(self._conn, reply)
                     return
                 else:
                     raise AgentProtocolError(f"unexpected {kind!r} frame while a command runs")
         finally:
-            self._conn.close()
+            if self.result is None or self._client is None:
+                self._conn.close()
 
     def wait(self, max_output: int | None = None) -> ExecResult:
         """Collect the rest of the output; the result with stdout and stderr."""
@@ -236,7 +259,8 @@ class ExecStream:
 
     def close(self) -> None:
         """Stop listening; the agent kills the command if it still runs."""
-        self._conn.close()
+        if not self._released:
+            self._conn.close()
 
 
 class AgentClient:
@@ -248,6 +272,8 @@ class AgentClient:
         while a command runs quietly, so this is not a limit on commands)."""
         self._connect = connect
         self.timeout = timeout
+        self._idle: list[tuple[_Conn, float]] = []  # connections kept for the next requests, with when
+        self._idle_lock = threading.Lock()
 
     @classmethod
     def for_vm_socket(cls, path: str | os.PathLike[str], port: int = DEFAULT_PORT, timeout: float = 30.0) -> AgentClient:
@@ -259,10 +285,12 @@ class AgentClient:
                 sock.sendall(f"CONNECT {port}\n".encode())
                 line = b""
                 while not line.endswith(b"\n") and len(line) < 32:
-                    chunk = sock.recv(1)  # the line only: what follows is the agent's
-                    if not chunk:
+                    # The line only (what follows is the agent's): peek, then take up to its end.
+                    peek = sock.recv(32 - len(line), socket.MSG_PEEK)
+                    if not peek:
                         raise AgentUnavailable(f"no agent listens on vsock port {port} (not started yet, or killed?)")
-                    line += chunk
+                    end = peek.find(b"\n")
+                    line += sock.recv(len(peek) if end < 0 else end + 1)
                 if not _OK_LINE.fullmatch(line):
                     raise AgentProtocolError(f"the VM's vsock socket answered {line[:32]!r}")
             except TimeoutError:
@@ -285,23 +313,100 @@ class AgentClient:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _open(self, request: dict[str, Any]) -> _Conn:
+    def _new_conn(self) -> _Conn:
         sock = self._connect(self.timeout)
         sock.settimeout(self.timeout)
-        conn = _Conn(sock, self.timeout)
+        return _Conn(sock, self.timeout)
+
+    def _idle_conn(self) -> _Conn | None:
+        now = time.monotonic()
+        with self._idle_lock:
+            while self._idle:
+                conn, since = self._idle.pop()
+                if now - since < IDLE_KEEP:
+                    return conn
+                conn.close()
+        return None
+
+    def _release(self, conn: _Conn, final: dict[str, Any]) -> None:
+        """A connection whose request has ended: kept for the next request when
+        the agent said it takes one ("keep") and nothing is in flight, closed otherwise."""
+        if final.get("keep") is not True or conn.dirty:
+            conn.close()
+            return
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE:
+                conn.reused = True
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (requests still running keep theirs)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+    def warm(self) -> None:
+        """Open a connection now and keep it for the next request (AgentError
+        when the agent does not accept it)."""
+        conn = self._new_conn()
+        conn.reused = True
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def _request(self, request: dict[str, Any]) -> tuple[_Conn, tuple[bytes, bytes]]:
+        """Send `request`; the connection and the agent's first frame. A kept
+        connection that turns out closed (the agent restarted, the VM was
+        restored) before anything came back is replaced by a new one."""
+        conn = self._idle_conn()
+        if conn is not None:
+            try:
+                conn.send_json(request)
+                return conn, conn.recv_frame()
+            except AgentUnavailable:
+                conn.close()  # nothing was answered: the request never ran there
+        conn = self._new_conn()
         try:
             conn.send_json(request)
+            return conn, conn.recv_frame()
         except BaseException:
             conn.close()
             raise
-        return conn
+
+    def _request_json(self, request: dict[str, Any]) -> tuple[_Conn, dict[str, Any]]:
+        conn, (kind, payload) = self._request(request)
+        if kind != T_JSON:
+            conn.close()
+            raise AgentProtocolError(f"expected a JSON frame from the agent, got {kind!r}")
+        try:
+            return conn, _decode(payload)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _refused(self, conn: _Conn, reply: dict[str, Any], otherwise: str) -> NoReturn:
+        """The agent answered a request with its final reply instead of going
+        ahead: RemoteError for a refusal (its connection kept), else a protocol error."""
+        if reply.get("ok") is False:
+            self._release(conn, reply)
+            _final(reply)
+        conn.close()
+        raise AgentProtocolError(otherwise)
 
     def _simple(self, request: dict[str, Any]) -> dict[str, Any]:
-        conn = self._open(request)
+        conn, reply = self._request_json(request)
         try:
-            return _final(conn.recv_json())
-        finally:
+            result = _final(reply)
+        except BaseException:
             conn.close()
+            raise
+        self._release(conn, result)
+        return result
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -326,11 +431,11 @@ class AgentClient:
         return True
 
     def list(self, path: str) -> list[dict[str, Any]]:
-        conn = self._open({"op": "list", "path": path})
+        conn, reply = self._request_json({"op": "list", "path": path})
         entries: list[dict[str, Any]] = []
+        done = False
         try:
             while True:
-                reply = conn.recv_json()
                 if reply.get("event") == "entries" and isinstance(reply.get("entries"), list):
                     for e in reply["entries"]:
                         if not isinstance(e, dict) or not isinstance(e.get("name"), str):
@@ -338,11 +443,14 @@ class AgentClient:
                         entries.append(e)
                     if len(entries) > MAX_LIST_ENTRIES:
                         raise AgentProtocolError(f"more than {MAX_LIST_ENTRIES} directory entries")
+                    reply = conn.recv_json()
                     continue
-                _final(reply)
+                self._release(conn, _final(reply))
+                done = True
                 return entries
         finally:
-            conn.close()
+            if not done:
+                conn.close()
 
     def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> None:
         self._simple({"op": "mkdir", "path": path, "parents": parents, "mode": mode})
@@ -377,17 +485,16 @@ class AgentClient:
         for key, value in (("env", env), ("cwd", cwd), ("user", user), ("timeout", timeout)):
             if value is not None:
                 request[key] = value
-        conn = self._open(request)
+        conn, reply = self._request_json(request)
+        conn.dirty = stdin  # its input may still be on the way when the command has ended
+        if reply.get("event") != "started":
+            self._refused(conn, reply, "the agent did not start the command and gave no reason")
         try:
-            reply = conn.recv_json()
-            if reply.get("event") != "started":
-                _final(reply)
-                raise AgentProtocolError("the agent did not start the command and gave no reason")
             pid = _int(reply, "pid", 1, 1 << 31)
         except BaseException:
             conn.close()
             raise
-        return ExecStream(conn, pid)
+        return ExecStream(conn, pid, self)
 
     def run(
         self,
@@ -399,13 +506,23 @@ class AgentClient:
     ) -> ExecResult:
         """Run `command` to its end; its output collected (at most `max_output` bytes)."""
         stream = self.exec_stream(command, stdin=input is not None, **kwargs)
-        if input is not None:
+        if input is None:
+            return stream.wait(max_output)
+
+        def feed() -> None:  # beside the output: a command may write before it has read everything
             try:
                 stream.write_stdin(input)
                 stream.close_stdin()
-            except AgentUnavailable:
+            except AgentError:
                 pass  # the command ended without reading it all; its result says how
-        return stream.wait(max_output)
+
+        feeder = threading.Thread(target=feed, name="agent-stdin", daemon=True)
+        feeder.start()
+        try:
+            return stream.wait(max_output)
+        finally:
+            stream.close()  # a feeder still writing fails at once
+            feeder.join()
 
     def upload(self, source: str | os.PathLike[str] | bytes | IO[bytes], path: str, mode: int | None = None,
                parents: bool = False, checksum: str = "crc32") -> dict[str, Any]:  # fmt: skip
@@ -433,12 +550,12 @@ class AgentClient:
             request["digest"] = expected
         if mode is not None:
             request["mode"] = mode
-        conn = self._open(request)
+        conn, ready = self._request_json(request)
+        done = False
         try:
-            ready = conn.recv_json()
             if ready.get("event") != "ready":
-                _final(ready)
-                raise AgentProtocolError("the agent neither took nor refused the upload")
+                done = True
+                self._refused(conn, ready, "the agent neither took nor refused the upload")
             digest = _checksum(checksum)
             sent = 0
             for chunk in chunks:
@@ -447,11 +564,14 @@ class AgentClient:
                 conn.send_frame(T_DATA, chunk)
             conn.send_frame(T_DATA, b"")
             reply = _final(conn.recv_json())
+            self._release(conn, reply)
+            done = True
             if reply.get("size") != sent or reply.get("digest") != digest.hexdigest():
                 raise ChecksumMismatch(f"{path}: the guest wrote something else than was sent")
             return {"size": sent, "checksum": checksum, "digest": digest.hexdigest()}
         finally:
-            conn.close()
+            if not done:
+                conn.close()
 
     def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes], checksum: str = "crc32") -> dict[str, Any]:
         """Copy `path` from the guest to a local path or binary file object;
@@ -468,12 +588,12 @@ class AgentClient:
                 raise
             return info
         digest = _checksum(checksum)
-        conn = self._open({"op": "download", "path": path, "checksum": checksum})
+        conn, head = self._request_json({"op": "download", "path": path, "checksum": checksum})
+        done = False
         try:
-            head = conn.recv_json()
             if head.get("event") != "file":
-                _final(head)
-                raise AgentProtocolError("the agent neither sent nor refused the file")
+                done = True
+                self._refused(conn, head, "the agent neither sent nor refused the file")
             size = _int(head, "size")
             mode = _int(head, "mode", 0, 0o7777)
             got = 0
@@ -489,11 +609,14 @@ class AgentClient:
                 digest.update(data)
                 dest.write(data)
             reply = _final(conn.recv_json())
+            self._release(conn, reply)
+            done = True
             if got != size or reply.get("size") != got or reply.get("digest") != digest.hexdigest():
                 raise ChecksumMismatch(f"{path}: received {got} bytes that do not match what the agent sent")
             return {"size": got, "checksum": checksum, "digest": digest.hexdigest(), "mode": mode}
         finally:
-            conn.close()
+            if not done:
+                conn.close()
 
     def read_bytes(self, path: str, max_size: int = 1 << 30) -> bytes:
         import io

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import pwd
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -40,20 +40,29 @@ import threading
 import time
 import zlib
 
-VERSION = "1.0"
-PROTOCOL = 1
+VERSION = "2.0"
+PROTOCOL = 2
 DEFAULT_PORT = 52
 
 FRAME = struct.Struct(">cI")  # type, length
 MAX_JSON = 64 * 1024
 MAX_DATA = 1024 * 1024
-CHUNK = 256 * 1024  # what the agent puts in one D/O/E frame
+CHUNK = 1024 * 1024  # what the agent puts in one D frame
+OUTPUT_CHUNK = 256 * 1024  # ... and in one O/E frame
+RECV_BUFFER = 2 * (MAX_DATA + 4096)  # holds any frame, and what arrives behind it
+# The guest's receive buffer per vsock connection (the host's credit): the
+# kernel's 256 KiB default makes a host sending a file wait for a credit
+# update every 256 KiB.
+VSOCK_BUFFER = 2 * 1024 * 1024
 KEEPALIVE = 2.0  # seconds between K frames while a command is silent
 LIST_BATCH = 512  # directory entries per JSON frame
 MAX_CONNECTIONS = 64
-# How long a client may keep the agent waiting for its request or for file
-# data (a running command waits for its client as long as it runs).
+# How long a client may keep the agent waiting for its first request, or
+# for file data (a running command waits for its client as long as it runs).
 request_timeout = 60.0
+# How long a connection may stay idle between two requests (the host keeps
+# a few connections open to reuse; it drops them itself well before this).
+IDLE_TIMEOUT = 600.0
 EXIT_DRAIN = 1.0  # after a command exits, how long its output may still come (background children)
 
 T_JSON, T_DATA, T_STDOUT, T_STDERR, T_STDIN, T_KEEPALIVE = b"J", b"D", b"O", b"E", b"I", b"K"
@@ -79,47 +88,81 @@ class RequestError(Exception):
 
 
 class Channel:
-    """Frames over one connected socket. Sends are serialised (a command's
-    output and its keep-alives come from different threads)."""
+    """Frames over one connected socket, read through one fixed buffer (no
+    allocation per frame: on an emulated CPU every fresh page costs a fault
+    and a clearing).
+
+    A received payload is a memoryview into that buffer, valid until the next
+    read from the channel: use it, or copy it, before reading again. Only
+    the connection's own thread sends and receives."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._send_lock = threading.Lock()
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._lo = 0  # buffered, not yet taken: _buf[_lo:_hi]
+        self._hi = 0
 
-    def send(self, kind: bytes, payload: bytes = b"") -> None:
+    def send(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
         head = FRAME.pack(kind, len(payload))
-        with self._send_lock:
-            if len(payload) < 65536:
-                self.sock.sendall(head + payload)  # one write for small frames
-            else:
-                self.sock.sendall(head)
-                self.sock.sendall(payload)
+        if len(payload) < 16384:
+            self.sock.sendall(head + payload)  # one write for small frames
+            return
+        # Large: header and payload in one system call, without joining them.
+        parts = [memoryview(head), memoryview(payload)]
+        while parts:
+            sent = self.sock.sendmsg(parts)
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                parts.pop(0)
+            if parts and sent:
+                parts[0] = parts[0][sent:]
 
     def send_json(self, obj: dict) -> None:
         self.send(T_JSON, json.dumps(obj, separators=(",", ":")).encode())
 
-    def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return bytes(buf)
+    def fill(self, nonblocking: bool = False) -> int:
+        """Read what the socket has into the buffer: the bytes read, 0 at
+        its end. With `nonblocking`, BlockingIOError when it has nothing."""
+        if self._hi == len(self._buf):
+            self._compact()
+        n = self.sock.recv_into(self._view[self._hi:], 0, socket.MSG_DONTWAIT if nonblocking else 0)
+        self._hi += n
+        return n
 
-    def recv(self) -> tuple[bytes, bytes]:
-        """The next frame (type, payload). EOFError at a clean end between frames."""
-        head = self._exact(FRAME.size)
-        kind, length = FRAME.unpack(head)
+    def _compact(self) -> None:
+        held = self._hi - self._lo
+        self._buf[:held] = self._buf[self._lo:self._hi]
+        self._lo, self._hi = 0, held
+
+    def buffered(self) -> tuple[bytes, memoryview] | None:
+        """The next complete frame already in the buffer, or None."""
+        if self._hi - self._lo < FRAME.size:
+            return None
+        kind, length = FRAME.unpack_from(self._buf, self._lo)
         limit = _MAX.get(kind)
         if limit is None:
             raise ProtocolError(f"unknown frame type {kind!r}")
         if length > limit:
             raise ProtocolError(f"{kind.decode(errors='replace')} frame of {length} bytes (limit {limit})")
-        try:
-            return kind, self._exact(length)
-        except EOFError:
-            raise ProtocolError("connection closed inside a frame") from None
+        start = self._lo + FRAME.size
+        if self._hi - start < length:
+            if start + length > len(self._buf):
+                self._compact()  # make room for the rest of this frame
+            return None
+        self._lo = start + length
+        return kind, self._view[start:self._lo]
+
+    def recv(self) -> tuple[bytes, memoryview]:
+        """The next frame (type, payload). EOFError at a clean end between frames."""
+        while True:
+            frame = self.buffered()
+            if frame is not None:
+                return frame
+            if not self.fill():
+                if self._hi != self._lo:
+                    raise ProtocolError("connection closed inside a frame")
+                raise EOFError
 
     def recv_json(self) -> dict:
         kind, payload = self.recv()
@@ -128,9 +171,9 @@ class Channel:
         return decode_json(payload)
 
 
-def decode_json(payload: bytes) -> dict:
+def decode_json(payload: bytes | memoryview) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError("a JSON frame that is not JSON") from None
     if not isinstance(obj, dict):
@@ -302,7 +345,7 @@ def op_upload(ch: Channel, req: dict) -> dict:
     ok = False
     error: RequestError | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             while True:
                 kind, data = ch.recv()
                 if kind != T_DATA:
@@ -315,8 +358,9 @@ def op_upload(ch: Channel, req: dict) -> dict:
                         error = RequestError(f"more data than the {size} bytes announced")
                         continue
                     try:
-                        f.write(data)
                         digest.update(data)
+                        while data:
+                            data = data[os.write(fd, data):]
                     except OSError as e:
                         error = _os_error(e, path)  # keep reading to the end frame
             if error is not None:
@@ -325,12 +369,10 @@ def op_upload(ch: Channel, req: dict) -> dict:
                 raise RequestError(f"{written} bytes received, {size} announced")
             if want is not None and digest.hexdigest() != want:
                 raise RequestError("checksum mismatch: the file was corrupted on the way", "EBADMSG")
-            f.flush()
-            os.fsync(f.fileno())
-            if mode is not None:
-                os.fchmod(f.fileno(), int(mode) & 0o7777)
-            else:
-                os.fchmod(f.fileno(), 0o644)
+            os.fsync(fd)
+            os.fchmod(fd, int(mode) & 0o7777 if mode is not None else 0o644)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         ok = True
     except OSError as e:
@@ -348,30 +390,42 @@ def op_download(ch: Channel, req: dict) -> dict:
     path = _str(req, "path")
     digest = Checksum(req.get("checksum", "crc32"))
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; an open error is answered first)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise _os_error(e, path) from None
     sent = 0
-    with f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RequestError(f"{path}: not a regular file", "EISDIR" if stat.S_ISDIR(st.st_mode) else "EINVAL")
         ch.send_json({"event": "file", "size": st.st_size, "mode": stat.S_IMODE(st.st_mode)})
+        buf = memoryview(bytearray(min(CHUNK, max(st.st_size, 4096))))  # reused: no allocation per piece
         while True:
-            data = f.read(CHUNK)
-            if not data:
+            n = os.readv(fd, [buf])
+            if not n:
                 break
-            digest.update(data)
-            sent += len(data)
-            ch.send(T_DATA, data)
+            piece = buf[:n]
+            digest.update(piece)
+            sent += n
+            ch.send(T_DATA, piece)
+    finally:
+        os.close(fd)
     ch.send(T_DATA, b"")
     return {"ok": True, "size": sent, "checksum": digest.algorithm, "digest": digest.hexdigest()}
 
 
 # --- commands ---------------------------------------------------------------------------------
 
-_running: dict[int, subprocess.Popen] = {}
+_running: set[int] = set()  # pids (= process groups) of the commands that run now
 _running_lock = threading.Lock()
+_spawn_lock = threading.Lock()  # a spawn that needs another working directory changes the agent's
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_base_env: dict[str, str] = {}  # the agent's environment with its user's HOME, USER, LOGNAME (set in main)
+_home = "/"
+
+
+class ClientGone(Exception):
+    """The client closed its connection (or broke the protocol) while a command ran."""
 
 
 def _signal_number(value: object) -> int:
@@ -392,21 +446,39 @@ def op_signal(ch: Channel, req: dict) -> dict:
     pid = req.get("pid")
     sig = _signal_number(req.get("signal", "TERM"))
     with _running_lock:
-        proc = _running.get(pid) if isinstance(pid, int) else None
-    if proc is None:
+        known = isinstance(pid, int) and pid in _running
+    if not known:
         raise RequestError(f"no running command with pid {pid!r}", "ESRCH")
-    _kill(proc, sig)
+    _kill(pid, sig)  # type: ignore[arg-type]
     return {"ok": True}
 
 
-def _kill(proc: subprocess.Popen, sig: int) -> None:
+def _kill(pid: int, sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)  # the command runs in a session of its own
+        os.killpg(pid, sig)  # the command runs in a session of its own
     except OSError:
         try:
-            proc.send_signal(sig)
+            os.kill(pid, sig)
         except OSError:
             pass
+
+
+def _base_environment() -> tuple[dict[str, str], str]:
+    """The environment commands start from, and the agent user's home.
+    Started by init, the agent has no login environment: give commands the
+    agent user's (a request's "user" replaces these)."""
+    env = dict(os.environ)
+    env.setdefault("PATH", DEFAULT_PATH)
+    home = "/"
+    try:
+        me = pwd.getpwuid(os.getuid())
+        env.setdefault("HOME", me.pw_dir)
+        env.setdefault("USER", me.pw_name)
+        env.setdefault("LOGNAME", me.pw_name)
+        home = me.pw_dir if os.path.isdir(me.pw_dir) else "/"
+    except KeyError:
+        pass
+    return env, home
 
 
 def _command(req: dict) -> tuple[list[str], dict[str, str], str | None]:
@@ -424,17 +496,11 @@ def _command(req: dict) -> tuple[list[str], dict[str, str], str | None]:
     if not isinstance(env_in, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k
                                               and "\0" not in k + v for k, v in env_in.items()):
         raise RequestError("'env' must map names to strings")
-    env = {} if req.get("clear_env") else dict(os.environ)
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    # Started by init, the agent has no login environment: give commands the
-    # agent user's (a request's "user" replaces these).
-    try:
-        me = pwd.getpwuid(os.getuid())
-        env.setdefault("HOME", me.pw_dir)
-        env.setdefault("USER", me.pw_name)
-        env.setdefault("LOGNAME", me.pw_name)
-    except KeyError:
-        pass
+    if req.get("clear_env"):
+        env = {k: _base_env[k] for k in ("HOME", "USER", "LOGNAME") if k in _base_env}
+        env["PATH"] = DEFAULT_PATH
+    else:
+        env = dict(_base_env)
     env.update(env_in)
     cwd = req.get("cwd")
     if cwd is not None:
@@ -442,32 +508,107 @@ def _command(req: dict) -> tuple[list[str], dict[str, str], str | None]:
     return args, env, cwd
 
 
-def op_exec(ch: Channel, req: dict) -> dict:
-    args, env, cwd = _command(req)
-    timeout = _opt_num(req, "timeout")
-    use_pty = bool(req.get("pty"))
-    want_stdin = bool(req.get("stdin"))
-    kwargs: dict = {}
-    user = req.get("user")
-    if user is not None:
-        try:
-            pw = pwd.getpwnam(_str(req, "user")) if not isinstance(user, int) else pwd.getpwuid(user)
-        except KeyError:
-            raise RequestError(f"no user {user!r}", "ENOENT") from None
-        kwargs.update(user=pw.pw_uid, group=pw.pw_gid,
-                      extra_groups=[g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem])
-        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
-    if cwd is None:  # like a login: the home directory
-        home = env.get("HOME", "/")
-        cwd = home if os.path.isdir(home) else "/"
-    master = None
-    try:
-        if use_pty:
-            import fcntl
-            import pty
-            import termios
+def _which(name: str, path: str) -> str:
+    """`name` looked up in `path` as execvp would (posix_spawnp would use the agent's own PATH)."""
+    if "/" in name:
+        return name
+    denied = False
+    for d in path.split(":"):
+        candidate = os.path.join(d or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+        denied = denied or os.path.exists(candidate)
+    raise OSError(errno.EACCES if denied else errno.ENOENT, os.strerror(errno.EACCES if denied else errno.ENOENT))
 
-            master, slave = pty.openpty()
+
+class Child:
+    """A started command: its pid (also its process group) and the agent's ends of its stdio."""
+
+    def __init__(self, pid: int, stdin: int | None, outputs: dict[int, bytes], master: int | None,
+                 popen: subprocess.Popen | None = None):
+        self.pid = pid
+        self.stdin = stdin  # write end of its stdin (the terminal with a pty), None: /dev/null
+        self.outputs = outputs  # fd -> frame type
+        self.master = master
+        self.popen = popen
+        self.status: int | None = None  # exit code, or -signal
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # Python < 3.9 or Linux < 5.3: polled instead
+            self.pidfd = None
+
+    def reap(self, block: bool = False) -> bool:
+        """Collect its exit status if it has ended (wait for it with `block`)."""
+        if self.status is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.status = -signal.SIGKILL
+            return True
+        if pid == 0:
+            return False
+        self.status = os.waitstatus_to_exitcode(status)
+        if self.popen is not None:
+            self.popen.returncode = self.status  # reaped here, not by subprocess
+        return True
+
+    def close(self) -> None:
+        fds = [self.stdin, self.master, self.pidfd, *self.outputs]
+        self.outputs = {}
+        self.stdin = self.master = self.pidfd = None
+        for fd in dict.fromkeys(f for f in fds if f is not None):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _spawn(args: list[str], env: dict[str, str], cwd: str, want_stdin: bool) -> Child:
+    """A command on pipes, in a session of its own, by posix_spawn (the C
+    library's vfork-like spawn: no copy of the agent's page tables, and
+    none of subprocess's Python on an emulated CPU)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if want_stdin else (os.open(os.devnull, os.O_RDONLY), None)
+    actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    try:
+        program = _which(args[0], env.get("PATH", DEFAULT_PATH))
+        # The agent ignores SIGPIPE (and Python SIGXFSZ): the command gets the defaults back.
+        kwargs = {"file_actions": actions, "setsid": True, "setsigdef": (signal.SIGPIPE, signal.SIGXFSZ)}
+        if cwd == _home:
+            pid = os.posix_spawn(program, args, env, **kwargs)
+        else:
+            with _spawn_lock:  # posix_spawn cannot change directory: the agent does, around it
+                try:
+                    os.chdir(cwd)
+                except OSError as e:
+                    raise _os_error(e, cwd) from None
+                try:
+                    pid = os.posix_spawn(program, args, env, **kwargs)
+                finally:
+                    os.chdir(_home)
+    except BaseException:
+        for fd in (out_r, err_r, in_w):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+    return Child(pid, in_w, {out_r: T_STDOUT, err_r: T_STDERR}, None)
+
+
+def _popen(args: list[str], env: dict[str, str], cwd: str, want_stdin: bool, use_pty: bool, req: dict,
+           user_kwargs: dict) -> Child:
+    """A command that needs what posix_spawn cannot do: another user, a terminal."""
+    if use_pty:
+        import fcntl
+        import pty
+        import termios
+
+        master, slave = pty.openpty()
+        try:
             rows, cols = int(req.get("rows", 24)), int(req.get("cols", 80))
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             env.setdefault("TERM", "xterm-256color")
@@ -477,141 +618,236 @@ def op_exec(ch: Channel, req: dict) -> dict:
 
             # preexec_fn in a threaded program: it only makes one ioctl, no locks or allocation.
             proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
-                                    start_new_session=True, preexec_fn=controlling_tty, **kwargs)  # noqa: PLW1509
-            os.close(slave)
-        else:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                    start_new_session=True, **kwargs)
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        if master is not None:
+                                    start_new_session=True, preexec_fn=controlling_tty, **user_kwargs)  # noqa: PLW1509
+        except BaseException:
             os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return Child(proc.pid, master, {master: T_STDOUT}, master, proc)
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE if want_stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                            start_new_session=True, **user_kwargs)
+    fds = []
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        fds.append(os.dup(f.fileno()) if f is not None else None)
+        if f is not None:
+            f.close()
+    return Child(proc.pid, fds[0], {fds[1]: T_STDOUT, fds[2]: T_STDERR}, None, proc)
+
+
+def op_exec(ch: Channel, req: dict) -> dict:
+    args, env, cwd = _command(req)
+    timeout = _opt_num(req, "timeout")
+    use_pty = bool(req.get("pty"))
+    want_stdin = bool(req.get("stdin"))
+    user = req.get("user")
+    user_kwargs: dict = {}
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(_str(req, "user")) if not isinstance(user, int) else pwd.getpwuid(user)
+        except KeyError:
+            raise RequestError(f"no user {user!r}", "ENOENT") from None
+        user_kwargs.update(user=pw.pw_uid, group=pw.pw_gid,
+                           extra_groups=[g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem])
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    if cwd is None:  # like a login: the home directory (usually the agent's own: no change)
+        home = env.get("HOME", "/")
+        cwd = home if home == _home or os.path.isdir(home) else "/"
+    try:
+        if user is None and not use_pty:
+            child = _spawn(args, env, cwd, want_stdin)
+        else:
+            child = _popen(args, env, cwd, want_stdin, use_pty, req, user_kwargs)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
         if isinstance(e, OSError):
             raise _os_error(e, args[0]) from None
         raise RequestError(f"{args[0]}: {e}") from None
     with _running_lock:
-        _running[proc.pid] = proc
-    ch.sock.settimeout(None)  # stdin and signals may come at any time while it runs
+        _running.add(child.pid)
     try:
-        return _supervise(ch, proc, master, want_stdin, timeout)
+        return _supervise(ch, child, timeout)
     finally:
-        if proc.poll() is None:  # the client went away mid-command: so does the command
-            _kill(proc, signal.SIGKILL)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        if not child.reap():  # the client went away mid-command: so does the command
+            _kill(child.pid, signal.SIGKILL)
+            _wait_reaped(child, 5.0)
         with _running_lock:
-            _running.pop(proc.pid, None)
-        if master is not None:
-            try:
-                os.close(master)
-            except OSError:
-                pass
+            _running.discard(child.pid)
+        child.close()
 
 
-def _supervise(ch: Channel, proc: subprocess.Popen, master: int | None, want_stdin: bool,
-               timeout: float | None) -> dict:
-    ch.send_json({"event": "started", "pid": proc.pid})
-    state = {"timed_out": False, "client_gone": False}
-    stdin_fd = master if master is not None else (proc.stdin.fileno() if proc.stdin else None)
+def _wait_reaped(child: Child, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not child.reap() and time.monotonic() < deadline:
+        if child.pidfd is not None:
+            select.select([child.pidfd], [], [], max(0.0, deadline - time.monotonic()))
+        else:
+            time.sleep(0.01)
 
-    def from_client() -> None:
-        """Frames from the client while the command runs: stdin, signals."""
-        try:
-            while True:
-                kind, data = ch.recv()
-                if kind == T_STDIN:
-                    if stdin_fd is None:
-                        continue
-                    if not data:
-                        if master is not None:
-                            os.write(master, b"\x04")  # end of input on a terminal: ^D
-                        elif proc.stdin:
-                            proc.stdin.close()
-                        continue
-                    view = memoryview(data)
-                    while view:
-                        n = os.write(stdin_fd, view)
-                        view = view[n:]
-                elif kind == T_JSON:
-                    msg = decode_json(data)
-                    if msg.get("op") == "signal":
-                        _kill(proc, _signal_number(msg.get("signal", "TERM")))
-                    elif msg.get("op") == "resize" and master is not None:
-                        import fcntl
-                        import termios
 
-                        fcntl.ioctl(master, termios.TIOCSWINSZ,
-                                    struct.pack("HHHH", int(msg.get("rows", 24)), int(msg.get("cols", 80)), 0, 0))
-        except (EOFError, ProtocolError, OSError, RequestError, ValueError):
-            # The client went away (or broke the protocol): the command goes too.
-            if proc.poll() is None and not state["timed_out"]:
-                state["client_gone"] = True
-                _kill(proc, signal.SIGKILL)
-        finally:
-            if proc.stdin and master is None:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
-
-    reader = threading.Thread(target=from_client, daemon=True)
-    reader.start()
-    sel = selectors.DefaultSelector()
-    if master is not None:
-        sel.register(master, selectors.EVENT_READ, T_STDOUT)
-    else:
-        sel.register(proc.stdout.fileno(), selectors.EVENT_READ, T_STDOUT)  # type: ignore[union-attr]
-        sel.register(proc.stderr.fileno(), selectors.EVENT_READ, T_STDERR)  # type: ignore[union-attr]
+def _supervise(ch: Channel, child: Child, timeout: float | None) -> dict:
+    """Forward the command's output and the client's input and signals, on
+    this thread alone (one poll over the socket, the pipes and the
+    process's pidfd), until it has ended and its output is out."""
+    ch.send_json({"event": "started", "pid": child.pid})
+    sock_fd = ch.sock.fileno()
+    poller = select.poll()
+    IN = select.POLLIN | select.POLLHUP | select.POLLERR
+    poller.register(sock_fd, IN)
+    for fd in child.outputs:
+        poller.register(fd, IN)
+    if child.pidfd is not None:
+        poller.register(child.pidfd, IN)
+    pending_in = bytearray()  # stdin the command has not taken yet
+    stdin_eof = False  # the client has ended stdin: close it once pending_in is out
+    reading_client = True
+    if child.stdin is not None:
+        os.set_blocking(child.stdin, False)
+    stdin_mask = 0  # what poll watches on child.stdin for writing
+    out_buf = memoryview(bytearray(OUTPUT_CHUNK))
+    timed_out = False
     deadline = time.monotonic() + timeout if timeout else None
     last_sent = time.monotonic()
     exited_at: float | None = None
     last_output = 0.0
-    try:
+
+    def take_client_frames() -> None:
+        nonlocal stdin_eof
         while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline and proc.poll() is None:
-                state["timed_out"] = True
-                _kill(proc, signal.SIGKILL)
-                deadline = None
-            if proc.poll() is not None:
-                if exited_at is None:
-                    exited_at = now
-                # Done once the output has ended, or soon after the exit when
-                # a background child of the command holds it open.
-                if not sel.get_map() or now - max(exited_at, last_output) > EXIT_DRAIN:
-                    break
-            wait = 0.2  # how soon an exit is noticed while children hold the output
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - now))
-            if sel.get_map():
-                for key, _ in sel.select(wait):
-                    try:
-                        data = os.read(key.fd, CHUNK)
-                    except OSError:  # EIO: the terminal's other side closed
-                        data = b""
-                    if not data:
-                        sel.unregister(key.fd)
-                        continue
-                    ch.send(key.data, data)
-                    last_sent = last_output = time.monotonic()
-            else:
+            frame = ch.buffered()
+            if frame is None:
+                return
+            kind, data = frame
+            if kind == T_STDIN:
+                if child.stdin is None:
+                    continue
+                if not data:
+                    stdin_eof = True
+                else:
+                    pending_in.extend(data)
+            elif kind == T_JSON:
                 try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
+                    msg = decode_json(data)
+                    if msg.get("op") == "signal":
+                        _kill(child.pid, _signal_number(msg.get("signal", "TERM")))
+                    elif msg.get("op") == "resize" and child.master is not None:
+                        import fcntl
+                        import termios
+
+                        fcntl.ioctl(child.master, termios.TIOCSWINSZ,
+                                    struct.pack("HHHH", int(msg.get("rows", 24)), int(msg.get("cols", 80)), 0, 0))
+                except (RequestError, ValueError, TypeError, OSError):
+                    pass  # a bad control message changes nothing
+            else:
+                raise ProtocolError(f"unexpected {kind!r} frame while a command runs")
+
+    def feed_stdin() -> None:
+        nonlocal stdin_eof
+        fd = child.stdin
+        if fd is None:
+            pending_in.clear()
+            return
+        try:
+            while pending_in:
+                n = os.write(fd, pending_in)
+                del pending_in[:n]
+        except BlockingIOError:
+            pass
+        except OSError:  # it closed its stdin (EPIPE): what is left is dropped
+            pending_in.clear()
+            if child.master is None:
+                stdin_eof = True
+        if stdin_eof and not pending_in:
+            if child.master is not None:
+                try:
+                    os.write(fd, b"\x04")  # end of input on a terminal: ^D
+                except OSError:
                     pass
-            if time.monotonic() - last_sent >= KEEPALIVE:
-                ch.send(T_KEEPALIVE)
-                last_sent = time.monotonic()
-    finally:
-        sel.close()
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
-    code = proc.wait()
-    result: dict = {"ok": True, "event": "exit", "timed_out": state["timed_out"]}
+            else:
+                if stdin_mask:
+                    poller.unregister(fd)
+                os.close(fd)
+            child.stdin = None
+            stdin_eof = False
+
+    while True:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline and child.status is None:
+            timed_out = True
+            _kill(child.pid, signal.SIGKILL)
+            deadline = None
+        if child.status is not None or (child.pidfd is None and child.reap()):
+            if exited_at is None:
+                exited_at = now
+            # Done once the output has ended, or soon after the exit when
+            # a background child of the command holds it open.
+            if not child.outputs or now - max(exited_at, last_output) > EXIT_DRAIN:
+                break
+        wait = KEEPALIVE - (now - last_sent)
+        if deadline is not None:
+            wait = min(wait, deadline - now)
+        if exited_at is not None:
+            wait = min(wait, EXIT_DRAIN - (now - max(exited_at, last_output)))
+        if child.pidfd is None and child.status is None:
+            wait = min(wait, 0.05)  # no pidfd: the exit is polled for
+        want = select.POLLOUT if child.stdin is not None and pending_in else 0
+        if want != stdin_mask:
+            fd = child.master if child.master is not None else child.stdin
+            if fd is not None:
+                mask = want | (IN if fd in child.outputs else 0)  # a terminal is both
+                if mask:
+                    poller.register(fd, mask)
+                else:
+                    poller.unregister(fd)
+            stdin_mask = want
+        for fd, ev in poller.poll(max(0, int(wait * 1000) + 1)):
+            if ev & select.POLLOUT or (fd == child.stdin and fd not in child.outputs):
+                feed_stdin()
+                if not ev & IN or fd not in child.outputs:
+                    continue
+            if fd == sock_fd:
+                try:
+                    got = ch.fill(nonblocking=True)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    got = 0
+                if not got:
+                    raise ClientGone
+                take_client_frames()
+                if len(pending_in) > MAX_DATA and reading_client:
+                    poller.unregister(sock_fd)  # the command is slow to read: so are we
+                    reading_client = False
+            elif fd == child.pidfd:
+                poller.unregister(fd)
+                child.reap(block=True)
+            elif fd in child.outputs:
+                try:
+                    n = os.readv(fd, [out_buf])
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: the terminal's other side closed
+                    n = 0
+                if not n:
+                    del child.outputs[fd]
+                    if fd == child.master:  # still the terminal's input
+                        poller.register(fd, stdin_mask) if stdin_mask else poller.unregister(fd)
+                    else:
+                        poller.unregister(fd)
+                        os.close(fd)
+                    continue
+                ch.send(child.outputs[fd], out_buf[:n])
+                last_sent = last_output = time.monotonic()
+        if pending_in or stdin_eof:
+            feed_stdin()
+            if not reading_client and len(pending_in) <= MAX_DATA:
+                poller.register(sock_fd, IN)
+                reading_client = True
+        if time.monotonic() - last_sent >= KEEPALIVE:
+            ch.send(T_KEEPALIVE)
+            last_sent = time.monotonic()
+    code = child.status if child.status is not None else -signal.SIGKILL
+    result: dict = {"ok": True, "event": "exit", "timed_out": timed_out}
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -631,28 +867,47 @@ OPS = {"health": op_health, "version": op_health, "stat": op_stat, "list": op_li
 
 
 def serve_connection(sock: socket.socket) -> None:
+    """Requests on one connection, one after the other, until the client
+    closes it (or breaks the protocol, or leaves it idle for IDLE_TIMEOUT)."""
     ch = Channel(sock)
-    sock.settimeout(request_timeout)
+    first = True
     try:
-        try:
-            req = ch.recv_json()
-            op = OPS.get(req.get("op"))  # type: ignore[arg-type]
-            if op is None:
-                raise RequestError(f"unknown op {req.get('op')!r}", "ENOSYS")
-            reply = op(ch, req)
-        except RequestError as e:
-            reply = {"ok": False, "error": str(e), "code": e.code}
-        except (ProtocolError, EOFError):
-            return
-        except Exception as e:  # noqa: BLE001 (a bug here must not take the agent down)
-            reply = {"ok": False, "error": f"agent error: {type(e).__name__}: {e}", "code": "EIO"}
-        ch.send_json(reply)
+        while True:
+            sock.settimeout(request_timeout if first else IDLE_TIMEOUT)
+            try:
+                kind, payload = ch.recv()
+            except (EOFError, ProtocolError, OSError):
+                return
+            if kind != T_JSON:
+                # Standard input sent for a command that has ended meanwhile
+                # (or a keep-alive): nothing to do with it.
+                if kind in (T_STDIN, T_KEEPALIVE):
+                    continue
+                return
+            sock.settimeout(request_timeout)
+            try:
+                req = decode_json(payload)
+                op = OPS.get(req.get("op"))  # type: ignore[arg-type]
+                if op is None:
+                    raise RequestError(f"unknown op {req.get('op')!r}", "ENOSYS")
+                if op is op_exec:
+                    sock.settimeout(None)  # output is sent as long as the command runs
+                reply = op(ch, req)
+            except RequestError as e:
+                reply = {"ok": False, "error": str(e), "code": e.code}
+            except (ProtocolError, EOFError, ClientGone):
+                return
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 (a bug here must not take the agent down)
+                reply = {"ok": False, "error": f"agent error: {type(e).__name__}: {e}", "code": "EIO"}
+            reply["keep"] = True  # this connection takes another request
+            ch.send_json(reply)
+            first = False
     except OSError:
         pass
     finally:
         try:
-            # Wakes a thread of this request still blocked reading (a command's
-            # stdin reader); what was sent is still delivered.
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -675,7 +930,8 @@ def serve(listener: socket.socket) -> None:
                 continue
             raise
         if not slots.acquire(blocking=False):
-            Channel(sock).send_json({"ok": False, "error": "agent busy: too many requests at once", "code": "EBUSY"})
+            Channel(sock).send_json({"ok": False, "error": "agent busy: too many connections at once",
+                                     "code": "EBUSY"})  # fmt: skip
             sock.close()
             continue
 
@@ -690,6 +946,13 @@ def serve(listener: socket.socket) -> None:
 
 def listen_vsock(port: int) -> socket.socket:
     s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    # Accepted connections inherit the listener's buffer size (the host's
+    # credit). Python passes an int option of AF_VSOCK as the kernel's u64.
+    for opt in ("SO_VM_SOCKETS_BUFFER_MAX_SIZE", "SO_VM_SOCKETS_BUFFER_SIZE"):
+        try:
+            s.setsockopt(socket.AF_VSOCK, getattr(socket, opt), VSOCK_BUFFER)
+        except (AttributeError, OSError, TypeError, ValueError):
+            pass  # the kernel's default then
     s.bind((socket.VMADDR_CID_ANY, port))
     s.listen(64)
     return s
@@ -707,14 +970,17 @@ def listen_unix(path: str) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global request_timeout, _base_env, _home
     parser = argparse.ArgumentParser(description="pocketvm guest agent")
     parser.add_argument("--vsock-port", type=int, default=DEFAULT_PORT, help="vsock port to listen on (default 52)")
     parser.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead (for tests)")
     parser.add_argument("--request-timeout", type=float, default=request_timeout, metavar="SECONDS",
                         help="how long a client may take to send its request or file data (default 60)")
     args = parser.parse_args(argv)
-    globals()["request_timeout"] = args.request_timeout
+    request_timeout = args.request_timeout
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _base_env, _home = _base_environment()
+    os.chdir(_home)  # commands start in HOME unless asked otherwise: no directory change per command
     try:
         listener = listen_unix(args.unix) if args.unix else listen_vsock(args.vsock_port)
     except OSError as e:

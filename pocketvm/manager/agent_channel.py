@@ -20,9 +20,13 @@ from typing import Any, Iterable, Iterator
 from pocketvm.agent import client as A
 from pocketvm.manager import channel as C
 
-# VMs whose agent has answered once: later channels skip the wait for it.
-_seen_up: set[str] = set()
-_seen_lock = threading.Lock()
+# One agent client per VM (keyed by its vsock socket and that socket's
+# inode: a later VM of the same name has a new one), kept so that its
+# connections are reused from one channel to the next. Present means the
+# agent has accepted a connection once: later channels do not wait for it.
+_clients: dict[str, A.AgentClient] = {}
+_clients_lock = threading.Lock()
+MAX_CLIENTS = 256  # the least recently made are dropped (a VM that ended leaves its own)
 QUEUE_PIECES = 8
 
 
@@ -91,30 +95,33 @@ class AgentChannel:
     def __init__(self, vsock: Path | None = None, timeout: float = 30.0, client: A.AgentClient | None = None):
         """The agent of the VM whose vsock socket is `vsock` (or any `client`);
         the first channel to a VM waits up to `timeout` for its agent."""
-        self.client = client if client is not None else A.AgentClient.for_vm_socket(vsock, timeout=timeout)  # type: ignore[arg-type]
-        key = ""
-        if vsock is not None:
-            try:  # a VM of the same name later has a new socket
-                key = f"{vsock}:{os.stat(vsock).st_ino}"
-            except OSError:
-                key = str(vsock)
-        if key:
-            with _seen_lock:
-                seen = key in _seen_up
-            if not seen:
-                with _mapped("the guest agent does not answer"):
-                    self._wait_up(timeout)
-                with _seen_lock:
-                    _seen_up.add(key)
+        if client is not None or vsock is None:
+            self.client = client if client is not None else A.AgentClient(_no_connect)
+            return
+        try:  # a VM of the same name later has a new socket
+            key = f"{vsock}:{os.stat(vsock).st_ino}"
+        except OSError:
+            key = str(vsock)
+        with _clients_lock:
+            known = _clients.get(key)
+        if known is not None:
+            self.client = known
+            return
+        self.client = A.AgentClient.for_vm_socket(vsock, timeout=timeout)
+        with _mapped("the guest agent does not answer"):
+            self._wait_up(timeout)
+        with _clients_lock:
+            _clients.setdefault(key, self.client)
+            while len(_clients) > MAX_CLIENTS:
+                _clients.pop(next(iter(_clients))).close()
 
     def _wait_up(self, timeout: float) -> None:
-        """Until the agent answers `health`. Just after a restore the guest is
-        still settling: the first connection is often reset by the vsock
-        transport reset (the restore's), so try again soon rather than late."""
+        """Until the agent accepts a connection, which is kept for the first
+        request (just after a restore its guest may still be setting up)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.client.health()
+                self.client.warm()
                 return
             except (A.AgentUnavailable, A.AgentTimeout):
                 if time.monotonic() > deadline:
@@ -199,4 +206,18 @@ class AgentChannel:
         return int(reply.get("size", 0))
 
     def close(self) -> None:
-        pass  # one connection per request: nothing stays open
+        pass  # the VM's client keeps its idle connections for the next channel
+
+
+def forget(vsock: Path) -> None:
+    """Close the kept connections to a VM that is being deleted."""
+    prefix = f"{vsock}:"
+    with _clients_lock:
+        gone = [k for k in _clients if k.startswith(prefix) or k == str(vsock)]
+        clients = [_clients.pop(k) for k in gone]
+    for c in clients:
+        c.close()
+
+
+def _no_connect(timeout: float) -> Any:
+    raise A.AgentUnavailable("no vsock socket to reach the agent through")

@@ -4,10 +4,9 @@ Everything that reaches inside a sandbox (the REST API's exec and files, the
 Python API's `run` and `files`, `pocket exec` and `pocket cp`) goes through a
 `GuestChannel`, made by `open_channel` for a VM's vsock socket. Its one
 implementation talks to pocketvm's guest agent (vsock port 52) through the
-agent's host-side client; while that client is not part of pocketvm, every
-channel operation raises `AgentUnavailable` (there is deliberately no
-fallback over the serial console: a console cannot tell a command's output
-from the guest's own messages, nor carry binary files).
+agent's host-side client (there is deliberately no fallback over the serial
+console: a console cannot tell a command's output from the guest's own
+messages, nor carry binary files).
 
 Errors are typed: the caller can tell a command that ran too long from a
 sandbox that went away from a guest whose agent misbehaves.
@@ -100,13 +99,6 @@ class GuestChannel(Protocol):
 def open_channel(vsock: Path, timeout: float = 30.0) -> GuestChannel:
     """A channel to the agent of the VM whose vsock socket is `vsock`;
     waits up to `timeout` seconds for the agent to answer."""
-    import importlib.util
+    from pocketvm.manager.agent_channel import AgentChannel
 
-    if importlib.util.find_spec("pocketvm.agent") is None:
-        raise AgentUnavailable("the guest agent client is not part of this pocketvm yet: "
-                               "exec and file transfer need it")  # fmt: skip
-    try:
-        from pocketvm.manager.agent_channel import AgentChannel
-    except ImportError as e:
-        raise AgentUnavailable(f"the guest agent client cannot be loaded: {e}") from None
     return AgentChannel(vsock, timeout=timeout)

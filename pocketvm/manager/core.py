@@ -359,6 +359,10 @@ class Manager:
             if directory is not None and directory.exists():
                 shutil.rmtree(directory, ignore_errors=True)
         rt = control.socket_path(vm.name)
+        if vm.vsock:
+            from pocketvm.manager.agent_channel import forget
+
+            forget(Path(vm.vsock))  # connections kept to its agent
         for path in (rt, rt.with_suffix(".vsock"), rt.with_suffix(control.DISKS_SUFFIX)):
             if path.exists() and not (path.suffix in (".sock", ".vsock") and _listening(path)):
                 path.unlink(missing_ok=True)

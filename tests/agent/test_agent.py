@@ -540,8 +540,9 @@ def test_a_silent_client_does_not_hold_the_agent(tmp_path):
 
 
 def test_finished_requests_leave_no_threads_in_the_agent(agent, client):
-    """A command's stdin reader ends with its request, even while the client
-    keeps the connection open."""
+    """A command leaves no thread behind (its stdin is served by its
+    connection's thread): a connection kept open for the next request has
+    one thread, and none once it is closed."""
     import re as _re
 
     def threads() -> int:
@@ -560,11 +561,15 @@ def test_finished_requests_leave_no_threads_in_the_agent(agent, client):
             reply += s.recv(65536)
         held.append(s)
     deadline = time.monotonic() + 10
+    while threads() > base + len(held) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() == base + len(held)
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 10
     while threads() > base and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threads() == base
-    for s in held:
-        s.close()
 
 
 def test_commands_get_a_login_environment(tmp_path):
@@ -587,3 +592,61 @@ def test_commands_get_a_login_environment(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_connection_serves_requests_one_after_the_other(agent):
+    """Protocol 2: after a final reply ("keep": true) the same connection takes the next request."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(agent.path))
+    ch = proto.Channel(s)
+    for i in range(3):
+        ch.send_json({"op": "exec", "argv": ["echo", str(i)]})
+        assert ch.recv_json()["event"] == "started"
+        kind, data = ch.recv()
+        assert (kind, bytes(data)) == (b"O", f"{i}\n".encode())
+        final = ch.recv_json()
+        assert final["exit_code"] == 0 and final["keep"] is True
+        ch.send_json({"op": "health"})
+        assert ch.recv_json()["keep"] is True
+    s.close()
+
+
+def test_the_client_reuses_connections_and_replaces_stale_ones(tmp_path):
+    connects = []
+    path = tmp_path / "agent.sock"
+
+    def connect(timeout: float) -> socket.socket:
+        connects.append(1)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(str(path))
+        return s
+
+    a = Agent(path)
+    try:
+        client = AgentClient(connect, timeout=20)
+        for _ in range(5):
+            assert client.run(["true"]).exit_code == 0
+            client.health()
+        assert len(connects) == 1
+        a.stop()
+        a = Agent(path)  # the kept connection now leads nowhere: a new one is made
+        assert client.run(["echo", "again"]).stdout == b"again\n"
+        assert len(connects) == 2
+        # A command given stdin leaves its connection unused afterwards.
+        assert client.run(["cat"], input=b"x").stdout == b"x"
+        assert client.run(["true"]).exit_code == 0
+        assert len(connects) == 3
+    finally:
+        a.stop()
+
+
+def test_stdin_and_output_flow_at_once(client):
+    """A command that writes as much as it reads: neither side waits for the other."""
+    data = os.urandom(8 * MiB)
+    r = client.run(["cat"], input=data)
+    assert r.stdout == data
+    # One that never reads its input ends all the same.
+    r = client.run(["sh", "-c", "echo bye"], input=os.urandom(4 * MiB))
+    assert (r.stdout, r.exit_code) == (b"bye\n", 0)
