@@ -223,28 +223,31 @@ def _stat_dict(st: os.stat_result) -> dict:
 
 
 class Checksum:
-    """A transfer's checksum. CRC-32 by default: it catches data damaged or
-    cut on the way, and runs about ten times faster than SHA-256 on an
-    emulated CPU without crypto instructions (19 vs 1.6 MiB/s measured in
-    pocketvm's guest). SHA-256 when asked."""
+    """A transfer's checksum, to catch data damaged or cut on the way.
+    Adler-32 (what the host client asks for), CRC-32 (the default of a
+    request that names none) or SHA-256. On the emulated CPU, without
+    crypto or carry-less multiply instructions, the checksum costs as much
+    as moving the bytes through vsock: measured in pocketvm's guest, Adler-32
+    runs at 34 MiB/s, CRC-32 at 16, SHA-256 at 1 (a busy 2-core host)."""
 
-    ALGORITHMS = ("crc32", "sha256")
+    ALGORITHMS = ("adler32", "crc32", "sha256")
 
     def __init__(self, algorithm: object = "crc32"):
         if algorithm not in self.ALGORITHMS:
-            raise RequestError(f"unknown checksum {algorithm!r} (use crc32 or sha256)")
+            raise RequestError(f"unknown checksum {algorithm!r} (use adler32, crc32 or sha256)")
         self.algorithm = str(algorithm)
         self._sha = hashlib.sha256() if algorithm == "sha256" else None
-        self._crc = 0
+        self._fn = zlib.adler32 if algorithm == "adler32" else zlib.crc32
+        self._value = 1 if algorithm == "adler32" else 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._sha is not None:
             self._sha.update(data)
         else:
-            self._crc = zlib.crc32(data, self._crc)
+            self._value = self._fn(data, self._value)
 
     def hexdigest(self) -> str:
-        return self._sha.hexdigest() if self._sha is not None else f"{self._crc:08x}"
+        return self._sha.hexdigest() if self._sha is not None else f"{self._value:08x}"
 
 
 # --- operations ------------------------------------------------------------------------------

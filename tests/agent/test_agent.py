@@ -184,12 +184,16 @@ def test_upload_and_download_64_mib_with_checksums(client, tmp_path):
         client.upload(local, str(target))
     assert e.value.code == "ENOENT"
     info = client.upload(local, str(target), mode=0o600, parents=True)
-    assert info["digest"] == f"{zlib.crc32(data):08x}" and info["checksum"] == "crc32"
+    assert info["digest"] == f"{zlib.adler32(data):08x}" and info["checksum"] == "adler32"
     assert target.read_bytes() == data and (target.stat().st_mode & 0o777) == 0o600
     back = tmp_path / "back.bin"
     info = client.download(str(target), back)
     assert back.read_bytes() == data and info["mode"] == 0o600 and info["size"] == len(data)
-    # SHA-256 when asked, both ways.
+    # CRC-32 and SHA-256 when asked, both ways.
+    info = client.upload(data[: 3 * MiB], str(target), checksum="crc32")
+    assert info["digest"] == f"{zlib.crc32(data[: 3 * MiB]):08x}"
+    info = client.download(str(target), back, checksum="crc32")
+    assert info["digest"] == f"{zlib.crc32(data[: 3 * MiB]):08x}" and back.read_bytes() == data[: 3 * MiB]
     info = client.upload(data[: 5 * MiB], str(target), checksum="sha256")
     assert info["digest"] == hashlib.sha256(data[: 5 * MiB]).hexdigest()
     info = client.download(str(target), back, checksum="sha256")
