@@ -58,6 +58,8 @@ DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
 MAX_IN_FLIGHT = 2
+# How often the hart looks for finished translations (a look is a system call).
+POLL_INTERVAL = 0.0005
 
 
 def mode_from_env(default: str = "off") -> int:
@@ -96,14 +98,10 @@ class Stats:
 
 @dataclass
 class HartStats:
-    """Where the hart's thread spends its time (wall clock)."""
+    """What tier 1 costs the hart's thread."""
 
     runs: int = 0  # run() calls of the core
-    between_seconds: float = 0.0  # from one service() to the next: the core, devices, the run loop
-    between_cpu: float = 0.0  # the hart thread's CPU time in the same spans (less: it waited for a core or the GIL)
-    service_seconds: float = 0.0  # in service(): requests and installing translations
-    last_wall: float = 0.0
-    last_cpu: float = 0.0
+    service_seconds: float = 0.0  # in service() (wall): requests and installing translations
 
 
 # The service only writes IR text and calls LLVM: it needs neither numba nor
@@ -137,7 +135,9 @@ class _ServiceProcess:
             [sys.executable, "-c", _SERVICE_BOOT, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # the console's signals are the VM's, not its compiler's
+            # Same session as the VM: with the kernel's autogroup scheduling a
+            # session of its own would get a share of the CPU equal to the
+            # VM's, whatever the service's nice value.
         )
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -194,12 +194,14 @@ class Tier1:
         self.stats = Stats()
         self.hart_stats = HartStats()
         self._born = time.perf_counter()
+        self._born_cpu = time.process_time()
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), llvm.Target.from_default_triple().create_target_machine(jit=True))
         self._addresses: dict[str, int] = {}  # loaded functions
         self.background = mode == L.MODE_ON
         self._local: TranslationService | None = None
         self._remote: _ServiceProcess | None = None
         self._in_flight = 0
+        self._next_poll = 0.0
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
         if self.background:  # it takes a few tenths of a second to start: while the VM sets up
@@ -213,30 +215,29 @@ class Tier1:
         return int(self.table[L.JT_MODE])
 
     def service(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
-        """Between two run() calls: install what has arrived, hand over what is queued."""
+        """Between two run() calls: install what has arrived, hand over what is queued.
+        Called tens of thousands of times a second: it must cost next to nothing."""
+        now = time.perf_counter()
         h = self.hart_stats
-        now, cpu = time.perf_counter(), time.thread_time()
-        if h.last_wall:
-            h.runs += 1
-            h.between_seconds += now - h.last_wall
-            h.between_cpu += cpu - h.last_cpu
-        try:
-            self._service(ram16, ctab)
-        finally:
-            h.last_wall, h.last_cpu = time.perf_counter(), time.thread_time()
-            h.service_seconds += h.last_wall - now
-
-    def _service(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
-        table = self.table
+        h.runs += 1
         remote = self._remote
-        if remote is not None and self._in_flight:
+        if remote is not None and now >= self._next_poll:
+            self._next_poll = now + POLL_INTERVAL
             try:
-                while self._in_flight and remote.poll():
-                    self._in_flight -= 1
-                    self._apply(remote.receive())
+                while remote.poll():
+                    reply = remote.receive()
+                    if reply.solicited:
+                        self._in_flight -= 1
+                    self._apply(reply)
             except (EOFError, OSError) as e:
                 self._fail(f"the translation service stopped: {e}")
-                return
+        if self.table[L.JT_QLEN]:
+            self._hand_over(ram16, ctab)
+        h.service_seconds += time.perf_counter() - now
+
+    def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
+        table = self.table
+        remote = self._remote
         count = int(table[L.JT_QLEN])
         if not count or self._broken or self._in_flight >= MAX_IN_FLIGHT:
             return
@@ -285,7 +286,9 @@ class Tier1:
         asked = set()
         for tkey, name in reply.installs:
             asked.add(tkey)
-            self._install(tkey, self._address(name) if name is not None else 0)
+            # Spare-time work never takes a slot from another block.
+            if reply.solicited or self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:
+                self._install(tkey, self._address(name) if name is not None else 0)
         for tkey in reply.cold:
             self._probed.add(tkey)
             slot = L.slot_index(tkey >> 1)
@@ -336,8 +339,8 @@ class Tier1:
         return (
             self.stats.summary(int(t[L.JT_STALE]))
             + f"; {int(t[L.JT_NATIVE])} instructions in translated code, {int(t[L.JT_CALLS])} calls from the interpreter"
-            + f"; hart: {h.runs} run() calls, {h.between_seconds:.2f} s wall / {h.between_cpu:.2f} s CPU between them, "
-            f"{h.service_seconds:.3f} s servicing, {time.perf_counter() - self._born:.2f} s since start"
+            + f"; hart: {h.runs} run() calls, {h.service_seconds:.3f} s servicing them; VM process "
+            f"{time.process_time() - self._born_cpu:.2f} s CPU in {time.perf_counter() - self._born:.2f} s"
         )
 
     def close(self) -> None:

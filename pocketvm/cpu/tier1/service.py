@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pocketvm.cpu.tier1.translator import VERSION, CompileTimes, ObjectCompiler,
 log = logging.getLogger(__name__)
 
 PAGE = 4096
+MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Reply:
     cpu_seconds: float = 0.0  # the service's CPU time for this request
     times: CompileTimes = field(default_factory=CompileTimes)
     cache_bytes: int = -1
+    solicited: bool = True  # False: spare-time work (see `compile_backlog`), not the answer to a request
 
 
 class _PageWords:
@@ -90,6 +93,7 @@ class TranslationService:
         self._compiler = ObjectCompiler()
         self.cache = cache if cache is not None else ObjectCache(cache_path(VERSION))
         self._sent: set[str] = set()  # batches the caller has loaded
+        self.backlog: dict[int, tuple[int, Region]] = {}  # warm blocks not compiled yet: (entry key, region)
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -105,16 +109,39 @@ class TranslationService:
                     reply.installs.append((tkey, hit[1]))
                     reply.cached += 1
                     continue
-                if not may_compile:
-                    reply.cold.append(tkey)
-                    continue
                 off = tkey >> 1
                 region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
                 if not region.blocks or region.size < req.min_region:
                     reply.installs.append((tkey, None))
                     reply.empty += 1
-                    continue
-                misses.append((entry, tkey, region))
+                elif not may_compile:
+                    reply.cold.append(tkey)
+                    self.backlog[tkey] = (entry, region)
+                    if len(self.backlog) > MAX_BACKLOG:
+                        del self.backlog[next(iter(self.backlog))]
+                else:
+                    self.backlog.pop(tkey, None)
+                    misses.append((entry, tkey, region))
+        self._compile(misses, reply)
+        reply.cpu_seconds = time.thread_time() - t0
+        return reply
+
+    def compile_backlog(self, most: int = 16) -> Reply | None:
+        """Spare time: compile some of the blocks that were only warm, for the
+        persistent cache (the next boot finds them) and for the VM now."""
+        if not self.backlog:
+            return None
+        t0 = time.thread_time()
+        reply = Reply(solicited=False)
+        work = []
+        for tkey in list(self.backlog)[:most]:
+            entry, region = self.backlog.pop(tkey)
+            work.append((entry, tkey, region))
+        self._compile(work, reply)
+        reply.cpu_seconds = time.thread_time() - t0
+        return reply
+
+    def _compile(self, misses: list[tuple[int, int, Region]], reply: Reply) -> None:
         if misses:
             batch = new_batch_id()
             named = [(f"t{batch}_{i}", entry, tkey, region) for i, (entry, tkey, region) in enumerate(misses)]
@@ -133,8 +160,6 @@ class TranslationService:
                 [(entry, tkey, name, code_signature(tkey >> 1, region), region.size) for name, entry, tkey, region in named],
             )
             reply.cache_bytes = self.cache.size()
-        reply.cpu_seconds = time.thread_time() - t0
-        return reply
 
     def _send(self, batch: str, reply: Reply) -> bool:
         """Put a cached batch into the reply unless the caller has it; False if it cannot be read."""
@@ -171,6 +196,7 @@ def main() -> int:
         os.nice(19)
     except OSError:
         pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the VM decides when to stop: it closes the socket
     conn = Connection(int(sys.argv[1]))
     try:
         ctab = np.frombuffer(conn.recv_bytes(), dtype=np.int32)  # the VM's expansion table for compressed code
@@ -179,15 +205,25 @@ def main() -> int:
     service = TranslationService(ctab)
     try:
         while True:
+            reply: Reply | None = None
             try:
-                req = pickle.loads(conn.recv_bytes())
+                if service.backlog and not conn.poll(0):
+                    try:
+                        reply = service.compile_backlog()
+                    except Exception:
+                        log.exception("tier 1 could not translate spare-time blocks")
+                        service.backlog.clear()
+                        continue
+                else:
+                    req = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 return 0
-            try:
-                reply = service.handle(req)
-            except Exception:  # a translator bug: those blocks stay interpreted
-                log.exception("tier 1 could not translate %d pages", len(req.pages))
-                reply = Reply(installs=[(k, None) for p in req.pages for k in p.keys])
+            if reply is None:
+                try:
+                    reply = service.handle(req)
+                except Exception:  # a translator bug: those blocks stay interpreted
+                    log.exception("tier 1 could not translate %d pages", len(req.pages))
+                    reply = Reply(installs=[(k, None) for p in req.pages for k in p.keys])
             try:
                 conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
             except (EOFError, OSError):

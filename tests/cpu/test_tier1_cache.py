@@ -1,0 +1,157 @@
+"""The persistent translation cache: reused across machines, wherever the
+code is loaded, and safe against whatever is found on disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from pocketvm.cpu import state as S
+from pocketvm.cpu.hart import Hart
+from pocketvm.cpu.tier1 import layout as L
+from pocketvm.cpu.tier1.objcache import ObjectCache
+from pocketvm.memory import GuestRAM
+
+A0, A1 = 10, 11
+
+
+def addi(rd: int, rs1: int, imm: int) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+
+
+def bne_back(rs1: int, rs2: int, bytes_back: int) -> int:
+    imm = -bytes_back & 0x1FFF
+    return (
+        (((imm >> 12) & 1) << 31) | (((imm >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (1 << 12)
+        | (((imm >> 1) & 0xF) << 8) | (((imm >> 11) & 1) << 7) | 0x63
+    )  # fmt: skip
+
+
+def loop_hart(at: int, jit: str = "all") -> Hart:
+    """At RAM + `at`: a0 += 3; a1 -= 1; bne a1, zero, back; then an endless self-loop.
+    With a1 = 1000 the loop leaves a0 = 3000."""
+    hart = Hart(0, GuestRAM(1 << 20), S.new_shared_state(1), jit=jit)
+    base = S.RAM_BASE + at
+    for i, insn in enumerate([addi(A0, A0, 3), addi(A1, A1, -1), bne_back(A1, 0, 8), 0x0000006F]):
+        hart.ram.write_int(base + 4 * i, 4, insn)
+    hart.pc = base
+    hart.set_x(A1, 1000)
+    return hart
+
+
+def run_loop(hart: Hart) -> None:
+    hart.run(3010)
+    assert hart.x(A0) == 3000 and hart.x(A1) == 0
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) == 3010
+
+
+@pytest.fixture
+def jit_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    where = tmp_path / "jit"
+    monkeypatch.setenv("POCKETVM_JIT_CACHE", str(where))
+    return where
+
+
+def test_second_machine_runs_the_code_the_first_compiled(jit_cache: Path) -> None:
+    first = loop_hart(0x1000)
+    run_loop(first)
+    assert first.tier1.stats.blocks >= 1 and first.tier1.stats.cached == 0
+    first.tier1.close()
+    second = loop_hart(0x1000)  # a new machine: its own table at another host address, its own code
+    run_loop(second)
+    assert second.tier1.stats.blocks == 0, "compiled again instead of taken from the cache"
+    assert second.tier1.stats.cached >= 1
+    assert int(second.tier1.table[L.JT_NATIVE]) > 2000, "the cached code did not run"
+
+
+def test_the_same_code_elsewhere_in_ram_uses_the_cache(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    moved = loop_hart(0x5000)  # same place in its page, another page
+    run_loop(moved)
+    assert moved.tier1.stats.blocks == 0 and moved.tier1.stats.cached >= 1
+    assert int(moved.tier1.table[L.JT_NATIVE]) > 2000
+
+
+def test_changed_code_is_not_taken_from_the_cache(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    other = loop_hart(0x1000)
+    other.ram.write_int(S.RAM_BASE + 0x1000, 4, addi(A0, A0, 5))  # a0 += 5 now
+    other.run(3010)
+    assert other.x(A0) == 5000
+    assert other.tier1.stats.blocks >= 1
+
+
+def test_a_file_that_is_not_a_cache_is_replaced(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    (db,) = jit_cache.glob("tier1-*.sqlite")
+    db.write_bytes(b"this is not a database" * 1000)
+    hart = loop_hart(0x1000)
+    run_loop(hart)  # compiles afresh, no crash
+    assert hart.tier1.stats.blocks >= 1
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM batch").fetchone()[0] >= 1
+
+
+def test_a_truncated_cache_is_survived(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    (db,) = jit_cache.glob("tier1-*.sqlite")
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+    run_loop(loop_hart(0x1000))
+
+
+def test_a_damaged_object_is_never_loaded(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    (db,) = jit_cache.glob("tier1-*.sqlite")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE batch SET object = zeroblob(length(object))")
+    con.close()
+    hart = loop_hart(0x1000)
+    run_loop(hart)
+    assert hart.tier1.stats.cached == 0 and hart.tier1.stats.blocks >= 1
+
+
+def test_objects_of_another_translator_version_are_dropped(jit_cache: Path) -> None:
+    jit_cache.mkdir(parents=True)
+    old = jit_cache / "tier1-0000000000000000.sqlite"
+    old.write_bytes(b"an old cache")
+    run_loop(loop_hart(0x1000))
+    assert not old.exists()
+
+
+def test_the_cache_stays_within_its_size(tmp_path: Path) -> None:
+    cache = ObjectCache(tmp_path / "c.sqlite", max_bytes=64 << 10)
+    for i in range(40):
+        cache.store(f"b{i}", bytes([i]) * (8 << 10), [(i, 2 * i, f"f{i}", b"sig", 5)])
+        time.sleep(0.001)  # distinct last-use times
+    assert cache.size() <= 64 << 10
+    assert cache.load("b39") is not None, "the newest batch went"
+    assert cache.load("b0") is None, "the oldest batch stayed"
+    assert cache.lookup(0, lambda sig: True, 1) is None and cache.lookup(39, lambda sig: True, 1) == ("b39", "f39")
+
+
+def test_off_disables_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POCKETVM_JIT_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for _ in range(2):
+        hart = loop_hart(0x1000)
+        run_loop(hart)
+        assert hart.tier1.stats.blocks >= 1 and hart.tier1.stats.cached == 0
+    assert not (tmp_path / "pocketvm" / "jit").exists()
+
+
+def test_the_translation_service_process_translates_and_ends_with_the_machine(jit_cache: Path) -> None:
+    hart = loop_hart(0x1000, jit="on")
+    hart.tier1.table[L.JT_THRESHOLD] = 5  # compile at once: no probing first
+    hart.tier1._rearm = 0
+    hart.set_x(A1, 1 << 40)  # a loop that keeps going
+    deadline = time.monotonic() + 60
+    while int(hart.tier1.table[L.JT_NATIVE]) == 0 and time.monotonic() < deadline:
+        hart.run(200_000)
+    assert int(hart.tier1.table[L.JT_NATIVE]) > 0, "nothing ran translated"
+    proc = hart.tier1._remote.proc  # type: ignore[union-attr]
+    hart.tier1.close()
+    assert proc.poll() is not None
