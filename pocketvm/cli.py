@@ -253,6 +253,7 @@ def build_config(
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]|web,vnc[:PORT]", help="Give the VM a screen (virtio-gpu), keyboard and tablet. 'web': a page on 127.0.0.1 with the screen and the serial console (its URL, with a secret token, is printed); 'vnc': any VNC viewer on 127.0.0.1:PORT (default the first free from 5900); 'web,vnc': both.")
 @click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
 @click.option("--jit", type=click.Choice(["off", "on"]), help="Translate hot guest code to host code (tier 1; default off, or $POCKETVM_JIT); statistics with -v.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time-to-live: then the VM is stopped and the disks pocketvm made for it (an --image overlay) are deleted, written or not; --disk files stay.")
 def run(
     memory: str | None,
     cpus: int | None,
@@ -270,6 +271,7 @@ def run(
     display: str,
     display_size: str,
     jit: str | None,
+    ttl: float | None,
 ) -> None:
     """Boot a VM with the console attached.
 
@@ -285,7 +287,8 @@ def run(
 
         if kernel or initrd or bios or append:
             raise click.UsageError("--image brings its own kernel, initrd, firmware and command line")
-        sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size))
+        sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size,
+                           TimeToLive.of(ttl)))
     config = build_config(DEFAULT_MEMORY if memory is None else memory, 1 if cpus is None else cpus, kernel,
                           initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
@@ -297,10 +300,38 @@ def run(
         from pocketvm.machine import DisplaySpec
 
         config.display = DisplaySpec(*parse_size(display_size))
-    sys.exit(run_vm(config, shown))
+    sys.exit(run_vm(config, shown, TimeToLive.of(ttl)))
 
 
-def run_vm(config: VMConfig, display: Any = None) -> int:
+class TimeToLive:
+    """`--ttl`: how long a VM may run; `expired` once it was stopped for it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+
+    @classmethod
+    def of(cls, seconds: float | None) -> TimeToLive | None:
+        return cls(seconds) if seconds else None
+
+    def start(self, vm: Any) -> Any:
+        """A timer that stops `vm` when the time is up (cancel it when the VM ends first)."""
+        import threading
+
+        from pocketvm.machine import ExitStatus
+
+        def expire() -> None:
+            self.expired = True
+            status = ExitStatus(124, "ttl", f"time-to-live of {self.seconds:g} s reached: the VM was stopped")
+            vm.submit(lambda: vm.request_stop(status))
+
+        timer = threading.Timer(self.seconds, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+def run_vm(config: VMConfig, display: Any = None, ttl: TimeToLive | None = None) -> int:
     from pocketvm.console import HostConsole
     from pocketvm.control import ControlServer, check_name, generate_name
     from pocketvm.machine import VirtualMachine
@@ -313,7 +344,7 @@ def run_vm(config: VMConfig, display: Any = None) -> int:
             vm.load_boot_files()
             for warning in vm.boot_plan.warnings:
                 click.echo(f"pocket: warning: {warning}", err=True)
-            return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting", display)
+            return _attach_and_run(vm, console, server, {"origin": "boot"}, "is booting", display, ttl)
         finally:
             vm.close()
 
@@ -326,7 +357,8 @@ class _Terminated(BaseException):
         self.signum = signum
 
 
-def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str, display: Any = None) -> int:
+def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str, display: Any = None,
+                    ttl: TimeToLive | None = None) -> int:
     """Serve the control socket, run the VM with the console attached, report how it ended.
 
     `display` (a pocketvm.web.attach.DisplayChoice) puts the screen and console on the web or VNC."""
@@ -354,12 +386,15 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control
     # socket, console mode, a restored VM's disk copies) still happens.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    timer = ttl.start(vm) if ttl is not None else None
     try:
         with console:
             status = vm.run()
     except _Terminated as e:
         status = ExitStatus(128 + e.signum, "terminated", f"terminated by {signal.Signals(e.signum).name}")
     finally:
+        if timer is not None:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if viewer is not None:
@@ -382,7 +417,9 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
 @click.option("--discard", is_flag=True, help="Throw the VM away when it ends: delete its disk copies even if the guest wrote to them.")
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]|web,vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
 @click.option("--nic", "nics", multiple=True, metavar="user[,...]|none", help="Connect the snapshot's network interfaces otherwise than when saved, one --nic each: 'user' (as for `pocket run`) or 'none' (cable out).")
-def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str, nics: tuple[str, ...]) -> None:
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time-to-live: then the VM is stopped and its disk copies deleted, written or not.")
+def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str, nics: tuple[str, ...],
+            ttl: float | None) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
 
     The snapshot is checked first and never changed: it can be restored any
@@ -399,11 +436,11 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
 
     specs = [NicSpec("none") if n == "none" else _parse_nic(n) for n in nics] if nics else None
     sys.exit(restore_snapshot(directory, name, Path(disk_dir) if disk_dir else None, discard, parse_display(display),
-                              nics=specs))
+                              nics=specs, ttl=TimeToLive.of(ttl)))
 
 
 def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, discard: bool, shown: Any = None,
-                     what: str | None = None, nics: list[NicSpec] | None = None) -> int:
+                     what: str | None = None, nics: list[NicSpec] | None = None, ttl: TimeToLive | None = None) -> int:
     """Restore the snapshot in directory as VM `name` with the console attached; its exit status."""
     import threading
 
@@ -429,11 +466,11 @@ def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, di
             origin = str(restored.snapshot.path)
             code = _attach_and_run(
                 restored.vm, console, server, {"origin": "restore", "snapshot": origin},
-                what or f"restored from {origin}", shown,
+                what or f"restored from {origin}", shown, ttl,
             )
         finally:
             restored.vm.close()
-            if discard:
+            if discard or (ttl is not None and ttl.expired):
                 restored.disks.discard()
             kept = restored.disks.finish()
             if kept is not None:

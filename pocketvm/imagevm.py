@@ -17,10 +17,14 @@ it and deleted when it did not.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pocketvm.images.errors import ImageError
+
+if TYPE_CHECKING:
+    from pocketvm.cli import TimeToLive
 
 
 def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str, ...], deterministic: bool,
@@ -44,7 +48,8 @@ def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str
 
 
 def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tuple[str, ...], nics: tuple[str, ...],
-              vsock: str, name: str, deterministic: bool, display: str, display_size: str) -> int:
+              vsock: str, name: str, deterministic: bool, display: str, display_size: str,
+              ttl: TimeToLive | None = None) -> int:
     from pocketvm.cli import _parse_nic, build_config, restore_snapshot, run_vm
     from pocketvm.control import check_name, generate_name
     from pocketvm.images.debian import BOOT_APPEND, load
@@ -69,7 +74,7 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
             raise click.UsageError(f"image {image_name}'s template has one network interface; "
                                    f"boot with --cpus/--memory other than the template's for more")
         return restore_snapshot(image.template, vm_name, None, False, shown, nics=specs,
-                                what=f"started from image {image_name}'s template")
+                                what=f"started from image {image_name}'s template", ttl=ttl)
 
     disk_dir = default_disk_dir(vm_name)
     disk_dir.mkdir(parents=True, exist_ok=True)
@@ -89,17 +94,17 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
             from pocketvm.machine import DisplaySpec
 
             config.display = DisplaySpec(*parse_size(display_size))
-        return run_vm(config, shown)
+        return run_vm(config, shown, ttl)
     finally:
-        _keep_or_drop(overlay, fresh_size)
+        _keep_or_drop(overlay, fresh_size, discard=ttl is not None and ttl.expired)
 
 
-def _keep_or_drop(overlay: Path, fresh_size: int) -> None:
+def _keep_or_drop(overlay: Path, fresh_size: int, discard: bool = False) -> None:
     try:
         written = overlay.stat().st_size != fresh_size
     except OSError:
         return
-    if written:
+    if written and not discard:
         click.echo(f"pocket: the guest wrote to its root disk; it is kept in {overlay} "
                    f"(attach it with --disk, or delete it)", err=True)
     else:

@@ -17,3 +17,16 @@ def test_exec_and_cp_errors(ticker_snapshot, tmp_path):
         one_line_error(pocket("cp", str(tmp_path / "f"), "tick:/root/f"), "agent")
         p.send("q")
         p.wait(30)
+
+
+def test_run_and_restore_with_a_time_to_live(ticker_snapshot, ticker_forever, runtime):
+    """--ttl stops the VM (status 124, one line saying why) and deletes the
+    disk copies pocketvm made for it, even those the guest wrote."""
+    run = pocket("run", "--bios", "none", "--kernel", ticker_forever, "--ttl", "1.5", timeout=60)
+    assert run.returncode == 124 and "time-to-live of 1.5 s reached" in run.stderr.decode()
+    disks = runtime / "disks-ttl"
+    run = pocket("restore", str(ticker_snapshot), "--disk-dir", str(disks), "--ttl", "1", timeout=60)
+    assert run.returncode == 124 and "time-to-live of 1 s reached" in run.stderr.decode()
+    assert not disks.exists() or not any(disks.iterdir())
+    bad = pocket("run", "--ttl", "0")
+    assert bad.returncode == 2 and b"--ttl" in bad.stderr and b"Traceback" not in bad.stderr
