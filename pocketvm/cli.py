@@ -254,6 +254,7 @@ def build_config(
 @click.option("--display-size", default="1024x768", show_default=True, metavar="WxH", help="The screen's resolution, with --display.")
 @click.option("--jit", type=click.Choice(["off", "on"]), help="Translate hot guest code to host code (tier 1; default off, or $POCKETVM_JIT); statistics with -v.")
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time-to-live: then the VM is stopped and the disks pocketvm made for it (an --image overlay) are deleted, written or not; --disk files stay.")
+@click.option("--user", "user", metavar="NAME|UID", help="Started as root: become this user once the VM is set up (RAM, disks, sockets open), before the guest runs.")
 def run(
     memory: str | None,
     cpus: int | None,
@@ -272,6 +273,7 @@ def run(
     display_size: str,
     jit: str | None,
     ttl: float | None,
+    user: str | None,
 ) -> None:
     """Boot a VM with the console attached.
 
@@ -282,13 +284,14 @@ def run(
     With --image, the VM's root disk is a qcow2 overlay of the image's base;
     if the guest wrote to it, it is kept and its path printed at the end.
     """
+    lifetime = Lifetime.of(ttl, user)
     if image is not None:
         from pocketvm.imagevm import run_image
 
         if kernel or initrd or bios or append:
             raise click.UsageError("--image brings its own kernel, initrd, firmware and command line")
         sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size,
-                           TimeToLive.of(ttl)))
+                           lifetime))
     config = build_config(DEFAULT_MEMORY if memory is None else memory, 1 if cpus is None else cpus, kernel,
                           initrd, bios, append, disks, name, mirror, nics, vsock)
     config.deterministic = deterministic
@@ -300,38 +303,61 @@ def run(
         from pocketvm.machine import DisplaySpec
 
         config.display = DisplaySpec(*parse_size(display_size))
-    sys.exit(run_vm(config, shown, TimeToLive.of(ttl)))
+    sys.exit(run_vm(config, shown, lifetime))
 
 
-class TimeToLive:
-    """`--ttl`: how long a VM may run; `expired` once it was stopped for it."""
+class Lifetime:
+    """What `--ttl` and `--user` ask of a VM's run: how long it may run
+    (`expired` once it was stopped for it), and the user to become before
+    the guest runs (with the paths to give that user: its own disks)."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, ttl: float | None = None, user: str | None = None):
+        self.ttl = ttl
         self.expired = False
+        self.user = user
+        self.own: list[Path] = []
 
     @classmethod
-    def of(cls, seconds: float | None) -> TimeToLive | None:
-        return cls(seconds) if seconds else None
+    def of(cls, ttl: float | None, user: str | None) -> Lifetime | None:
+        if user is not None:
+            from pocketvm.manager.harden import run_as
 
-    def start(self, vm: Any) -> Any:
-        """A timer that stops `vm` when the time is up (cancel it when the VM ends first)."""
+            run_as(user)  # a bad --user fails now, before anything starts
+        return cls(ttl, user) if ttl or user else None
+
+    def begin(self, vm: Any) -> Any:
+        """Just before the guest runs: become the user; start the timer that
+        stops `vm` when its time is up (cancel it when the VM ends first)."""
+        if self.user is not None:
+            from pocketvm.cpu.trap import current_mip
+            from pocketvm.machine import load_cpu_core
+            from pocketvm.manager.harden import drop_privileges
+
+            # The compiled code the run loop calls, loaded from numba's cache
+            # while it can still be read (it is the starting user's).
+            load_cpu_core()
+            current_mip(vm.harts[0].st, vm.sh)
+            drop_privileges(self.user, self.own)
+        if not self.ttl:
+            return None
         import threading
 
         from pocketvm.machine import ExitStatus
 
+        seconds = self.ttl
+
         def expire() -> None:
             self.expired = True
-            status = ExitStatus(124, "ttl", f"time-to-live of {self.seconds:g} s reached: the VM was stopped")
+            status = ExitStatus(124, "ttl", f"time-to-live of {seconds:g} s reached: the VM was stopped")
             vm.submit(lambda: vm.request_stop(status))
 
-        timer = threading.Timer(self.seconds, expire)
+        timer = threading.Timer(seconds, expire)
         timer.daemon = True
         timer.start()
         return timer
 
 
-def run_vm(config: VMConfig, display: Any = None, ttl: TimeToLive | None = None) -> int:
+def run_vm(config: VMConfig, display: Any = None, ttl: Lifetime | None = None) -> int:
     from pocketvm.console import HostConsole
     from pocketvm.control import ControlServer, check_name, generate_name
     from pocketvm.machine import VirtualMachine
@@ -358,7 +384,7 @@ class _Terminated(BaseException):
 
 
 def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], what: str, display: Any = None,
-                    ttl: TimeToLive | None = None) -> int:
+                    ttl: Lifetime | None = None) -> int:
     """Serve the control socket, run the VM with the console attached, report how it ended.
 
     `display` (a pocketvm.web.attach.DisplayChoice) puts the screen and console on the web or VNC."""
@@ -386,7 +412,7 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     # SIGTERM/SIGHUP end the VM like a quit, so the cleanup below (control
     # socket, console mode, a restored VM's disk copies) still happens.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    timer = ttl.start(vm) if ttl is not None else None
+    timer = ttl.begin(vm) if ttl is not None else None
     try:
         with console:
             status = vm.run()
@@ -418,8 +444,9 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
 @click.option("--display", "display", default="none", show_default=True, metavar="none|web|vnc[:PORT]|web,vnc[:PORT]", help="Show the restored VM's screen and console on a web page or a VNC port (the VM must have been started with a display).")
 @click.option("--nic", "nics", multiple=True, metavar="user[,...]|none", help="Connect the snapshot's network interfaces otherwise than when saved, one --nic each: 'user' (as for `pocket run`) or 'none' (cable out).")
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time-to-live: then the VM is stopped and its disk copies deleted, written or not.")
+@click.option("--user", "user", metavar="NAME|UID", help="Started as root: become this user once the VM is set up (RAM, disks, sockets open), before the guest runs.")
 def restore(directory: str, name: str, disk_dir: str | None, discard: bool, display: str, nics: tuple[str, ...],
-            ttl: float | None) -> None:
+            ttl: float | None, user: str | None) -> None:
     """Start a VM from the snapshot in DIR, with the console attached.
 
     The snapshot is checked first and never changed: it can be restored any
@@ -436,11 +463,11 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
 
     specs = [NicSpec("none") if n == "none" else _parse_nic(n) for n in nics] if nics else None
     sys.exit(restore_snapshot(directory, name, Path(disk_dir) if disk_dir else None, discard, parse_display(display),
-                              nics=specs, ttl=TimeToLive.of(ttl)))
+                              nics=specs, ttl=Lifetime.of(ttl, user)))
 
 
 def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, discard: bool, shown: Any = None,
-                     what: str | None = None, nics: list[NicSpec] | None = None, ttl: TimeToLive | None = None) -> int:
+                     what: str | None = None, nics: list[NicSpec] | None = None, ttl: Lifetime | None = None) -> int:
     """Restore the snapshot in directory as VM `name` with the console attached; its exit status."""
     import threading
 
@@ -462,6 +489,8 @@ def restore_snapshot(directory: str | Path, name: str, disk_dir: Path | None, di
         try:
             if restored.disks.directory is not None:
                 server.note_disk_dir(restored.disks.directory, discard)
+                if ttl is not None and restored.disks.created_dir:
+                    ttl.own += [restored.disks.directory, *restored.disks.copies]
             core.join()
             origin = str(restored.snapshot.path)
             code = _attach_and_run(

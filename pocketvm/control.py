@@ -241,7 +241,7 @@ class ControlServer:
             if os.stat(self.path).st_ino == self._ino:
                 self.path.unlink()
                 self._disks_note.unlink(missing_ok=True)
-        except FileNotFoundError:
+        except OSError:  # gone already, or a VM that dropped root cannot (a later one reaps it)
             pass
 
     @property

@@ -24,7 +24,7 @@ import click
 from pocketvm.images.errors import ImageError
 
 if TYPE_CHECKING:
-    from pocketvm.cli import TimeToLive
+    from pocketvm.cli import Lifetime
 
 
 def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str, ...], deterministic: bool,
@@ -49,7 +49,7 @@ def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str
 
 def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tuple[str, ...], nics: tuple[str, ...],
               vsock: str, name: str, deterministic: bool, display: str, display_size: str,
-              ttl: TimeToLive | None = None) -> int:
+              ttl: Lifetime | None = None) -> int:
     from pocketvm.cli import _parse_nic, build_config, restore_snapshot, run_vm
     from pocketvm.control import check_name, generate_name
     from pocketvm.images.debian import BOOT_APPEND, load
@@ -84,6 +84,8 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
     overlay.unlink(missing_ok=True)
     create_overlay(overlay, image.base)
     fresh_size = overlay.stat().st_size
+    if ttl is not None:
+        ttl.own += [disk_dir, overlay]
     try:
         config = build_config(TEMPLATE_MEMORY if memory is None else memory,
                               TEMPLATE_CPUS if cpus is None else cpus, str(image.boot.kernel),

@@ -258,7 +258,7 @@ class VsockUnixHost:
         try:
             if os.stat(self.path).st_ino == self._ino:
                 self.path.unlink()
-        except (FileNotFoundError, AttributeError):
+        except (OSError, AttributeError):  # gone, or a VM that dropped root (--user): reaped later
             pass
 
     @property

@@ -108,10 +108,21 @@ class ManagedVM:
 
 class Manager:
     def __init__(self, home: Path, max_vms: int = 8, use_launcher: bool = True, persist: bool = True,
-                 default_ttl: float | None = None, cgroups: L.Cgroups | None = None):  # fmt: skip
+                 default_ttl: float | None = None, cgroups: L.Cgroups | None = None,
+                 run_as: str | None = None):  # fmt: skip
         """`home`: where the state file, the VMs' logs and disk copies go.
         `persist`: keep a state file (a manager that may be restarted); the
-        Python API's in-process manager does not."""
+        Python API's in-process manager does not. `run_as`: a manager started
+        as root has its VM processes become this user before their guests run."""
+        if run_as is not None:
+            from pocketvm.machine import VMError
+            from pocketvm.manager.harden import run_as as check_user
+
+            try:
+                check_user(run_as)
+            except VMError as e:
+                raise ManagerError(str(e), 400) from None
+        self.run_as = run_as
         self.home = home
         self.max_vms = max_vms
         self.use_launcher = use_launcher
@@ -248,6 +259,10 @@ class Manager:
 
     def _command(self, vm: ManagedVM) -> tuple[list[str], int]:
         """The `pocket` command line for the VM, and its guest RAM in bytes."""
+        argv, memory = self._command_for(vm)
+        return argv + (["--user", self.run_as] if self.run_as is not None else []), memory
+
+    def _command_for(self, vm: ManagedVM) -> tuple[list[str], int]:
         spec = vm.spec
         nic = self._nic(spec)
         if spec.source == "image" and spec.target == BUSYBOX:

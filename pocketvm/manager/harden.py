@@ -14,6 +14,9 @@ process (`pocket run|restore`) calls `harden()` before it builds the VM:
 Both are inherited by threads and can never be undone by the process. The
 monitor itself is already confined to emulating: guest code never runs
 on the host CPU, and guest RAM is one bounds-checked buffer.
+
+Started as root with `--user NAME` (`pocket run|restore`, `pocket serve`),
+a VM process also becomes that user before its guest runs (drop_privileges).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import ctypes
 import errno
 import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,50 @@ def harden() -> list[str]:
     except OSError as e:  # no libseccomp on this host: no filter, said in the log
         log.warning("no seccomp filter: %s", e)
     return applied
+
+
+def run_as(user: str) -> tuple[int, int] | None:
+    """The (uid, gid) a VM process started now would drop to for `--user
+    user`; None when it is that user already. VMError when the user does
+    not exist, or when changing to it needs root and this is not root."""
+    import pwd
+
+    from pocketvm.machine import VMError
+
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise VMError(f"--user {user}: no such user") from None
+    if pw.pw_uid == os.geteuid() and pw.pw_gid == os.getegid():
+        return None
+    if os.geteuid() != 0:
+        raise VMError(f"--user {user}: only a VM started as root can run as another user")
+    return pw.pw_uid, pw.pw_gid
+
+
+def drop_privileges(user: str, own: Sequence[Path] = ()) -> None:
+    """Become `user` (its uid, its primary group, no supplementary groups)
+    for good, as QEMU's -runas does: called by a VM process started as root
+    once everything that needs root is open (RAM, disks, sockets) and before
+    the guest runs, so the run loop that handles the guest's input runs
+    unprivileged. The paths in `own` (the VM's own disk copies and their
+    directory) are given to `user` first, so it can still delete them."""
+    from pocketvm.machine import VMError
+
+    ids = run_as(user)
+    if ids is None:
+        return
+    uid, gid = ids
+    for path in own:
+        try:
+            os.chown(path, uid, gid)
+        except OSError as e:
+            log.warning("cannot give %s to %s: %s", path, user, e)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)  # as root: real, effective and saved ids alike, in every thread (the C library sees to it)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise VMError(f"--user {user}: could not become that user")
 
 
 SCMP_ACT_ALLOW = 0x7FFF0000

@@ -37,8 +37,9 @@ def default_socket() -> Path:
 @click.option("--ttl", type=click.FloatRange(min=1), default=None, metavar="SECONDS", help="Time-to-live of a VM created without one (default: none).")
 @click.option("--home", metavar="DIR", help="State file, logs and VM disks (default: ~/.local/state/pocketvm/manager).")
 @click.option("--no-launcher", is_flag=True, help="Start each VM in a process of its own instead of forking it from the warm launcher.")
+@click.option("--user", "user", metavar="NAME|UID", help="Started as root: each VM process becomes this user once it is set up, before its guest runs (e.g. nobody).")
 def serve(host: str, port: int, unix_socket: str | None, token_file: str | None, max_vms: int, ttl: float | None,
-          home: str | None, no_launcher: bool) -> None:
+          home: str | None, no_launcher: bool, user: str | None) -> None:
     """Run the sandbox manager with its REST API (OpenAPI document at /openapi.json).
 
     VMs are created, listed, paused, snapshotted and deleted over HTTP with a
@@ -62,8 +63,11 @@ def serve(host: str, port: int, unix_socket: str | None, token_file: str | None,
             client.start()
         except client.LauncherError as e:
             click.echo(f"pocket: warning: no launcher ({e}); VMs start in processes of their own", err=True)
-    manager = Manager(Path(home) if home else default_home(), max_vms=max_vms, use_launcher=not no_launcher,
-                      default_ttl=ttl)  # fmt: skip
+    try:
+        manager = Manager(Path(home) if home else default_home(), max_vms=max_vms, use_launcher=not no_launcher,
+                          default_ttl=ttl, run_as=user)  # fmt: skip
+    except ManagerError as e:
+        raise click.ClickException(str(e)) from None
     for what, names in manager.recovered.items():
         if names:
             click.echo(f"pocket: {what} {len(names)} VM(s) of the previous manager: {', '.join(names)}", err=True)

@@ -69,6 +69,8 @@ class WorkDisks:
                     return True
             except FileNotFoundError:
                 continue
+            except PermissionError:  # a VM that dropped root (--user) cannot tell: keep them
+                return True
         return False
 
     def discard(self) -> None:
@@ -77,6 +79,8 @@ class WorkDisks:
             try:
                 p.unlink()
             except FileNotFoundError:
+                pass
+            except PermissionError:  # a VM that dropped root (--user), in a directory it was not given
                 pass
         self.copies = []
         if self.directory is not None and self.created_dir:

@@ -248,3 +248,34 @@ def test_the_unix_socket_serves_the_same_api(runtime, tmp_path):
     finally:
         s.stop()
     assert not path.exists()
+
+
+def test_vm_processes_become_the_given_user(runtime, ticker_snapshot, tmp_path):
+    """`pocket serve --user nobody` started as root: each VM process runs as
+    nobody once set up, its guest runs, and deleting it cleans up as usual."""
+    import pwd
+
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("changing users needs root")
+    nobody = pwd.getpwnam("nobody")
+    s = Server(tmp_path / "home", "--user", "nobody")
+    try:
+        status, vm = s.call("POST", "/vms", {"snapshot": str(ticker_snapshot)})
+        assert status == 201, vm
+
+        def uids() -> list[int]:
+            for line in Path(f"/proc/{vm['pid']}/status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    return [int(x) for x in line.split()[1:]]
+            return []
+
+        wait_until(lambda: uids() == [nobody.pw_uid] * 4, 30)
+        first = s.call("GET", f"/vms/{vm['name']}/metrics")[1]["guest_uptime"]
+        wait_until(lambda: s.call("GET", f"/vms/{vm['name']}/metrics")[1]["guest_uptime"] > first, 30)
+        assert s.call("DELETE", f"/vms/{vm['name']}")[0] == 200
+        assert not alive(vm["pid"]) and not (s.home / "disks" / vm["name"]).exists()
+    finally:
+        s.stop()
+    assert "Traceback" not in s.log, s.log
