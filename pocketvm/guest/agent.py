@@ -920,8 +920,75 @@ def serve_connection(sock: socket.socket) -> None:
             pass
 
 
+class Workers:
+    """The threads that serve connections. One that has finished its
+    connection waits for the next (up to SPARE_WORKERS wait), and SPARE_WORKERS
+    wait from the start: a thread costs the emulated guest milliseconds to
+    create, and a template snapshot taken with them waiting hands every
+    restored VM's first connection to a thread that is already there."""
+
+    def __init__(self, spare: int):
+        self.spare = spare
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[threading.Event, list]] = []  # idle threads: (wake-up, [socket])
+        for _ in range(spare):
+            self._start(None)
+
+    def submit(self, sock: socket.socket) -> bool:
+        """Serve `sock` on a thread; False when MAX_CONNECTIONS are served already."""
+        if not self._slots.acquire(blocking=False):
+            return False
+        with self._lock:
+            if self._waiting:
+                wake, box = self._waiting.pop()
+                box.append(sock)
+                wake.set()
+                return True
+        self._start(sock)
+        return True
+
+    def _start(self, sock: socket.socket | None) -> None:
+        threading.Thread(target=self._work, args=(sock,), daemon=True).start()
+
+    def _work(self, sock: socket.socket | None) -> None:
+        raise_priority()
+        while True:
+            if sock is not None:
+                try:
+                    serve_connection(sock)
+                finally:
+                    self._slots.release()
+            wake, box = threading.Event(), []
+            with self._lock:
+                if len(self._waiting) >= self.spare:
+                    return
+                self._waiting.append((wake, box))
+            wake.wait()
+            sock = box[0]
+
+
+SPARE_WORKERS = 2
+AGENT_NICE = -10  # the agent's threads; the commands it starts run at 0
+
+
+def raise_priority() -> None:
+    """Run this thread at AGENT_NICE, and have whatever it starts (threads,
+    commands) begin at nice 0 again (SCHED_RESET_ON_FORK): the host's
+    requests are answered promptly even while the guest is busy, for example
+    with the work a restored VM does at once (a new identity, udev), which
+    otherwise doubled the first request's time; the commands themselves get
+    no advantage. Needs root (the agent's user); without it, nothing changes."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)  # 0: this thread (Linux nice values are per thread)
+    except (AttributeError, OSError):
+        pass
+
+
 def serve(listener: socket.socket) -> None:
-    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    raise_priority()
+    workers = Workers(SPARE_WORKERS)
     while True:
         try:
             sock, _ = listener.accept()
@@ -932,19 +999,13 @@ def serve(listener: socket.socket) -> None:
                 time.sleep(0.1)
                 continue
             raise
-        if not slots.acquire(blocking=False):
-            Channel(sock).send_json({"ok": False, "error": "agent busy: too many connections at once",
-                                     "code": "EBUSY"})  # fmt: skip
-            sock.close()
-            continue
-
-        def run(s: socket.socket = sock) -> None:
+        if not workers.submit(sock):
+            busy = json.dumps({"ok": False, "error": "agent busy: too many connections at once", "code": "EBUSY"})
             try:
-                serve_connection(s)
-            finally:
-                slots.release()
-
-        threading.Thread(target=run, daemon=True).start()
+                sock.sendall(FRAME.pack(T_JSON, len(busy)) + busy.encode())
+            except OSError:
+                pass
+            sock.close()
 
 
 def listen_vsock(port: int) -> socket.socket:
