@@ -130,7 +130,7 @@ def test_the_cache_stays_within_its_size(tmp_path: Path) -> None:
     assert cache.size() <= 64 << 10
     assert cache.load("b39") is not None, "the newest batch went"
     assert cache.load("b0") is None, "the oldest batch stayed"
-    assert cache.lookup(0, lambda sig: True, 1) is None and cache.lookup(39, lambda sig: True, 1) == ("b39", "f39")
+    assert cache.lookup(0, lambda sig: True, 1) is None and cache.lookup(39, lambda sig: True, 1) == ("b39", "f39", b"sig")
 
 
 def test_off_disables_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

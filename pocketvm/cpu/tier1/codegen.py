@@ -31,7 +31,8 @@ _ACC_LOAD = 1
 _ACC_STORE = 2
 _WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03)
 _INT_TYPE = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
-_FP_OPS = (0x53, 0x43, 0x47, 0x4B, 0x4F)
+FP_OPS = (0x53, 0x43, 0x47, 0x4B, 0x4F)  # FP arithmetic: calls the FPU
+_FP_OPS = FP_OPS
 _FS = 3 << 13
 _FS_DIRTY = (3 << 13) | (-(1 << 63))
 _NAN_BOX = -(1 << 32)
@@ -436,11 +437,14 @@ class BlockCodegen:
         # The FPU reads and writes st: integer registers go there first and
         # the destination comes back (it is an integer register for fmv.x,
         # fcvt to integer, compares and fclass).
+        # The FPU's entry is loaded by the VM when it first gets code that needs
+        # it; until then such code leaves the instruction to the interpreter.
+        fn = v(f"load ptr, ptr {v(f'getelementptr i64, ptr %jt, i64 {JT_FP_ENTRY}')}")
+        self.side_exit_if(v(f"icmp eq ptr {fn}, null"), i)
         for r in self.written:
             self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         if insn.rs1:
             self.put(f"store i64 {v(f'load i64, ptr %x{insn.rs1}')}, ptr {self.st_ptr(insn.rs1)}")
-        fn = v(f"load ptr, ptr {v(f'getelementptr i64, ptr %jt, i64 {JT_FP_ENTRY}')}")
         r = v(f"call i64 {fn}(ptr %st, i64 {insn.bits})")
         self.side_exit_if(v(f"icmp ne i64 {r}, 0"), i)  # illegal: nothing was changed
         if insn.rd:

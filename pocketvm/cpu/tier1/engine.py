@@ -188,9 +188,6 @@ class Tier1:
         # queued again after `compile_threshold` entries in all.
         self._rearm = 0 if mode == L.MODE_ALL else min(0, int(self.table[L.JT_THRESHOLD]) - compile_threshold)
         self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
-        from pocketvm.cpu.tier1.fp_helper import fp_entry_address  # compiled (or loaded from cache) here
-
-        self.table[L.JT_FP_ENTRY] = fp_entry_address()
         self.stats = Stats()
         self.hart_stats = HartStats()
         self._born = time.perf_counter()
@@ -279,6 +276,11 @@ class Tier1:
         """Link the reply's objects in and install its functions."""
         s = self.stats
         t0 = time.perf_counter()
+        if reply.fpu and not self.table[L.JT_FP_ENTRY]:
+            # Loading the FPU as a C function takes 0.1 s: only once code needs it.
+            from pocketvm.cpu.tier1.fp_helper import fp_entry_address
+
+            self.table[L.JT_FP_ENTRY] = fp_entry_address()
         for batch in reply.batches:
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(batch.obj))
         if reply.batches:

@@ -104,9 +104,9 @@ class ObjectCache:
                 except OSError:
                     pass
 
-    def lookup(self, entry: int, still_there: Callable[[bytes], bool], min_size: int) -> tuple[str, str] | None:
-        """(batch id, function name) of the largest region at this entry whose
-        code `still_there` accepts (see `translator.code_signature`)."""
+    def lookup(self, entry: int, still_there: Callable[[bytes], bool], min_size: int) -> tuple[str, str, bytes] | None:
+        """(batch id, function name, code signature) of the largest region at this
+        entry whose code `still_there` accepts (see `translator.code_signature`)."""
         if self._db is None:
             return None
         try:
@@ -118,7 +118,7 @@ class ObjectCache:
             return None
         for batch, name, code in rows:
             if isinstance(code, bytes) and still_there(code):
-                return str(batch), str(name)
+                return str(batch), str(name), code
         return None
 
     def load(self, batch: str) -> tuple[bytes, list[tuple[str, int]]] | None:

@@ -27,12 +27,22 @@ import numpy as np
 
 from pocketvm.cpu.tier1.decode import Region, decode_region
 from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path, new_batch_id
-from pocketvm.cpu.tier1.translator import VERSION, CompileTimes, ObjectCompiler, code_matches, code_signature, entry_key
+from pocketvm.cpu.tier1.codegen import FP_OPS
+from pocketvm.cpu.tier1.translator import (
+    VERSION,
+    CompileTimes,
+    ObjectCompiler,
+    calls_fpu,
+    code_matches,
+    code_signature,
+    entry_key,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE = 4096
 MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
+NICE = 15
 
 
 @dataclass
@@ -72,6 +82,7 @@ class Reply:
     cpu_seconds: float = 0.0  # the service's CPU time for this request
     times: CompileTimes = field(default_factory=CompileTimes)
     cache_bytes: int = -1
+    fpu: bool = False  # some of its code calls the FPU
     solicited: bool = True  # False: spare-time work (see `compile_backlog`), not the answer to a request
 
 
@@ -108,6 +119,7 @@ class TranslationService:
                 if hit is not None and self._send(hit[0], reply):
                     reply.installs.append((tkey, hit[1]))
                     reply.cached += 1
+                    reply.fpu = reply.fpu or calls_fpu(hit[2], self._ctab)
                     continue
                 off = tkey >> 1
                 region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
@@ -153,6 +165,7 @@ class TranslationService:
             for name, _, tkey, region in named:
                 reply.installs.append((tkey, name))
                 reply.instructions += region.size
+                reply.fpu = reply.fpu or any(i.opcode in FP_OPS for i in region.insns)
             reply.compiled += len(misses)
             self.cache.store(
                 batch,
@@ -190,12 +203,12 @@ def main() -> int:
     import pickle
     from multiprocessing.connection import Connection
 
-    # Compiling must never take a core from the guest: the service runs at the
-    # lowest priority, so it uses what the hart (and everything else) leaves idle.
-    try:
-        os.nice(19)
-    except OSError:
-        pass
+    # Compiling must not take a core from the guest: the service runs at a low
+    # priority, so it mostly uses what the hart leaves idle. Nice 15 weighs 36
+    # against the hart's 1024 (Linux CFS): when both want the same core the
+    # service gets about 3% of it, enough to go on, not enough to slow the hart.
+    # (Set once it is ready: starting up at that priority on a busy machine
+    # took seconds, and the first translations are the ones a short run needs.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the VM decides when to stop: it closes the socket
     conn = Connection(int(sys.argv[1]))
     try:
@@ -203,6 +216,10 @@ def main() -> int:
     except (EOFError, OSError):
         return 0
     service = TranslationService(ctab)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     try:
         while True:
             reply: Reply | None = None

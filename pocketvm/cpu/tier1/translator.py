@@ -23,8 +23,9 @@ from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
+import numpy as np
 
-from pocketvm.cpu.tier1.codegen import BlockCodegen, module_text
+from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
 
 # Fast instruction selection: codegen at -O0 takes a fifth of the time of
@@ -78,6 +79,15 @@ def entry_key(off: int, paged: bool, page: bytes) -> int:
     if (raw & 3) == 3 and at + 4 <= len(page):
         raw = int.from_bytes(page[at : at + 4], "little")
     return (at << 33) | (int(paged) << 32) | raw
+
+
+def calls_fpu(signature: bytes, ctab: np.ndarray) -> bool:
+    """Whether the region with this signature has FP arithmetic (which calls the FPU)."""
+    for _, raw in _SIG.iter_unpack(signature):
+        bits = raw if (raw & 3) == 3 else int(ctab[raw & 0xFFFF]) & 0xFFFFFFFF
+        if (bits & 0x7F) in FP_OPS:
+            return True
+    return False
 
 
 def code_matches(signature: bytes, page: bytes) -> bool:
