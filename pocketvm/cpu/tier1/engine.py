@@ -31,7 +31,7 @@ import numpy as np
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.tier1.service import PAGE, PageWork, Reply, Request, TranslationService
-from pocketvm.cpu.tier1.translator import init_llvm
+from pocketvm.cpu.tier1.translator import GOOD, QUICK, init_llvm
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,9 @@ class Tier1:
             code = ram8[page_off : page_off + PAGE].tobytes()
             compile = [self._rearm == 0 or k in self._probed for k in page_keys]
             pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
-        min_region = MIN_REGION if self.background else 1
-        return Request(pages, int(ram16.shape[0]) * 2, min_region)
+        if self.background:  # what is compiled on request is hot: compile it well
+            return Request(pages, int(ram16.shape[0]) * 2, MIN_REGION, GOOD)
+        return Request(pages, int(ram16.shape[0]) * 2, 1, QUICK)  # mode "all": every block, at once
 
     def _apply(self, reply: Reply) -> None:
         """Link the reply's objects in and install its functions."""

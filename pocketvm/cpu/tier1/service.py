@@ -31,6 +31,8 @@ from pocketvm.cpu.tier1.codegen import FP_OPS
 from pocketvm.cpu.tier1.translator import (
     VERSION,
     CompileTimes,
+    GOOD,
+    QUICK,
     ObjectCompiler,
     calls_fpu,
     code_matches,
@@ -61,6 +63,7 @@ class Request:
     pages: list[PageWork]
     ram_size: int
     min_region: int  # regions shorter than this are not worth a call
+    tier: int = QUICK  # how to compile the blocks asked for (`translator.QUICK` or `GOOD`)
 
 
 @dataclass
@@ -134,7 +137,7 @@ class TranslationService:
                 else:
                     self.backlog.pop(tkey, None)
                     misses.append((entry, tkey, region))
-        self._compile(misses, reply)
+        self._compile(misses, reply, req.tier)
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
@@ -149,16 +152,16 @@ class TranslationService:
         for tkey in list(self.backlog)[:most]:
             entry, region = self.backlog.pop(tkey)
             work.append((entry, tkey, region))
-        self._compile(work, reply)
+        self._compile(work, reply, QUICK)
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
-    def _compile(self, misses: list[tuple[int, int, Region]], reply: Reply) -> None:
+    def _compile(self, misses: list[tuple[int, int, Region]], reply: Reply, tier: int) -> None:
         if misses:
             batch = new_batch_id()
             named = [(f"t{batch}_{i}", entry, tkey, region) for i, (entry, tkey, region) in enumerate(misses)]
             obj = self._compiler.compile(
-                [(name, tkey >> 1, bool(tkey & 1), region) for name, _, tkey, region in named], reply.times
+                [(name, tkey >> 1, bool(tkey & 1), region) for name, _, tkey, region in named], reply.times, tier
             )
             reply.batches.append(Batch(batch, obj, [(name, tkey) for name, _, tkey, _ in named]))
             self._sent.add(batch)

@@ -28,10 +28,17 @@ import numpy as np
 from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
 
-# Fast instruction selection: codegen at -O0 takes a fifth of the time of
-# -O2 and the code ran within 10% (benchmarks/cpu.py).
-CODEGEN_OPT = int(os.environ.get("POCKETVM_JIT_CGOPT", "0"))
-PIPELINE = os.environ.get("POCKETVM_JIT_PIPELINE", "min")
+# Two ways to compile (`Tier`): quickly for code that is only warm (fast
+# instruction selection at -O0 and a minimal pass pipeline: a fifth of the
+# time of -O2), well for code that is hot (LLVM's -O2 pipeline and code
+# generation: 4x the compile time, the hash loop of benchmarks/cpu.py at
+# 2900 instead of 1800 MIPS).
+QUICK = 0
+GOOD = 1
+_SETTINGS = {
+    QUICK: (int(os.environ.get("POCKETVM_JIT_CGOPT", "0")), os.environ.get("POCKETVM_JIT_PIPELINE", "min")),
+    GOOD: (int(os.environ.get("POCKETVM_JIT_HOT_CGOPT", "2")), os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "o2")),
+}
 
 _llvm_lock = threading.Lock()
 _llvm_ready = False
@@ -54,7 +61,7 @@ def _version() -> str:
         h.update((here / name).read_bytes())
     h.update((here.parent / "state.py").read_bytes())
     h.update(f"{llvmlite.__version__} {llvm.llvm_version_info} {llvm.get_process_triple()}".encode())
-    h.update(f"{CODEGEN_OPT} {PIPELINE}".encode())
+    h.update(repr(sorted(_SETTINGS.items())).encode())
     return h.hexdigest()[:16]
 
 
@@ -114,11 +121,11 @@ class ObjectCompiler:
     def __init__(self) -> None:
         init_llvm()
         target = llvm.Target.from_default_triple()
-        self._tm = target.create_target_machine(opt=CODEGEN_OPT, jit=True)
+        self._tm = {tier: target.create_target_machine(opt=cg, jit=True) for tier, (cg, _) in _SETTINGS.items()}
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
-        self._pb = llvm.create_pass_builder(self._tm, self._pto)
+        self._pb = llvm.create_pass_builder(self._tm[GOOD], self._pto)
 
-    def compile(self, regions: list[tuple[str, int, bool, Region]], times: CompileTimes) -> bytes:
+    def compile(self, regions: list[tuple[str, int, bool, Region]], times: CompileTimes, tier: int = QUICK) -> bytes:
         """Regions as (function name, RAM offset, paged, region) -> ELF object."""
         t0 = time.thread_time()
         functions = [BlockCodegen(name, off, paged, region).emit() for name, off, paged, region in regions]
@@ -126,24 +133,24 @@ class ObjectCompiler:
         t1 = time.thread_time()
         mod = llvm.parse_assembly(text)
         mod.verify()
-        self._optimise(mod)
+        self._optimise(mod, _SETTINGS[tier][1])
         t2 = time.thread_time()
-        obj = self._tm.emit_object(mod)
+        obj = self._tm[tier].emit_object(mod)
         t3 = time.thread_time()
         times.ir += t1 - t0
         times.opt += t2 - t1
         times.code += t3 - t2
         return bytes(obj)
 
-    def _optimise(self, mod: llvm.ModuleRef) -> None:
-        if PIPELINE == "o2":
+    def _optimise(self, mod: llvm.ModuleRef, pipeline: str) -> None:
+        if pipeline == "o2":
             self._pb.getModulePassManager().run(mod, self._pb)
             return
-        if PIPELINE == "none":
+        if pipeline == "none":
             return
         fpm = llvm.create_new_function_pass_manager()
         fpm.add_sroa_pass()
-        if PIPELINE == "light":
+        if pipeline == "light":
             fpm.add_instruction_combine_pass()
         fpm.add_simplify_cfg_pass()
         fpm.add_dead_code_elimination_pass()
