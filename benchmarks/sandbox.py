@@ -58,6 +58,30 @@ def mem_available() -> int:
     return 0
 
 
+USE_LAUNCHER = os.environ.get("POCKETVM_LAUNCHER", "").lower() != "off"
+
+
+def create(source: dict[str, object], ttl: float) -> tuple[object, float]:
+    """A new sandbox and the seconds its create took. A create the launcher
+    declined (it stops itself when pocketvm's sources change, which happens
+    in a shared work tree) is not a sample: the launcher is restarted and the
+    create done again."""
+    import pocketvm
+    from pocketvm.launcher import client
+
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sb = pocketvm.Sandbox(**source, timeout=ttl)  # type: ignore[arg-type]
+        took = time.perf_counter() - t0
+        if not USE_LAUNCHER or sb._manager._get(sb.name).how == "launcher":
+            return sb, took
+        sb.close()
+        print("  (the launcher declined a create, sources changed: restarted, create not counted)")
+        client.stop()
+        client.start()
+    return sb, took
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
@@ -75,7 +99,7 @@ def main() -> int:
     from pocketvm.launcher import client
 
     started_launcher = False
-    if os.environ.get("POCKETVM_LAUNCHER", "").lower() != "off":
+    if USE_LAUNCHER:
         # A fresh one: a launcher that predates a change of pocketvm's sources declines every VM.
         client.stop()
         info, started_launcher = client.start()
@@ -100,10 +124,10 @@ def main() -> int:
 
         creates, firsts, afters, agent_error = [], [], [], None
         for _ in range(0 if args.ramp_only else args.runs):
-            t0 = time.perf_counter()
-            sb = pocketvm.Sandbox(**source, timeout=120)  # type: ignore[arg-type]
+            sb, took = create(source, 120)
             t1 = time.perf_counter()
-            creates.append(t1 - t0)
+            t0 = t1 - took
+            creates.append(took)
             if agent_error is None:
                 try:
                     for item in sb.run_stream(["echo", "hi"]):
@@ -182,13 +206,13 @@ def ramp(args: argparse.Namespace, source: dict[str, object]) -> None:
                 if mem_available() < 2 << 30:
                     why = "host memory available fell under 2 GiB"
                     break
-                t0 = time.perf_counter()
                 try:
-                    ramp.append(pocketvm.Sandbox(**source, timeout=600))  # type: ignore[arg-type]
+                    sb, took = create(source, 600)
                 except Exception as e:  # noqa: BLE001 - reported
                     why = f"create failed: {e}"
                     break
-                times.append(time.perf_counter() - t0)
+                ramp.append(sb)  # type: ignore[arg-type]
+                times.append(took)
                 base = statistics.median(times[:3])
                 if len(times) > 3 and times[-1] > 2 * base:
                     why = f"create took {times[-1] * 1000:.0f} ms, twice the first ones' {base * 1000:.0f} ms"
