@@ -83,6 +83,7 @@ from pocketvm.cpu.tier1.layout import (
     JT_RESUME,
     JT_STALE,
     JT_THRESHOLD,
+    JT_UPGRADE,
     MODE_ALL,
     QUEUE_SIZE,
     QUEUED,
@@ -532,6 +533,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     if jfn != 0:
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
+                        calls = jt[_u(JT_HOT + jslot)] + 1
+                        jt[_u(JT_HOT + jslot)] = calls
+                        if calls == jt[JT_UPGRADE] and jt[JT_QLEN] < QUEUE_SIZE:  # hot: to be compiled better
+                            jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
+                            jt[JT_QLEN] += 1
                         if r > 0:
                             jt[JT_NATIVE] += r
                             n += r

@@ -54,6 +54,9 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # (PROBE_THRESHOLD) and compiled only if it gets hot (COMPILE_THRESHOLD).
 DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
 DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
+# Calls of a translated block after which it is compiled again, well, if it
+# was compiled quickly (a block compiled in spare time, or in a burst).
+UPGRADE_CALLS = 5000
 # Blocks in flight to the service at most: a burst of hot code (a boot)
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
@@ -188,6 +191,9 @@ class Tier1:
         # queued again after `compile_threshold` entries in all.
         self._rearm = 0 if mode == L.MODE_ALL else min(0, int(self.table[L.JT_THRESHOLD]) - compile_threshold)
         self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
+        self._upgrade_asked: set[int] = set()  # installed blocks asked to be compiled better
+        if mode == L.MODE_ON:
+            self.table[L.JT_UPGRADE] = UPGRADE_CALLS
         self.stats = Stats()
         self.hart_stats = HartStats()
         self._born = time.perf_counter()
@@ -240,6 +246,12 @@ class Tier1:
             return
         keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
         table[L.JT_QLEN] = 0
+        # A block that is installed was queued for being called often: asked once to be compiled better.
+        installed = {k for k in keys if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
+        keys = [k for k in keys if k not in installed or k not in self._upgrade_asked]
+        self._upgrade_asked |= installed
+        if not keys:
+            return
         req = self._request(keys, ram16)
         if not self.background:
             if self._local is None:
@@ -267,7 +279,9 @@ class Tier1:
             slots = ((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1)
             seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
             code = ram8[page_off : page_off + PAGE].tobytes()
-            compile = [self._rearm == 0 or k in self._probed for k in page_keys]
+            compile = [
+                self._rearm == 0 or k in self._probed or table[L.JT_KEY + L.slot_index(k >> 1)] == k for k in page_keys
+            ]
             pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
         if self.background:  # what is compiled on request is hot: compile it well
             return Request(pages, int(ram16.shape[0]) * 2, MIN_REGION, GOOD)
@@ -289,8 +303,9 @@ class Tier1:
         asked = set()
         for tkey, name in reply.installs:
             asked.add(tkey)
-            # Spare-time work never takes a slot from another block.
-            if reply.solicited or self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:
+            # Spare-time work never takes a slot from another block; better code replaces the block's own.
+            current = self.table[L.JT_KEY + L.slot_index(tkey >> 1)]
+            if reply.solicited or current == -1 or (reply.upgrade and current == tkey):
                 self._install(tkey, self._address(name) if name is not None else 0)
         for tkey in reply.cold:
             self._probed.add(tkey)

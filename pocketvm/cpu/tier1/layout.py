@@ -9,6 +9,8 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_STALE]       blocks found stale at entry (their code had changed)
     [JT_NATIVE]      instructions retired in translated code
     [JT_CALLS]       calls of translated blocks
+    [JT_UPGRADE]     calls of a translated block after which it is queued
+                     again, to be compiled better (0 = never)
     [JT_FP_ENTRY]    address of the FPU's C entry (`fp_helper`), which
                      translated code loads from here: no host address is
                      written into translated code, so it can be cached
@@ -20,7 +22,8 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_KEY + i]     key of the block in slot i: its RAM offset * 2 + 1 if its
                      loads and stores are translated (paging), -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
-    [JT_HOT + i]     entries counted while the slot had no block for them
+    [JT_HOT + i]     entries counted while the slot had no block for them,
+                     then calls of the block installed there
 
 Slots are direct mapped by a hash of the RAM offset; a new block simply
 replaces the one in its slot.
@@ -41,7 +44,8 @@ JT_RESUME = 5
 JT_NATIVE = 6
 JT_CALLS = 7
 JT_FP_ENTRY = 8
-JT_QUEUE = 9
+JT_UPGRADE = 9
+JT_QUEUE = 10
 QUEUE_SIZE = 64
 SLOT_BITS = 15
 SLOTS = 1 << SLOT_BITS

@@ -41,7 +41,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch (id TEXT PRIMARY KEY, object BLOB NOT NULL, digest TEXT NOT NULL,
                                   size INTEGER NOT NULL, used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS region (entry INTEGER NOT NULL, tkey INTEGER NOT NULL, batch TEXT NOT NULL,
-                                   name TEXT NOT NULL, code BLOB NOT NULL, size INTEGER NOT NULL);
+                                   name TEXT NOT NULL, code BLOB NOT NULL, size INTEGER NOT NULL,
+                                   tier INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS region_entry ON region (entry);
 CREATE INDEX IF NOT EXISTS region_batch ON region (batch);
 """
@@ -104,21 +105,24 @@ class ObjectCache:
                 except OSError:
                     pass
 
-    def lookup(self, entry: int, still_there: Callable[[bytes], bool], min_size: int) -> tuple[str, str, bytes] | None:
-        """(batch id, function name, code signature) of the largest region at this
-        entry whose code `still_there` accepts (see `translator.code_signature`)."""
+    def lookup(
+        self, entry: int, still_there: Callable[[bytes], bool], min_size: int
+    ) -> tuple[str, str, bytes, int] | None:
+        """(batch id, function name, code signature, how well it was compiled) of the
+        best region at this entry whose code `still_there` accepts (`translator.code_signature`)."""
         if self._db is None:
             return None
         try:
             rows = self._db.execute(
-                "SELECT batch, name, code FROM region WHERE entry = ? AND size >= ? ORDER BY size DESC LIMIT 8",
+                "SELECT batch, name, code, tier FROM region WHERE entry = ? AND size >= ? "
+                "ORDER BY tier DESC, size DESC LIMIT 8",
                 (entry, min_size),
             ).fetchall()
         except sqlite3.Error:
             return None
-        for batch, name, code in rows:
+        for batch, name, code, tier in rows:
             if isinstance(code, bytes) and still_there(code):
-                return str(batch), str(name), code
+                return str(batch), str(name), code, int(tier)
         return None
 
     def load(self, batch: str) -> tuple[bytes, list[tuple[str, int]]] | None:
@@ -143,8 +147,9 @@ class ObjectCache:
         except (sqlite3.Error, TypeError, ValueError):
             return None
 
-    def store(self, batch: str, obj: bytes, regions: list[tuple[int, int, str, bytes, int]]) -> None:
-        """Keep a compiled batch: regions as (entry key, table key, function name, code signature, instructions)."""
+    def store(self, batch: str, obj: bytes, regions: list[tuple[int, int, str, bytes, int, int]]) -> None:
+        """Keep a compiled batch: regions as (entry key, table key, function name, code signature,
+        instructions, how well compiled); they replace regions made from the same code."""
         if self._db is None:
             return
         try:
@@ -155,11 +160,9 @@ class ObjectCache:
                     (batch, obj, hashlib.sha256(obj).hexdigest(), len(obj), time.time()),
                 )
                 self._db.executemany(
-                    "DELETE FROM region WHERE entry = ? AND code = ?", [(e, c) for e, _, _, c, _ in regions]
+                    "DELETE FROM region WHERE entry = ? AND code = ?", [(r[0], r[3]) for r in regions]
                 )
-                self._db.executemany(
-                    "INSERT INTO region VALUES (?, ?, ?, ?, ?, ?)", [(e, t, batch, n, c, k) for e, t, n, c, k in regions]
-                )
+                self._db.executemany("INSERT INTO region VALUES (?, ?, ?, ?, ?, ?, ?)", [(r[0], r[1], batch, *r[2:]) for r in regions])
             self._bound()
         except sqlite3.Error as e:
             log.debug("tier 1: could not store a batch in the translation cache: %s", e)

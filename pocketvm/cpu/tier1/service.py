@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 PAGE = 4096
 MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
 NICE = 15
+FEW = 8  # blocks asked for at once that are compiled well straight away
 
 
 @dataclass
@@ -86,7 +87,8 @@ class Reply:
     times: CompileTimes = field(default_factory=CompileTimes)
     cache_bytes: int = -1
     fpu: bool = False  # some of its code calls the FPU
-    solicited: bool = True  # False: spare-time work (see `compile_backlog`), not the answer to a request
+    solicited: bool = True
+    upgrade: bool = False  # better code for blocks the VM has: replaces theirs  # False: spare-time work (see `compile_backlog`), not the answer to a request
 
 
 class _PageWords:
@@ -108,6 +110,7 @@ class TranslationService:
         self.cache = cache if cache is not None else ObjectCache(cache_path(VERSION))
         self._sent: set[str] = set()  # batches the caller has loaded
         self.backlog: dict[int, tuple[int, Region]] = {}  # warm blocks not compiled yet: (entry key, region)
+        self.upgrades: dict[int, tuple[int, Region]] = {}  # hot blocks compiled quickly only
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -119,12 +122,16 @@ class TranslationService:
             for tkey, may_compile in zip(page.keys, page.compile):
                 entry = entry_key(tkey >> 1, bool(tkey & 1), page.code)
                 hit = self.cache.lookup(entry, lambda sig: code_matches(sig, page.code), req.min_region)
+                off = tkey >> 1
                 if hit is not None and self._send(hit[0], reply):
                     reply.installs.append((tkey, hit[1]))
                     reply.cached += 1
                     reply.fpu = reply.fpu or calls_fpu(hit[2], self._ctab)
+                    if hit[3] < req.tier and may_compile:  # hot now, compiled quickly before
+                        region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
+                        if region.blocks:
+                            self.upgrades[tkey] = (entry, region)
                     continue
-                off = tkey >> 1
                 region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
                 if not region.blocks or region.size < req.min_region:
                     reply.installs.append((tkey, None))
@@ -137,22 +144,29 @@ class TranslationService:
                 else:
                     self.backlog.pop(tkey, None)
                     misses.append((entry, tkey, region))
-        self._compile(misses, reply, req.tier)
+        # What is asked for is wanted now: a few blocks (a hot loop) are
+        # compiled well at once, a burst (a boot) quickly, and well in spare time.
+        tier = req.tier if len(misses) <= FEW else QUICK
+        if tier < req.tier:
+            self.upgrades.update((tkey, (entry, region)) for entry, tkey, region in misses)
+        self._compile(misses, reply, tier)
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
-    def compile_backlog(self, most: int = 16) -> Reply | None:
-        """Spare time: compile some of the blocks that were only warm, for the
-        persistent cache (the next boot finds them) and for the VM now."""
-        if not self.backlog:
+    def spare_time(self) -> Reply | None:
+        """With no request waiting: compile a few hot blocks well (replacing
+        their quick code in the VM and in the cache), else a few blocks that
+        were only warm (for the cache, so the next boot finds them, and for the VM now)."""
+        work_list, tier, most = (self.upgrades, GOOD, 8) if self.upgrades else (self.backlog, QUICK, 16)
+        if not work_list:
             return None
         t0 = time.thread_time()
-        reply = Reply(solicited=False)
+        reply = Reply(solicited=False, upgrade=tier == GOOD)
         work = []
-        for tkey in list(self.backlog)[:most]:
-            entry, region = self.backlog.pop(tkey)
+        for tkey in list(work_list)[:most]:
+            entry, region = work_list.pop(tkey)
             work.append((entry, tkey, region))
-        self._compile(work, reply, QUICK)
+        self._compile(work, reply, tier)
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
@@ -173,7 +187,10 @@ class TranslationService:
             self.cache.store(
                 batch,
                 obj,
-                [(entry, tkey, name, code_signature(tkey >> 1, region), region.size) for name, entry, tkey, region in named],
+                [
+                    (entry, tkey, name, code_signature(tkey >> 1, region), region.size, tier)
+                    for name, entry, tkey, region in named
+                ],
             )
             reply.cache_bytes = self.cache.size()
 
@@ -227,12 +244,13 @@ def main() -> int:
         while True:
             reply: Reply | None = None
             try:
-                if service.backlog and not conn.poll(0):
+                if (service.backlog or service.upgrades) and not conn.poll(0):
                     try:
-                        reply = service.compile_backlog()
+                        reply = service.spare_time()
                     except Exception:
                         log.exception("tier 1 could not translate spare-time blocks")
                         service.backlog.clear()
+                        service.upgrades.clear()
                         continue
                 else:
                     req = pickle.loads(conn.recv_bytes())
