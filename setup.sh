@@ -3,6 +3,9 @@
 #
 #   ./setup.sh             install everything, build the Debian guest, boot it
 #   ./setup.sh --no-boot   the same without booting (what CI does)
+#   ./setup.sh --desktop   also build the desktop image (debian-desktop, about
+#                          15 more minutes) and boot that one with its screen
+#                          on a web page
 #
 # The first run builds the Debian system image (pocket image build debian,
 # 15-30 minutes, cached in ~/.cache/pocketvm); later runs reuse it.
@@ -14,10 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 boot=1
+desktop=0
 for arg in "$@"; do
     case "$arg" in
         --no-boot) boot=0 ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --desktop) desktop=1 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -47,7 +52,14 @@ fi
 # then the Debian system on a qcow2 disk with its template.
 .venv/bin/pocket image pull
 .venv/bin/pocket image build debian
+if [ "$desktop" -eq 1 ]; then
+    .venv/bin/pocket image build debian --desktop
+fi
 
+if [ "$boot" -eq 1 ] && [ "$desktop" -eq 1 ]; then
+    echo "setup.sh: starting the desktop VM; open the printed URL (Ctrl-A x quits)"
+    exec .venv/bin/pocket run --image debian-desktop --display web --nic user
+fi
 if [ "$boot" -eq 1 ]; then
     echo "setup.sh: starting the Debian VM (Ctrl-A x quits, 'poweroff' in the guest stops it)"
     exec .venv/bin/pocket run --image debian --nic user

@@ -85,7 +85,8 @@ def build(distribution: str, name: str, desktop: bool, packages: str, mirror: st
     extra = [p.strip() for p in packages.split(",") if p.strip()]
     with _one_line_errors():
         if desktop:
-            from .desktop import DEFAULT_NAME, build as build_desktop
+            from .desktop import DEFAULT_NAME
+            from .desktop import build as build_desktop
 
             img = build_desktop(name or DEFAULT_NAME, extra, mirror=mirror, force=force, template=not no_template,
                                 quiet=quiet)

@@ -1,7 +1,7 @@
 """`pocket image build debian --desktop`: the Debian system with a small desktop.
 
-The desktop image is a layer on the plain `debian` image (built first if
-needed), not a second stage of its own:
+The desktop image is a layer on the plain `debian` image as it is (built
+first if missing), not a second stage of its own:
 
 1. on the host, the private apt resolves the desktop packages (X.org with
    the modesetting and libinput drivers, xinit, jwm, xterm, and any
@@ -13,8 +13,8 @@ needed), not a second stage of its own:
    apt in the guest installs what the plain system lacks from that disk
    (no network, no full index to read at emulated speed), and the unit that
    starts X when the VM has a display;
-3. the overlay and the plain base are copied into one standalone read-only
-   qcow2 base (a rebuild or `pocket image rm` of the plain image leaves the
+3. the overlay and (a private copy of) the plain base are copied into one
+   standalone read-only qcow2 base (a rebuild or `pocket image rm` of the plain image leaves the
    desktop image intact);
 4. the template is taken with a 1024x768 display attached, once the
    desktop is up, so `pocket run --image NAME --display web` restores
@@ -37,8 +37,22 @@ from importlib import resources
 from pathlib import Path
 
 from .apt import PrivateApt, deb822_field, find_keyrings, package_of
-from .debian import BASE_FILE, FINALIZE_TIMEOUT, MANIFEST, TEMPLATE_DIR, DebianImage, _build_lock, _key, \
-    _read_json, _run_vm, _vm_args, _write_json, image_dir, load, make_template
+from .debian import (
+    BASE_FILE,
+    FINALIZE_TIMEOUT,
+    MANIFEST,
+    TEMPLATE_DIR,
+    DebianImage,
+    _build_lock,
+    _key,
+    _read_json,
+    _run_vm,
+    _vm_args,
+    _write_json,
+    image_dir,
+    load,
+    make_template,
+)
 from .debian import build as build_debian
 from .errors import ImageError
 from .pull import ARCH, SUITE, cache_root
@@ -88,7 +102,7 @@ def build(name: str = DEFAULT_NAME, packages: Sequence[str] = (), mirror: str | 
                          f"(default {DEFAULT_NAME})")
     wanted = sorted(set(PACKAGES) | set(check_packages(packages)))
     console = Console(stderr=True, quiet=quiet)
-    plain = build_debian(PLAIN_NAME, mirror=mirror, quiet=quiet)
+    plain = _plain_image(mirror, quiet)
     mirror_url = resolve_mirror(mirror)
     key = _key("desktop", RECIPE, plain.manifest.get("key"), plain.manifest.get("base_sha256"), wanted,
                mirror_url, desktop_files_digest(), list(TEMPLATE_DISPLAY))
@@ -104,10 +118,27 @@ def build(name: str = DEFAULT_NAME, packages: Sequence[str] = (), mirror: str | 
         return _build(name, d, plain, wanted, mirror_url, key, template, quiet, console)
 
 
+def _plain_image(mirror: str | None, quiet: bool) -> DebianImage:
+    """The plain image to build on, as it is; built when it is missing.
+
+    An out-of-date plain image is not rebuilt here (`pocket image build
+    debian` does that, and setup.sh runs it first): a desktop build should
+    not start a 15-minute second stage of the shared plain image by itself.
+    The desktop image's key holds the plain image's, so the next desktop
+    build after a plain rebuild builds the layer again."""
+    return load(PLAIN_NAME) or build_debian(PLAIN_NAME, mirror=mirror, quiet=quiet)
+
+
 def _build(name: str, d: Path, plain: DebianImage, wanted: list[str], mirror_url: str, key: str, template: bool,
            quiet: bool, console) -> DebianImage:
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, \
-        TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from pocketvm.backends.qcow2_create import convert_to_qcow2, create_overlay
     from pocketvm.snapshot.basechain import cached_digest
@@ -128,14 +159,14 @@ def _build(name: str, d: Path, plain: DebianImage, wanted: list[str], mirror_url
             count = _gather_packages(files, wanted, mirror_url, lambda pct: progress.update(t, completed=pct))
             files_img = work / "files.img"
             size = sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
-            make_ext4(files, files_img, size + size // 4 + (32 << 20), label="pocket-files")
+            make_ext4(files, files_img, (size + size // 4 + (32 << 20)) // (1 << 20) * (1 << 20), label="pocket-files")
             shutil.rmtree(files)
             timings["download"] = round(time.monotonic() - started, 1)
             progress.update(t, completed=100, description=f"Desktop packages: {count} resolved and downloaded")
 
             t = progress.add_task("Desktop layer in a pocketvm VM", total=100)
             overlay = work / "layer.qcow2"
-            create_overlay(overlay, plain.base)
+            create_overlay(overlay, _private_copy(plain, work / "plain.qcow2", console))
             started = time.monotonic()
             _install_layer(overlay, files_img, plain,
                            lambda pct, what: progress.update(t, completed=pct, description=f"Desktop layer: {what[:40]}"),
@@ -188,6 +219,24 @@ def _build(name: str, d: Path, plain: DebianImage, wanted: list[str], mirror_url
         _write_json(d / MANIFEST, manifest)
         image = load(name) or image
     return image
+
+
+def _private_copy(plain: DebianImage, dest: Path, console) -> Path:
+    """A copy of the plain image's base that nothing else replaces.
+
+    The layer is an overlay on it until the end of the build; a rebuild of
+    the plain image meanwhile (it replaces its root.qcow2) must not slide a
+    different base under the overlay. The copy is taken under the plain
+    image's build lock, so it is the base its manifest describes.
+    """
+    from .debian import _copy_sparse
+
+    with _build_lock(image_dir(PLAIN_NAME), console):
+        now = load(PLAIN_NAME)
+        if now is None or now.manifest.get("key") != plain.manifest.get("key"):
+            raise ImageError(f"the {PLAIN_NAME} image changed while the desktop build started; run it again")
+        _copy_sparse(plain.base, dest)
+    return dest
 
 
 def _gather_packages(files: Path, wanted: Sequence[str], mirror_url: str, progress) -> int:

@@ -89,7 +89,7 @@ def make_template(image: DebianImage, quiet: bool = False) -> Path:
     log = open(image.directory / "template.log", "wb")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
     seen = bytearray()
-    got = threading.Event()
+    got = threading.Event()  # the awaited text showed, or the VM ended
     want = [b"root@pocket"]
 
     def reader() -> None:
@@ -99,24 +99,32 @@ def make_template(image: DebianImage, quiet: bool = False) -> Path:
             seen.extend(chunk)
             if want and want[0] in seen[-4096 - len(want[0]):]:
                 got.set()
+        got.set()  # a VM that ended (a kernel panic) shows nothing more: stop waiting
+
+    def wait_for(what: str) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not got.wait(0.5) and t.is_alive():
+            if time.monotonic() > deadline:
+                raise ImageError(f"the template VM of {image.name} did not {what} in {BOOT_TIMEOUT / 60:.0f} minutes; "
+                                 f"see {image.directory / 'template.log'}")
+        if want[0] not in seen:
+            proc.wait(timeout=30)
+            raise ImageError(f"the template VM of {image.name} ended (status {proc.returncode}) before it could "
+                             f"{what}; see {image.directory / 'template.log'}")
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     started = time.monotonic()
     try:
         with console.status(f"Template: booting {image.name} once (systemd, at emulated speed)"):
-            if not got.wait(BOOT_TIMEOUT):
-                raise ImageError(f"the template boot of {image.name} did not reach a root shell in "
-                                 f"{BOOT_TIMEOUT / 60:.0f} minutes; see {image.directory / 'template.log'}")
+            wait_for("reach a root shell")
             got.clear()
             want[0] = READY_MARK
             seen.clear()
             assert proc.stdin is not None
             proc.stdin.write(ready_command(image))
             proc.stdin.flush()
-            if not got.wait(BOOT_TIMEOUT):
-                raise ImageError(f"the template VM of {image.name} did not finish booting; "
-                                 f"see {image.directory / 'template.log'}")
+            wait_for("finish booting" + (" with its desktop up" if image.manifest.get("template_ready_file") else ""))
             time.sleep(1.0)  # let the shell print its prompt and go idle
             snap = subprocess.run([sys.executable, "-m", "pocketvm", "snapshot", name, str(staging), "--stop"],
                                   capture_output=True, text=True, env=env, timeout=300)
