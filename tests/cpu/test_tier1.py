@@ -108,3 +108,50 @@ def test_deterministic_runs_are_identical_with_and_without_tier1(name: str) -> N
         )
     assert outcomes["on"] == outcomes["off"]
     assert outcomes["all"] == outcomes["off"]
+
+
+@pytest.mark.parametrize(("saved_with", "restored_with"), [("all", "off"), ("off", "all"), ("on", "all")])
+def test_snapshot_taken_with_one_tier_restores_with_the_other(
+    saved_with: str, restored_with: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots hold no translated code: a restored VM translates again (or not) and goes on exactly."""
+    from pocketvm.console import CapturedConsole
+    from pocketvm.machine import VirtualMachine, VMConfig
+    from pocketvm.snapshot.restore import restore_vm
+    from pocketvm.snapshot.save import save_snapshot
+
+    elf = _build_guest("cprog")
+
+    def start(jit: str, console: CapturedConsole) -> VirtualMachine:
+        vm = VirtualMachine(
+            VMConfig(memory=64 << 20, kernel=elf, bios=None, rng=False, deterministic=True, jit=jit, name="t"), console
+        )
+        vm.load_boot_files()
+        return vm
+
+    reference_console = CapturedConsole()
+    reference = start("off", reference_console)
+    try:
+        assert reference.run(max_instructions=200_000_000).code == 0
+    finally:
+        reference.close()
+    total = int(reference.harts[0].st[S.CSR + S.CSR_MINSTRET])
+
+    first_console = CapturedConsole()
+    first = start(saved_with, first_console)
+    try:
+        assert first.run(max_instructions=total // 2).reason == "limit"
+        save_snapshot(first, tmp_path / "snap")
+    finally:
+        first.close()
+    monkeypatch.setenv("POCKETVM_JIT", restored_with)
+    console = CapturedConsole()
+    restored = restore_vm(tmp_path / "snap", console, "r", tmp_path / "disks")
+    try:
+        assert restored.vm.harts[0].tier1 is None if restored_with == "off" else restored.vm.harts[0].tier1 is not None
+        assert restored.vm.run(max_instructions=200_000_000).code == 0
+    finally:
+        restored.vm.close()
+        restored.disks.finish()
+    assert bytes(first_console.output) + bytes(console.output) == bytes(reference_console.output)
+    assert int(restored.vm.harts[0].st[S.CSR + S.CSR_MINSTRET]) == total
