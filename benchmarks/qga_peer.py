@@ -101,6 +101,8 @@ def qga_image(img) -> Path:
     target = cache / f"debian-qga-{base_sha}.qcow2"
     if target.exists():
         return target
+    for stale in cache.glob("debian-qga-*.qcow2"):  # overlays of bases that were rebuilt since
+        stale.unlink()
     work = cache / f".{target.name}.building"
     work.unlink(missing_ok=True)
     overlay(img.base, work)
