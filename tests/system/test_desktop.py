@@ -109,7 +109,9 @@ def test_the_desktop_comes_up_and_takes_keys_and_clicks(desktop_image, tmp_path)
                                  "cat /tmp/typed; echo T=$((2+3))=", "T=5=", 120)
                 assert "typed-in-xterm-42" in out
                 time.sleep(2)  # the terminal shows what was typed
-                page.screenshot(path=str(tmp_path / "desktop-page.png"))
+                # The page down to the screen's bottom edge (docs/desktop.png).
+                page.screenshot(path=str(tmp_path / "desktop-page.png"),
+                                clip={"x": 0, "y": 0, "width": 1800, "height": box["y"] + box["height"] + box["x"]})
                 canvas.screenshot(path=str(tmp_path / "desktop.png"))
             finally:
                 browser.close()
