@@ -105,7 +105,7 @@ def load(name: str) -> DebianImage | None:
                        manifest)
 
 
-def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float, disk: Path) -> list[str]:
+def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float, disk: Path | None) -> list[str]:
     """`pocket run ARGS` in its own process, console lines to on_line; what
     the build scripts reported ("step X", "exit N").
 
@@ -113,7 +113,9 @@ def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float,
     there instead (it did after every second stage, in pocketvm and QEMU
     alike, until common.sh remounted the /proc that debootstrap unmounts), it
     is stopped POWEROFF_GRACE seconds after reporting, and its root
-    filesystem checked and repaired on the host like after a power cut.
+    filesystem (the raw image `disk`) checked and repaired on the host like
+    after a power cut. A root disk e2fsck cannot read (disk None: a qcow2
+    overlay) fails the build instead.
     """
     reports: list[str] = []
     lines: queue.Queue[str | None] = queue.Queue()
@@ -157,6 +159,9 @@ def _run_vm(args: Sequence[str], on_line: Callable[[str], None], timeout: float,
         steps = [r[5:] for r in reports if r.startswith("step ")]
         raise ImageError(f"the build VM failed in step {steps[-1] if steps else '?'} ({exits[-1]}); "
                          f"see the build log")
+    if stopped and disk is None:
+        raise ImageError(f"the build VM did not power off within {POWEROFF_GRACE} s of reporting its result; "
+                         f"run the build again")
     if stopped:
         on_line(f"pocketvm: the build VM did not power off within {POWEROFF_GRACE} s; stopped it, checking {disk.name}")
         _check_filesystem(disk, on_line)

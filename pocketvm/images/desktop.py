@@ -297,4 +297,4 @@ def _install_layer(overlay: Path, files_img: Path, plain: DebianImage, progress,
             progress(min(99.0, 100.0 * done[0] / total[0]), f"{m.group(1).lower()} {m.group(2)}")
 
     _run_vm(_vm_args(plain.boot, FINALIZE, [str(overlay), f"{files_img},ro"]), on_line,
-            max(LAYER_TIMEOUT, FINALIZE_TIMEOUT), overlay)
+            max(LAYER_TIMEOUT, FINALIZE_TIMEOUT), None)
