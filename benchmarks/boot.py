@@ -25,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pocketvm.cli import DEFAULT_APPEND as APPEND  # both get pocketvm's default kernel command line
+from pocketvm.cli import (
+    DEFAULT_APPEND as APPEND,  # both get pocketvm's default kernel command line
+)
 
 PROMPT = b"pocket:~# "
 
@@ -101,8 +103,9 @@ def tier1_line(stderr_file: Path) -> str:
 
 
 def numba_cache_warm() -> bool:
-    from pocketvm.cpu import _source_digest  # noqa: F401  (sets the cache dir)
     import numba
+
+    from pocketvm.cpu import _source_digest  # noqa: F401  (sets the cache dir)
 
     cache = Path(numba.config.CACHE_DIR)
     return cache.exists() and any(cache.rglob("*core*.nbi"))

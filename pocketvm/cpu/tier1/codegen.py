@@ -23,7 +23,17 @@ from the persistent cache, in the next.
 
 from __future__ import annotations
 
-from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, F, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
+from pocketvm.cpu.state import (
+    CSR,
+    CSR_MSTATUS,
+    CSR_SATP,
+    PC,
+    PRIV,
+    RAM_BASE,
+    TLB,
+    TLB_ENTRIES,
+    F,
+)
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.layout import JT_FN, JT_FP_ENTRY, JT_KEY, SLOT_BITS, SLOTS
 

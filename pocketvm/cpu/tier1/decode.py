@@ -10,8 +10,8 @@ whatever virtual address the guest runs it at.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -30,7 +30,13 @@ import numpy as np
 
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
-from pocketvm.cpu.tier1.service import PAGE, PageWork, Reply, Request, TranslationService
+from pocketvm.cpu.tier1.service import (
+    PAGE,
+    PageWork,
+    Reply,
+    Request,
+    TranslationService,
+)
 from pocketvm.cpu.tier1.translator import GOOD, QUICK, init_llvm
 
 log = logging.getLogger(__name__)
@@ -157,7 +163,7 @@ class _ServiceProcess:
             reply = pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
             raise
-        except Exception as e:  # not what the service sends
+        except Exception as e:  # noqa: BLE001  (unpickling can fail in many ways: not what the service sends)
             raise OSError(f"unreadable reply from the translation service: {e}") from None
         if not isinstance(reply, Reply):
             raise OSError("unexpected reply from the translation service")
@@ -372,7 +378,7 @@ class Tier1:
             self._local = None
 
 
-_shared: "weakref.WeakKeyDictionary[object, Tier1]" = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[object, Tier1] = weakref.WeakKeyDictionary()
 
 
 def tier1_for(ram: object, mode: int) -> Tier1:

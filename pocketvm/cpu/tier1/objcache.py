@@ -27,8 +27,8 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pocketvm.paths import cache_dir
 

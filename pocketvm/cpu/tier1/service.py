@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pocketvm.cpu.tier1.codegen import FP_OPS
 from pocketvm.cpu.tier1.decode import Region, decode_region
 from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path, new_batch_id
-from pocketvm.cpu.tier1.codegen import FP_OPS
 from pocketvm.cpu.tier1.translator import (
-    VERSION,
-    CompileTimes,
     GOOD,
     QUICK,
+    VERSION,
+    CompileTimes,
     ObjectCompiler,
     calls_fpu,
     code_matches,
@@ -121,7 +121,7 @@ class TranslationService:
             taken_bits = np.unpackbits(np.frombuffer(page.taken, dtype=np.uint8))
             for tkey, may_compile in zip(page.keys, page.compile):
                 entry = entry_key(tkey >> 1, bool(tkey & 1), page.code)
-                hit = self.cache.lookup(entry, lambda sig: code_matches(sig, page.code), req.min_region)
+                hit = self.cache.lookup(entry, lambda sig, code=page.code: code_matches(sig, code), req.min_region)
                 off = tkey >> 1
                 if hit is not None and self._send(hit[0], reply):
                     reply.installs.append((tkey, hit[1]))
