@@ -67,6 +67,10 @@ UPGRADE_CALLS = 5000
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
 MAX_IN_FLIGHT = 2
+# The service's priority (nice value). Nice 15 weighs 36 against the hart's
+# 1024 (Linux CFS): when both want the same core the service gets about 3%
+# of it, enough to go on, not enough to slow the hart; an idle core it gets whole.
+SERVICE_NICE = 15
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
@@ -119,7 +123,11 @@ class HartStats:
 # __init__ (which sets up numba's cache), and the one numba decorator the
 # table layout uses becomes a no-op there.
 _SERVICE_BOOT = """
-import sys, types
+import os, sys, types
+try:
+    os.nice(int(sys.argv[2]))  # before anything: even its start-up must not take the hart's core
+except OSError:
+    pass
 from pathlib import Path
 import pocketvm
 cpu = types.ModuleType("pocketvm.cpu")
@@ -141,7 +149,7 @@ class _ServiceProcess:
 
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVICE_BOOT, str(theirs.fileno())],
+            [sys.executable, "-c", _SERVICE_BOOT, str(theirs.fileno()), str(SERVICE_NICE)],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             # Same session as the VM: with the kernel's autogroup scheduling a

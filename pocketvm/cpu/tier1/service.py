@@ -17,7 +17,6 @@ never waits for it. Mode "all" (tests) calls it in-process.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
-NICE = 15
 FEW = 8  # blocks asked for at once that are compiled well straight away
 
 
@@ -223,12 +221,9 @@ def main() -> int:
     import pickle
     from multiprocessing.connection import Connection
 
-    # Compiling must not take a core from the guest: the service runs at a low
-    # priority, so it mostly uses what the hart leaves idle. Nice 15 weighs 36
-    # against the hart's 1024 (Linux CFS): when both want the same core the
-    # service gets about 3% of it, enough to go on, not enough to slow the hart.
-    # (Set once it is ready: starting up at that priority on a busy machine
-    # took seconds, and the first translations are the ones a short run needs.)
+    # Compiling must not take a core from the guest: the process runs at a low
+    # priority (`engine.SERVICE_NICE`, set before it even imports this), so it
+    # mostly uses what the hart leaves idle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the VM decides when to stop: it closes the socket
     conn = Connection(int(sys.argv[1]))
     try:
@@ -236,10 +231,6 @@ def main() -> int:
     except (EOFError, OSError):
         return 0
     service = TranslationService(ctab)
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
     try:
         while True:
             reply: Reply | None = None
