@@ -125,12 +125,12 @@ def test_objects_of_another_translator_version_are_dropped(jit_cache: Path) -> N
 def test_the_cache_stays_within_its_size(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "c.sqlite", max_bytes=64 << 10)
     for i in range(40):
-        cache.store(f"b{i}", bytes([i]) * (8 << 10), [(i, 2 * i, f"f{i}", b"sig", 5)])
+        cache.store(f"b{i}", bytes([i]) * (8 << 10), [(i, 2 * i, f"f{i}", b"sig", 5, 0)])
         time.sleep(0.001)  # distinct last-use times
     assert cache.size() <= 64 << 10
     assert cache.load("b39") is not None, "the newest batch went"
     assert cache.load("b0") is None, "the oldest batch stayed"
-    assert cache.lookup(0, lambda sig: True, 1) is None and cache.lookup(39, lambda sig: True, 1) == ("b39", "f39", b"sig")
+    assert cache.lookup(0, lambda sig: True, 1) is None and cache.lookup(39, lambda sig: True, 1) == ("b39", "f39", b"sig", 0)
 
 
 def test_off_disables_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
