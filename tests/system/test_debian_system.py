@@ -41,7 +41,10 @@ def test_apt_python_and_a_file_that_survives_reboot(debian_image):
         vm.command("echo kept-across-reboot > /root/keep.txt; sync; echo W=$((4+4))=", "W=8=")
         mark = vm.mark()
         vm.send("reboot\n")
-        vm.wait_for("root@pocket", REBOOT, after=mark)
+        # The shell may print its prompt once more before the system goes
+        # down: wait for the firmware of the next boot, then the prompt.
+        vm.wait_for("OpenSBI", REBOOT, after=mark)
+        vm.wait_for("root@pocket", REBOOT, after=vm.mark())
         out = vm.command("echo K-$(cat /root/keep.txt)-$(command -v hello)=$((5+5))=", "=10=", 120)
         assert "K-kept-across-reboot-/usr/bin/hello=10=" in out
         vm.send("poweroff\n")
