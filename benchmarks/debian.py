@@ -6,7 +6,8 @@ RAM and one hart:
 
   stage2    (--stage2) the image build's second stage (debootstrap
             --second-stage as init, on a fresh first-stage tree) in pocketvm
-            and in QEMU at the same time (same machine load): wall time, ratio
+            (with the JIT, as the image build runs it) and in QEMU at the same
+            time (same machine load): wall time, ratio, time per phase
   boot      cold boot of the built system from a fresh qcow2 overlay of the
             base to root's shell answering `echo`
   template  pocketvm: `pocket run --image debian` (template restore, the
@@ -67,7 +68,7 @@ def overlay(base: Path, path: Path) -> Path:
 def bench_stage2(img, work: Path, qemu: bool) -> dict[str, float]:
     from pocketvm.images import rootfs
     from pocketvm.images.apt import find_keyrings
-    from pocketvm.images.debian import STAGE2, _kernel_deb
+    from pocketvm.images.debian import STAGE2, _kernel_deb, stage2_jit_args
     from pocketvm.images.pull import ARCH, SUITE, cache_root
 
     tree = work / "tree"
@@ -82,7 +83,8 @@ def bench_stage2(img, work: Path, qemu: bool) -> dict[str, float]:
     append = f"{BUILD_APPEND} init={STAGE2}"
     runs = [("pocketvm", pocket_cmd("run", "--kernel", img.boot.kernel, "--initrd", img.boot.initrd,
                                     "--bios", img.boot.bios, "--memory", MEMORY, "--vsock", "none",
-                                    "--disk", work / "pocketvm.raw", "--append", append))]
+                                    "--disk", work / "pocketvm.raw", "--append", append,
+                                    *stage2_jit_args()))]
     if qemu:
         runs.append(("qemu", qemu_cmd(img, work / "qemu.raw", append, "raw")))
     # Both at once, each on a core of its own, so that both see the same

@@ -185,6 +185,13 @@ def _vm_args(boot: BootFiles, init: str, disks: Sequence[str]) -> list[str]:
     return args
 
 
+def stage2_jit_args() -> list[str]:
+    """The second stage runs with tier 1 (the JIT) unless $POCKETVM_JIT says
+    otherwise: dpkg's decompression is hot integer code, where translation
+    pays for itself many times over (26 min -> 20 min on a busy host)."""
+    return [] if os.environ.get("POCKETVM_JIT") else ["--jit", "on"]
+
+
 def second_stage(raw: Path, boot: BootFiles, packages: int, progress: Callable[[float, str], None],
                  log: Note) -> None:
     """Boot the raw image with init=stage2.sh: debootstrap --second-stage."""
@@ -197,7 +204,7 @@ def second_stage(raw: Path, boot: BootFiles, packages: int, progress: Callable[[
             done[0] += 1
             progress(min(99.0, 100.0 * done[0] / total), line[3:].rstrip("."))
 
-    _run_vm(_vm_args(boot, STAGE2, [str(raw)]), on_line, STAGE2_TIMEOUT, raw)
+    _run_vm(_vm_args(boot, STAGE2, [str(raw)]) + stage2_jit_args(), on_line, STAGE2_TIMEOUT, raw)
 
 
 def finalize(raw: Path, boot: BootFiles, log: Note) -> None:
