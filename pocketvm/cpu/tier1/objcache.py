@@ -16,7 +16,8 @@ its SHA-256 and is checked before it is handed out; a file that is not
 such a database (truncated, corrupt, foreign) is replaced by an empty one,
 and any SQLite error just makes the cache miss. The total size of objects is
 bounded (least recently used batches go first). Several VMs may share the
-file (SQLite's locking; a busy cache is a miss, not a wait).
+file (SQLite's locking; the service waits a few seconds for another VM's
+write, then takes it as a miss).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class ObjectCache:
             return None
         for attempt in range(2):
             try:
-                db = sqlite3.connect(str(path), timeout=0.5, isolation_level=None, check_same_thread=False)
-                db.executescript(_SCHEMA)
+                # Waiting for another VM's write is harmless here: the cache is
+                # only used by the translation service, never by the hart.
+                db = sqlite3.connect(str(path), timeout=5, isolation_level=None, check_same_thread=False)
+                if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'region_batch'").fetchone()[0] == 0:
+                    db.executescript(_SCHEMA)
                 db.execute("SELECT count(*) FROM batch").fetchone()
                 return db
             except sqlite3.DatabaseError as e:  # not a database, corrupt, or an unexpected schema
