@@ -148,6 +148,8 @@ class TranslationService:
         if tier < req.tier:
             self.upgrades.update((tkey, (entry, region)) for entry, tkey, region in misses)
         self._compile(misses, reply, tier)
+        if reply.cached and reply.cache_bytes < 0:
+            reply.cache_bytes = self.cache.size()
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
