@@ -3,8 +3,8 @@
 #
 #   ./setup.sh             install everything, build the Debian guest, boot it
 #   ./setup.sh --no-boot   the same without booting (what CI does)
-#   ./setup.sh --desktop   also build the desktop image (debian-desktop, about
-#                          15 more minutes) and boot that one with its screen
+#   ./setup.sh --desktop   also build the desktop image (debian-desktop, 8-15
+#                          more minutes) and boot that one with its screen
 #                          on a web page
 #
 # The first run builds the Debian system image (pocket image build debian,

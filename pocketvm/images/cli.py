@@ -58,7 +58,7 @@ def path() -> None:
 @click.option("--desktop", is_flag=True,
               help="A separate image with a small desktop (X.org, the jwm window manager, xterm) on top of the "
               "plain debian image (built first if needed). The desktop starts when the VM has a display: "
-              "`pocket run --image debian-desktop --display web` restores straight into it. 11-15 minutes.")
+              "`pocket run --image debian-desktop --display web` restores straight into it. 8-15 minutes.")
 @click.option("--packages", metavar="PKG[,PKG...]", default="",
               help="Extra Debian packages to install (comma-separated; with --desktop, into the desktop image).")
 @click.option("--mirror", metavar="URL", help=f"Debian mirror (default: ${MIRROR_ENV}, else the host's apt sources). "

@@ -15,7 +15,7 @@ Without a display the image boots (its template has one) and is the plain
 system: the desktop's unit is skipped.
 
 Screenshots of the page and of the screen are saved in the test's tmp dir
-(docs/desktop.png is one of them). The build takes 11-15 minutes on top of
+(docs/desktop.png is one of them). The build takes 8-15 minutes on top of
 the plain image: the test is skipped, with the command that builds it,
 when the image is not there (see the README, "A desktop").
 """
@@ -47,7 +47,7 @@ def desktop_image():
 
     image = load(DEFAULT_NAME)
     if image is None or image.template is None:
-        pytest.skip(f"the {DEFAULT_NAME} image is not built (11-15 minutes): "
+        pytest.skip(f"the {DEFAULT_NAME} image is not built (8-15 minutes): "
                     f"`pocket image build debian --desktop` or `./setup.sh --desktop` builds it")
     return image
 
