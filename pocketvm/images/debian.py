@@ -251,16 +251,26 @@ def build(name: str = "debian", packages: Sequence[str] = (), mirror: str | None
     mirror_url = resolve_mirror(mirror)
     stage2_key = _key(RECIPE, wanted, mirror_url, boot.version, SUITE, ARCH, boot_scripts_digest())
     final_key = _key(stage2_key, guest_files_digest())
+    return build_unless_current(
+        name, final_key, force, template, quiet, console,
+        lambda d: _build(name, d, wanted, mirror_url, boot, stage2_key, final_key, force, template, quiet, console))
+
+
+def build_unless_current(name: str, key: str, force: bool, template: bool, quiet: bool, console,
+                         build: Callable[[Path], DebianImage]) -> DebianImage:
+    """The image `name` if it was built from `key` (with its template made
+    when `template` asks for one), else `build(its directory)`; under the
+    image's build lock."""
     d = image_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     with _build_lock(d, console):
         existing = load(name)
-        if existing is not None and not force and existing.manifest.get("key") == final_key:
+        if existing is not None and not force and existing.manifest.get("key") == key:
             if template and existing.template is None:
                 make_template(existing, quiet=quiet)
                 return load(name) or existing
             return existing
-        return _build(name, d, wanted, mirror_url, boot, stage2_key, final_key, force, template, quiet, console)
+        return build(d)
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ from .debian import (
     _run_vm,
     _vm_args,
     _write_json,
+    build_unless_current,
     image_dir,
     load,
     make_template,
@@ -106,16 +107,8 @@ def build(name: str = DEFAULT_NAME, packages: Sequence[str] = (), mirror: str | 
     mirror_url = resolve_mirror(mirror)
     key = _key("desktop", RECIPE, plain.manifest.get("key"), plain.manifest.get("base_sha256"), wanted,
                mirror_url, desktop_files_digest(), list(TEMPLATE_DISPLAY))
-    d = image_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    with _build_lock(d, console):
-        existing = load(name)
-        if existing is not None and not force and existing.manifest.get("key") == key:
-            if template and existing.template is None:
-                make_template(existing, quiet=quiet)
-                return load(name) or existing
-            return existing
-        return _build(name, d, plain, wanted, mirror_url, key, template, quiet, console)
+    return build_unless_current(name, key, force, template, quiet, console,
+                                lambda d: _build(name, d, plain, wanted, mirror_url, key, template, quiet, console))
 
 
 def _plain_image(mirror: str | None, quiet: bool) -> DebianImage:
