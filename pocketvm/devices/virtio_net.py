@@ -235,7 +235,7 @@ class VirtioNet(v.VirtioDevice):
     def save(self) -> dict[str, Any]:
         # Held frames are not saved: the connections they belong to live in
         # the backend, which a restored VM does not get back.
-        return {"mac": self.mac.hex(), "stats": dict(self.stats)}
+        return {"mac": self.mac.hex(), "link_up": self.link_up, "stats": dict(self.stats)}
 
     def load(self, state: dict[str, Any]) -> None:
         self.reset()
@@ -245,3 +245,7 @@ class VirtioNet(v.VirtioDevice):
         for name, count in state.get("stats", {}).items():
             if name in self.stats:
                 self.stats[name] = int(count)
+        if bool(state.get("link_up", True)) != self.link_up and self.transport is not None:
+            # The restored VM's cable is in or out unlike the snapshot's: the
+            # driver believes what it last read, so tell it to look again.
+            self.transport.config_changed()

@@ -362,6 +362,21 @@ def test_save_load_round_trip(nic, ram):
     assert other.stats["rx_frames"] == 2
 
 
+@pytest.mark.parametrize("restored_link_up", [False, True])
+def test_restore_with_the_cable_out_tells_the_driver(nic, ram, restored_link_up):
+    nic.start()
+    state = load_state(dump_state(nic.dev.save()))  # taken with the link up
+    irq = IrqLine()
+    other_dev = VirtioMmio(ram, irq, VirtioNet(FakeBackend(), MAC, link_up=restored_link_up))
+    generation = int(state["config_generation"])
+    other_dev.load(state)
+    changed = not restored_link_up
+    assert bool(other_dev.read(m.INTERRUPT_STATUS, 4) & m.INT_CONFIG_CHANGE) == changed
+    assert irq.level == changed
+    assert other_dev.read(m.CONFIG_GENERATION, 4) == generation + changed
+    assert other_dev.read(m.CONFIG + 6, 2) == (n.S_LINK_UP if restored_link_up else 0)
+
+
 def test_random_rings_never_raise(ram, caplog):
     rnd = random.Random(4321)
     nic = Nic(ram, IrqLine())
