@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +62,6 @@ def _cmd(vm: Pocket, line: str, expect: str, timeout: float = 120) -> str:
     return vm.wait_for(expect, timeout, after=mark)[mark:]
 
 
-def _wait_err(vm: Pocket, pattern: str, timeout: float = 60) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, vm.err)
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} on stderr:\n{vm.err}")
-
-
 def _input_events(od_output: str) -> list[tuple[int, int, int]]:
     """(type, code, value) of each 24-byte struct input_event in `od -An -v -tx1` output."""
     raw = bytes(int(b, 16) for b in re.findall(r"\b[0-9a-f]{2}\b", od_output))
@@ -106,7 +95,7 @@ def test_screen_keyboard_pointer_and_console_in_a_browser(guest_image, tmp_path)
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed")
     with Pocket("run", "--display", "web", "--name", "webvm") as vm:
-        url = _wait_err(vm, r"pocket: display: (http://127\.0\.0\.1:\d+/[\w-]+/)").group(1)
+        url = vm.wait_stderr(r"pocket: display: (http://127\.0\.0\.1:\d+/[\w-]+/)").group(1)
         vm.wait_for(PROMPT, BOOT)
         # Record the tablet's events from now on.
         _cmd(vm, "for e in /sys/class/input/event*; do grep -q tablet $e/device/name && T=${e##*/}; done; "
@@ -175,7 +164,7 @@ def test_restored_vm_shows_its_screen(guest_image, tmp_path):
     _needs_guest(guest_image)
     snap = tmp_path / "snap"
     with Pocket("run", "--display", "vnc", "--name", "screenvm") as vm:
-        port = int(_wait_err(vm, r"pocket: display: VNC on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(vm.wait_stderr(r"pocket: display: VNC on 127\.0\.0\.1:(\d+)").group(1))
         vm.wait_for(PROMPT, BOOT)
         # A steady screen: no blinking cursor, a marker drawn on tty1.
         _cmd(vm, "echo 0 > /sys/class/graphics/fbcon/cursor_blink; echo SCREEN-MARK-$((8*8)) > /dev/tty1; "
@@ -186,7 +175,7 @@ def test_restored_vm_shows_its_screen(guest_image, tmp_path):
         assert run.returncode == 0, run.stderr
         vm.wait(60)
     with Pocket("restore", str(snap), "--display", "vnc", "--name", "back") as vm:
-        port = int(_wait_err(vm, r"pocket: display: VNC on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(vm.wait_stderr(r"pocket: display: VNC on 127\.0\.0\.1:(\d+)").group(1))
         after = _frame(port)
         assert np.array_equal(before, after)
         vm.send("poweroff\n")

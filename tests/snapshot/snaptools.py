@@ -4,6 +4,7 @@ driving `pocket` processes that keep running while a test talks to them."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,16 @@ class Pocket:
                 raise AssertionError(f"pocket exited ({self.proc.returncode}) before {text!r}:\n{out[-3000:]}\n{self.err}")
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} within {timeout} s:\n{self.out[-3000:]}\n{self.err}")
+
+    def wait_stderr(self, pattern: str, timeout: float = 60) -> re.Match:
+        """The first match of the regular expression `pattern` in what pocket wrote to stderr."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.err)
+            if m:
+                return m
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} on stderr:\n{self.err}")
 
     def command(self, line: str, expect: str, timeout: float = 60) -> str:
         """Type a shell command line; the output from its start once `expect` shows."""

@@ -22,7 +22,6 @@ when the image is not there (see the README, "A desktop").
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -52,16 +51,6 @@ def desktop_image():
     return image
 
 
-def _wait_err(vm: Pocket, pattern: str, timeout: float = 60) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, vm.err)
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} on stderr:\n{vm.err}")
-
-
 def _share_js(rgb: tuple[int, int, int], rows: str = "0, c.height") -> str:
     """The share of the canvas' pixels (in the given rows) that have colour rgb, in JavaScript."""
     r, g, b = rgb
@@ -82,7 +71,7 @@ def test_the_desktop_comes_up_and_takes_keys_and_clicks(desktop_image, tmp_path)
         pytest.skip("Debian's chromium is not installed")
     started = time.monotonic()
     with Pocket("run", "--image", desktop_image.name, "--display", "web", "--nic", "user", "--name", "desk") as vm:
-        url = _wait_err(vm, r"pocket: display: (http://127\.0\.0\.1:\d+/[\w-]+/)").group(1)
+        url = vm.wait_stderr(r"pocket: display: (http://127\.0\.0\.1:\d+/[\w-]+/)").group(1)
         assert "template" in vm.err  # restored, not booted
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
