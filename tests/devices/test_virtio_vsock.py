@@ -442,17 +442,29 @@ def test_reset_event_waits_for_an_event_buffer(guest, tmp_path):
     guest.pump(lambda: guest.events == [0])
 
 
+def _restored_without_acknowledging(guest) -> None:
+    """The device restored; the guest got the transport-reset event and has
+    not re-posted its event buffer (its handler has not run yet)."""
+    guest.start()
+    guest.repost_events = False
+    guest.dev.load(guest.dev.save())
+    guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
+
+
+def _held_host_connection(guest):
+    """A host connection to guest port 52, accepted by the device and held back."""
+    s = guest.host_connect(52)
+    guest.pump(lambda: guest.dev.host.open_streams == 1 and not guest.dev.host._handshakes)
+    return s
+
+
 def test_host_connections_wait_until_the_guest_handled_the_reset(guest):
     """Linux handles the reset event and incoming packets in any order and
     its handler resets every connected socket, also one accepted a moment
     before: a host connection made just after a restore waits until the
     guest has re-posted its event buffer (its handler ran)."""
-    guest.start()
-    guest.repost_events = False
-    guest.dev.load(guest.dev.save())
-    guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
-    s = guest.host_connect(52)
-    guest.pump(lambda: guest.dev.host.open_streams == 1 and not guest.dev.host._handshakes)
+    _restored_without_acknowledging(guest)
+    s = _held_host_connection(guest)
     for _ in range(5):
         guest.pump()
     assert not any(p.op == vs.OP_REQUEST for p in guest.received) and guest.dev.conns == {}
@@ -462,23 +474,16 @@ def test_host_connections_wait_until_the_guest_handled_the_reset(guest):
 
 
 def test_a_guest_that_never_acknowledges_the_reset_gets_connections_later(guest):
-    guest.start()
-    guest.repost_events = False
     guest.dev.reset_ack_timeout = 0.2
-    guest.dev.load(guest.dev.save())
-    guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
+    _restored_without_acknowledging(guest)
     s = guest.host_connect(52)
     assert guest.wait_packet(vs.OP_REQUEST, timeout=5).dst_port == 52
     s.close()
 
 
 def test_a_driver_reset_drops_connections_held_for_the_reset(guest):
-    guest.start()
-    guest.repost_events = False
-    guest.dev.load(guest.dev.save())
-    guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
-    s = guest.host_connect(52)
-    guest.pump(lambda: guest.dev.host.open_streams == 1 and not guest.dev.host._handshakes)
+    _restored_without_acknowledging(guest)
+    s = _held_host_connection(guest)
     guest.rx.set(m.STATUS, 0)
     assert s.recv(16) == b""
     assert guest.dev.host.open_streams == 0
