@@ -24,7 +24,6 @@ image does nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,13 +34,14 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .apt import find_keyrings, sha256_file
 from .catalog import images_root
 from .errors import ImageError
+from .lockfile import exclusive
 from .pull import ARCH, SUITE, BootFiles, cache_root, load_default_image, pull_default_image
 from .rootfs import BASE_PACKAGES, FINALIZE, STAGE2, boot_scripts_digest, check_packages, first_stage, \
     guest_files_digest, install_boot_scripts, install_kernel_modules, make_ext4, make_files_disk
@@ -273,17 +273,10 @@ def build_unless_current(name: str, key: str, force: bool, template: bool, quiet
         return build(d)
 
 
-@contextlib.contextmanager
-def _build_lock(d: Path, console) -> Iterator[None]:
+def _build_lock(d: Path, console) -> contextlib.AbstractContextManager[None]:
     """One build of an image at a time: a second `pocket image build` waits,
     then finds the image the first one made."""
-    with open(d / "build.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            console.print(f"Waiting for another build of {d.name} to finish...")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return exclusive(d / "build.lock", lambda: console.print(f"Waiting for another build of {d.name} to finish..."))
 
 
 def _build(name: str, d: Path, wanted: list[str], mirror_url: str, boot: BootFiles, stage2_key: str,

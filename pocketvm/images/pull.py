@@ -16,7 +16,6 @@ an interrupted pull never leaves a half-written image behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from . import kmod
 from .apt import Package, PrivateApt, find_keyrings, kernel_package_name, sha256_file
 from .busybox import busybox_applets
 from .errors import ImageError
+from .lockfile import exclusive
 from .initramfs import InitramfsModule, build_initramfs
 from .kernel import parse_image_header, raw_kernel_image
 from .sources import resolve_mirror
@@ -145,16 +145,9 @@ class _Steps:
         self.progress.console.print(text)
 
 
-@contextlib.contextmanager
-def _pull_lock(root: Path, steps: _Steps) -> Iterator[None]:
+def _pull_lock(root: Path, steps: _Steps) -> contextlib.AbstractContextManager[None]:
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "pull.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            steps.note("waiting for another pocket image pull to finish...")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return exclusive(root / "pull.lock", lambda: steps.note("waiting for another pocket image pull to finish..."))
 
 
 def pull_default_image(mirror: str | None = None, force: bool = False, quiet: bool = False) -> BootFiles:
