@@ -27,10 +27,10 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
-import queue
 import tempfile
 import threading
 import time
@@ -42,9 +42,28 @@ from .apt import find_keyrings, sha256_file
 from .catalog import images_root
 from .errors import ImageError
 from .lockfile import exclusive
-from .pull import ARCH, SUITE, BootFiles, cache_root, load_default_image, pull_default_image
-from .rootfs import BASE_PACKAGES, FINALIZE, STAGE2, boot_scripts_digest, check_packages, first_stage, \
-    guest_files_digest, install_boot_scripts, install_kernel_modules, make_ext4, make_files_disk
+from .progress import step_progress
+from .pull import (
+    ARCH,
+    SUITE,
+    BootFiles,
+    cache_root,
+    load_default_image,
+    pull_default_image,
+)
+from .rootfs import (
+    BASE_PACKAGES,
+    FINALIZE,
+    STAGE2,
+    boot_scripts_digest,
+    check_packages,
+    first_stage,
+    guest_files_digest,
+    install_boot_scripts,
+    install_kernel_modules,
+    make_ext4,
+    make_files_disk,
+)
 from .sources import resolve_mirror
 
 RECIPE = 1
@@ -281,11 +300,7 @@ def _build_lock(d: Path, console) -> contextlib.AbstractContextManager[None]:
 
 def _build(name: str, d: Path, wanted: list[str], mirror_url: str, boot: BootFiles, stage2_key: str,
            final_key: str, force: bool, template: bool, quiet: bool, console) -> DebianImage:
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, \
-        TimeElapsedColumn
-
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                        TimeElapsedColumn(), console=console, disable=quiet)
+    progress = step_progress(console, quiet)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=d))
     stage2_raw = d / STAGE2_FILE
     info = _read_json(d / STAGE2_INFO)

@@ -56,6 +56,7 @@ from .debian import (
 )
 from .debian import build as build_debian
 from .errors import ImageError
+from .progress import step_progress
 from .pull import ARCH, SUITE, cache_root
 from .rootfs import FINALIZE, check_packages, make_ext4
 
@@ -124,20 +125,10 @@ def _plain_image(mirror: str | None, quiet: bool) -> DebianImage:
 
 def _build(name: str, d: Path, plain: DebianImage, wanted: list[str], mirror_url: str, key: str, template: bool,
            quiet: bool, console) -> DebianImage:
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from pocketvm.backends.qcow2_create import convert_to_qcow2, create_overlay
     from pocketvm.snapshot.basechain import cached_digest
 
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                        TimeElapsedColumn(), console=console, disable=quiet)
+    progress = step_progress(console, quiet)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=d))
     timings: dict[str, float] = {}
     with open(d / "build.log", "a") as logf, progress:
@@ -206,7 +197,6 @@ def _build(name: str, d: Path, plain: DebianImage, wanted: list[str], mirror_url
     if template:
         started = time.monotonic()
         make_template(image, quiet=quiet)
-        image = load(name) or image
         manifest = _read_json(d / MANIFEST)
         manifest.setdefault("seconds", {})["template"] = round(time.monotonic() - started, 1)
         _write_json(d / MANIFEST, manifest)

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from . import kmod
 from .apt import Package, PrivateApt, find_keyrings, kernel_package_name, sha256_file
 from .busybox import busybox_applets
 from .errors import ImageError
-from .lockfile import exclusive
 from .initramfs import InitramfsModule, build_initramfs
 from .kernel import parse_image_header, raw_kernel_image
+from .lockfile import exclusive
+from .progress import step_progress
 from .sources import resolve_mirror
 from .unpack import find_file, find_kernel, kernel_config, module_dir, unpack_deb
 
@@ -127,9 +127,7 @@ class _Steps:
 
     def __init__(self, quiet: bool):
         self.console = Console(stderr=True, quiet=quiet)
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 TaskProgressColumn(), TimeElapsedColumn(),
-                                 console=self.console, disable=quiet)
+        self.progress = step_progress(self.console, quiet)
 
     @contextlib.contextmanager
     def step(self, description: str) -> Iterator[Callable[[float], None]]:
