@@ -32,10 +32,10 @@ from pocketvm.cpu.state import (
     RAM_BASE,
     TLB,
     TLB_ENTRIES,
-    F,
 )
 from pocketvm.cpu.tier1.decode import Insn, Region
-from pocketvm.cpu.tier1.layout import JT_FN, JT_FP_ENTRY, JT_KEY, SLOT_BITS, SLOTS
+from pocketvm.cpu.tier1.fpgen import FpGen
+from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -93,6 +93,7 @@ class BlockCodegen:
         # (from label, npc, total, slot offset, want, RAM offset of the target)
         self.exits: list[tuple[str, str, str, str, str, str]] = []
         self.cur: list[Insn] = []
+        self.fp = FpGen(self)  # F/D instructions and the F registers
 
     # --- text helpers ---------------------------------------------------------------
     def v(self, text: str) -> str:
@@ -206,6 +207,7 @@ class BlockCodegen:
         npc, total, slot, want, target_off = (self.v("phi i64 " + ", ".join(col)) for col in cols)
         for r in self.written:
             self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
+        self.fp.store_registers()
         if self.chain and any(e[4] != "-2" for e in self.exits):
             key_ptr = self.v(f"getelementptr i8, ptr %jt, i64 {slot}")
             key = self.v(f"load i64, ptr {key_ptr}")
@@ -231,6 +233,7 @@ class BlockCodegen:
         for r in self.used:
             self.put(f"%x{r} = alloca i64")
         self.put("%done = alloca i64")
+        self.fp.allocas()
         self.put("%code = getelementptr i8, ptr %ram, i64 %off")
         self.put("%code_page = lshr i64 %off, 12")
         # The code must still be what it was translated from: compared 8 bytes at a time.
@@ -257,6 +260,7 @@ class BlockCodegen:
         self.start("fresh")
         for r in self.used:
             self.put(f"store i64 {self.v(f'load i64, ptr {self.st_ptr(r)}')}, ptr %x{r}")
+        self.fp.load_registers()
         self.put("store i64 %done_in, ptr %done")
         self.put("br label %L0")
         for start, sub in self.region.blocks.items():
@@ -417,48 +421,8 @@ class BlockCodegen:
         return True
 
     def emit_fp(self, i: int, insn: Insn) -> None:
-        """F/D: loads and stores inline, arithmetic through the interpreter's FPU."""
-        v = self.v
-        mstatus_ptr = self.st_ptr(CSR + CSR_MSTATUS)
-        mstatus = v(f"load i64, ptr {mstatus_ptr}")
-        self.side_exit_if(v(f"icmp eq i64 {v(f'and i64 {mstatus}, {_FS}')}, 0"), i)  # FPU off: illegal
-        op = insn.opcode
-        if op == 0x07:
-            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_i)}")
-            size = 4 if insn.f3 == 2 else 8
-            p = self.ram_pointer(i, addr, size, _ACC_LOAD)
-            if size == 4:
-                word = v(f"load i32, ptr {p}, align 4")
-                bits = v(f"or i64 {v(f'zext i32 {word} to i64')}, {_NAN_BOX}")
-            else:
-                bits = v(f"load i64, ptr {p}, align 8")
-            self.put(f"store i64 {bits}, ptr {self.st_ptr(F + insn.rd)}")
-            self.put(f"store i64 {v(f'or i64 {mstatus}, {_FS_DIRTY}')}, ptr {mstatus_ptr}")
-            return
-        if op == 0x27:
-            addr = v(f"add i64 {self.get(insn.rs1)}, {s64(insn.imm_s)}")
-            size = 4 if insn.f3 == 2 else 8
-            bits = v(f"load i64, ptr {self.st_ptr(F + insn.rs2)}")
-            p = self.ram_pointer(i, addr, size, _ACC_STORE)
-            if size == 4:
-                bits = v(f"trunc i64 {bits} to i32")
-            self.put(f"store {_INT_TYPE[size]} {bits}, ptr {p}, align {size}")
-            return
-        # The FPU reads and writes st: integer registers go there first and
-        # the destination comes back (it is an integer register for fmv.x,
-        # fcvt to integer, compares and fclass).
-        # The FPU's entry is loaded by the VM when it first gets code that needs
-        # it; until then such code leaves the instruction to the interpreter.
-        fn = v(f"load ptr, ptr {v(f'getelementptr i64, ptr %jt, i64 {JT_FP_ENTRY}')}")
-        self.side_exit_if(v(f"icmp eq ptr {fn}, null"), i)
-        for r in self.written:
-            self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
-        if insn.rs1:
-            self.put(f"store i64 {v(f'load i64, ptr %x{insn.rs1}')}, ptr {self.st_ptr(insn.rs1)}")
-        r = v(f"call i64 {fn}(ptr %st, i64 {insn.bits})")
-        self.side_exit_if(v(f"icmp ne i64 {r}, 0"), i)  # illegal: nothing was changed
-        if insn.rd:
-            self.set(insn.rd, v(f"load i64, ptr {self.st_ptr(insn.rd)}"))
+        """F/D loads, stores and arithmetic (`fpgen`)."""
+        self.fp.emit(i, insn)
 
     def op(self, insn: Insn, a: str, c: str) -> str:
         v = self.v

@@ -40,6 +40,11 @@ _SETTINGS = {
     GOOD: (int(os.environ.get("POCKETVM_JIT_HOT_CGOPT", "2")), os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "o2")),
 }
 
+# Code for this host's CPU (translations never leave it): FMA instructions
+# for the F/D fast paths (`fpgen`) instead of calls to libm's fma.
+_HOST_CPU = llvm.get_host_cpu_name()
+_HOST_FEATURES = llvm.get_host_cpu_features().flatten()
+
 _llvm_lock = threading.Lock()
 _llvm_ready = False
 
@@ -56,12 +61,13 @@ def init_llvm() -> None:
 def _version() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("codegen.py", "decode.py", "layout.py", "translator.py"):
+    for name in ("codegen.py", "decode.py", "fpgen.py", "layout.py", "translator.py"):
         h.update(name.encode())
         h.update((here / name).read_bytes())
     h.update((here.parent / "state.py").read_bytes())
     h.update(f"{llvmlite.__version__} {llvm.llvm_version_info} {llvm.get_process_triple()}".encode())
     h.update(repr(sorted(_SETTINGS.items())).encode())
+    h.update(f"{_HOST_CPU} {_HOST_FEATURES}".encode())
     return h.hexdigest()[:16]
 
 
@@ -121,7 +127,7 @@ class ObjectCompiler:
     def __init__(self) -> None:
         init_llvm()
         target = llvm.Target.from_default_triple()
-        self._tm = {tier: target.create_target_machine(opt=cg, jit=True) for tier, (cg, _) in _SETTINGS.items()}
+        self._tm = {tier: target.create_target_machine(cpu=_HOST_CPU, features=_HOST_FEATURES, opt=cg, jit=True) for tier, (cg, _) in _SETTINGS.items()}
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
         self._pb = llvm.create_pass_builder(self._tm[GOOD], self._pto)
 
