@@ -6,8 +6,8 @@ import numba
 import numpy as np
 
 from pocketvm.cpu import state as S
-from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.rvc import expansion_table
+from pocketvm.cpu.tier1 import layout as L
 from pocketvm.memory import GuestRAM
 
 
@@ -46,6 +46,8 @@ class Hart:
         # With tier 1 the core lets go of the GIL, so the compiler thread works meanwhile.
         jt = self._jt
         tier1 = self.tier1
+        if not tier1.started:  # code the persistent cache has runs from the first instruction
+            tier1.start(self.ram.u16)
         left = budget
         while True:
             reason = int(

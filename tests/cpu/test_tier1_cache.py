@@ -155,3 +155,63 @@ def test_the_translation_service_process_translates_and_ends_with_the_machine(ji
     proc = hart.tier1._remote.proc  # type: ignore[union-attr]
     hart.tier1.close()
     assert proc.poll() is not None
+
+
+def run_in_slices(hart: Hart, slices: int = 12, size: int = 250) -> None:
+    """The loop of `loop_hart` in short run() calls, as a VM runs (between two
+    calls tier 1 installs what it found)."""
+    for _ in range(slices):
+        hart.run(size)
+    hart.run(3010 - slices * size)
+    assert hart.x(A0) == 3000 and hart.x(A1) == 0
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) == 3010
+
+
+def test_a_machine_runs_cached_code_where_it_was_made_from_its_first_instruction(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    hart = loop_hart(0x1000, jit="on")  # a background service, which is never asked for this code
+    try:
+        run_loop(hart)  # a single run() call: only code installed before it runs native
+        assert hart.tier1.stats.preloaded >= 1 and hart.tier1.stats.blocks == 0
+        assert int(hart.tier1.table[L.JT_NATIVE]) > 2000, "the cached code did not run"
+    finally:
+        hart.tier1.close()
+
+
+def test_a_machine_finds_cached_code_loaded_elsewhere_itself(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    hart = loop_hart(0x5000, jit="on")  # same code, another page: not installed at start
+    try:
+        run_in_slices(hart)
+        s = hart.tier1.stats
+        assert s.preloaded == 0 and s.local >= 1 and s.blocks == 0
+        assert int(hart.tier1.table[L.JT_NATIVE]) > 1500
+    finally:
+        hart.tier1.close()
+
+
+def test_changed_code_is_not_preloaded(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    hart = loop_hart(0x1000, jit="on")
+    try:
+        hart.ram.write_int(S.RAM_BASE + 0x1004, 4, addi(A1, A1, -2))  # a1 -= 2: 500 iterations
+        hart.run(1510)
+        assert hart.x(A0) == 1500 and hart.x(A1) == 0
+        assert hart.tier1.stats.preloaded == 0
+    finally:
+        hart.tier1.close()
+
+
+def test_a_damaged_object_is_not_loaded_by_the_machine_either(jit_cache: Path) -> None:
+    run_loop(loop_hart(0x1000))
+    (db,) = jit_cache.glob("tier1-*.sqlite")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE batch SET object = zeroblob(length(object))")
+    con.close()
+    hart = loop_hart(0x1000, jit="on")
+    try:
+        run_in_slices(hart)
+        assert hart.tier1.stats.cached == 0
+    finally:
+        hart.tier1.close()

@@ -8,7 +8,11 @@ translation service (`service`): in mode "on" a process of its own, so the
 hart never waits for a compiler and never competes with one for the GIL;
 in mode "all" (tests) in-process, at once. The service answers with object
 files (from the persistent cache or freshly compiled), which are linked
-into this process by llvmlite's MCJIT. Compiled code is never freed (a
+into this process by llvmlite's MCJIT. Code already in the persistent cache
+does not wait for the service (whose process gets little CPU on a busy
+host): the VM reads the cache's index itself (`LocalCache`), installs at
+once whatever matches guest RAM when it starts (a kernel is where it was
+last time), and looks hot blocks up there early, before any request. Compiled code is never freed (a
 replaced block's code stays in memory, unreachable); translations are few
 and small next to guest RAM.
 """
@@ -30,6 +34,7 @@ import numpy as np
 
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
+from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path
 from pocketvm.cpu.tier1.service import (
     PAGE,
     PageWork,
@@ -37,7 +42,14 @@ from pocketvm.cpu.tier1.service import (
     Request,
     TranslationService,
 )
-from pocketvm.cpu.tier1.translator import GOOD, QUICK, init_llvm
+from pocketvm.cpu.tier1.translator import (
+    GOOD,
+    QUICK,
+    VERSION,
+    code_matches,
+    entry_key,
+    init_llvm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,10 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # (PROBE_THRESHOLD) and compiled only if it gets hot (COMPILE_THRESHOLD).
 DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
 DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
+# With a cache index in the VM process: entries of a block before it is
+# looked up there (a dictionary look-up on the hart's thread, no request);
+# a miss counts on towards DEFAULT_THRESHOLD and the service.
+LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
 # Calls of a translated block after which it is compiled again, well, if it
 # was compiled quickly (a block compiled in spare time, or in a burst).
 UPGRADE_CALLS = 5000
@@ -67,10 +83,13 @@ UPGRADE_CALLS = 5000
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
 MAX_IN_FLIGHT = 2
+# Hot blocks kept for the service while it is busy; older ones are dropped
+# (and queued again by the core if they stay hot).
+MAX_WAITING = 256
 # The service's priority (nice value). Nice 15 weighs 36 against the hart's
 # 1024 (Linux CFS): when both want the same core the service gets about 3%
 # of it, enough to go on, not enough to slow the hart; an idle core it gets whole.
-SERVICE_NICE = 15
+SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
@@ -88,6 +107,8 @@ class Stats:
     blocks: int = 0  # regions compiled
     instructions: int = 0  # guest instructions in them
     cached: int = 0  # regions found in the persistent cache
+    local: int = 0  # of which: found by the VM itself, without asking the service
+    preloaded: int = 0  # of which: installed at start (their code was where it was made)
     prefetched: int = 0  # regions installed because their batch came with one that was asked for
     empty: int = 0  # hot places where nothing could be translated
     batches: int = 0  # objects loaded
@@ -102,7 +123,8 @@ class Stats:
     def summary(self, stale: int) -> str:
         return (
             f"tier 1: {self.blocks} blocks compiled ({self.instructions} instructions), {self.cached} from the "
-            f"translation cache ({self.cache_bytes >> 10} KiB), {self.prefetched} prefetched, {self.empty} not worth it; "
+            f"translation cache ({self.cache_bytes >> 10} KiB; {self.local} found by the VM, {self.preloaded} of them at start), "
+            f"{self.prefetched} prefetched, {self.empty} not worth it; "
             f"{self.batches} objects loaded in {self.load_seconds:.3f} s; service CPU {self.compile_seconds:.2f} s "
             f"(IR {self.ir_seconds:.2f}, optimisation {self.opt_seconds:.2f}, code {self.codegen_seconds:.2f}); "
             f"{stale} invalidated"
@@ -189,6 +211,47 @@ class _ServiceProcess:
             self.proc.wait()
 
 
+class LocalCache:
+    """The persistent cache as the VM process reads it: every region's entry,
+    read once, and the objects of those it installs (loaded on demand)."""
+
+    def __init__(self, path) -> None:
+        self._cache = ObjectCache(path, read_only=True)
+        # entry key -> [(table key where made, batch, function, signature, tier, size)], best first
+        self.by_entry: dict[int, list[tuple[int, str, str, bytes, int, int]]] = {}
+        for entry, tkey, batch, name, code, size, tier in self._cache.regions():
+            self.by_entry.setdefault(entry, []).append((tkey, batch, name, code, tier, size))
+        for rows in self.by_entry.values():
+            rows.sort(key=lambda r: (-r[4], -r[5]))
+        self.loaded: set[str] = set()  # batches linked into the VM
+        self.bad: set[str] = set()  # batches that could not be read
+
+    def __len__(self) -> int:
+        return len(self.by_entry)
+
+    def find(self, off: int, paged: bool, page: bytes) -> tuple[str, str, int] | None:
+        """(batch, function, tier) of the best cached region entered at RAM offset
+        `off` whose code `page` (its page of RAM now) still holds."""
+        for _, batch, name, code, tier, _ in self.by_entry.get(entry_key(off, paged, page), ()):
+            if batch not in self.bad and code_matches(code, page):
+                return batch, name, tier
+        return None
+
+    def made_here(self) -> list[tuple[int, int, bytes]]:
+        """(table key, entry key, signature) of every cached region, where it was made."""
+        return [(tkey, entry, code) for entry, rows in self.by_entry.items() for tkey, _, _, code, _, _ in rows]
+
+    def load(self, batch: str) -> bytes | None:
+        loaded = self._cache.load(batch)
+        if loaded is None:
+            self.bad.add(batch)
+            return None
+        return loaded[0]
+
+    def close(self) -> None:
+        self._cache.close()
+
+
 class Tier1:
     """Translations for one machine."""
 
@@ -214,6 +277,7 @@ class Tier1:
         self._born_cpu = time.process_time()
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), llvm.Target.from_default_triple().create_target_machine(jit=True))
         self._addresses: dict[str, int] = {}  # loaded functions
+        self._loaded: set[str] = set()  # batches linked in
         self.background = mode == L.MODE_ON
         self._local: TranslationService | None = None
         self._remote: _ServiceProcess | None = None
@@ -221,6 +285,21 @@ class Tier1:
         self._next_poll = 0.0
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
+        self._waiting: dict[int, None] = {}  # keys for the service while it is busy (ordered set)
+        self._index: LocalCache | None = None
+        self._local_missed: set[int] = set()  # keys looked up in the local index and not found
+        self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
+        self._preloaded = False
+        self._probe_threshold = int(self.table[L.JT_THRESHOLD])
+        if self.background:
+            path = cache_path(VERSION)
+            if path is not None:
+                self._index = LocalCache(path)
+                if len(self._index):  # looked up early; misses go on to the service's threshold
+                    self.table[L.JT_THRESHOLD] = min(LOCAL_THRESHOLD, self._probe_threshold)
+                else:
+                    self._index.close()
+                    self._index = None
         if self.background:  # it takes a few tenths of a second to start: while the VM sets up
             try:
                 self._remote = _ServiceProcess(ctab if ctab is not None else expansion_table())
@@ -248,25 +327,49 @@ class Tier1:
                     self._apply(reply)
             except (EOFError, OSError) as e:
                 self._fail(f"the translation service stopped: {e}")
-        if self.table[L.JT_QLEN]:
+        if self.table[L.JT_QLEN] or self._waiting:
             self._hand_over(ram16, ctab)
         h.service_seconds += time.perf_counter() - now
+
+    @property
+    def started(self) -> bool:
+        return self._preloaded
+
+    def start(self, ram16: np.ndarray) -> None:
+        """Before the first run() call (guest RAM loaded): install every cached
+        region whose code is where it was made, such as a kernel booted again."""
+        self._preloaded = True
+        if self._index is not None:
+            self._preload(ram16)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
         table = self.table
         remote = self._remote
+        if self._broken:
+            return
         count = int(table[L.JT_QLEN])
-        if not count or self._broken or self._in_flight >= MAX_IN_FLIGHT:
+        if count:
+            keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
+            table[L.JT_QLEN] = 0
+            # A block that is installed was queued for being called often: asked once to be compiled better.
+            installed = {k for k in keys if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
+            keys = [k for k in keys if k not in installed or k not in self._upgrade_asked]
+            self._upgrade_asked |= installed
+            if self._index is not None:
+                keys = self._look_up_locally(keys, installed, ram16)
+            self._waiting.update(dict.fromkeys(keys))
+            while len(self._waiting) > MAX_WAITING:  # the oldest may be queued again when hot again
+                old = next(iter(self._waiting))
+                del self._waiting[old]
+                slot = L.slot_index(old >> 1)
+                if table[L.JT_KEY + slot] != old:
+                    table[L.JT_HOT + slot] = 0
+        if not self._waiting or (self.background and self._in_flight >= MAX_IN_FLIGHT):
             return
-        keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
-        table[L.JT_QLEN] = 0
-        # A block that is installed was queued for being called often: asked once to be compiled better.
-        installed = {k for k in keys if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
-        keys = [k for k in keys if k not in installed or k not in self._upgrade_asked]
-        self._upgrade_asked |= installed
-        if not keys:
-            return
+        keys = sorted(self._waiting)
+        self._waiting.clear()
         req = self._request(keys, ram16)
+        req.touched, self._touched = self._touched, []
         if not self.background:
             if self._local is None:
                 self._local = TranslationService(ctab)
@@ -279,6 +382,88 @@ class Tier1:
             self._in_flight += 1
         except OSError as e:
             self._fail(f"cannot reach the translation service: {e}")
+
+    def _look_up_locally(self, keys: list[int], installed: set[int], ram16: np.ndarray) -> list[int]:
+        """Install the blocks the cache index has; the keys left for the service."""
+        table = self.table
+        index = self._index
+        assert index is not None
+        ram8 = ram16.view(np.uint8)
+        rest: list[int] = []
+        found: list[tuple[int, str, str]] = []
+        pages: dict[int, bytes] = {}
+        for k in keys:
+            if k in installed or k in self._local_missed:
+                rest.append(k)
+                continue
+            off = k >> 1
+            page_off = off & ~(PAGE - 1)
+            page = pages.get(page_off)
+            if page is None:
+                page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
+            hit = index.find(off, bool(k & 1), page)
+            if hit is None:
+                # Counts on from here to the service's threshold.
+                self._local_missed.add(k)
+                slot = L.slot_index(off)
+                if table[L.JT_KEY + slot] != k:
+                    table[L.JT_HOT + slot] = min(0, LOCAL_THRESHOLD - self._probe_threshold)
+                continue
+            found.append((k, hit[0], hit[1]))
+        self._install_cached(found)
+        return rest
+
+    def _preload(self, ram16: np.ndarray) -> None:
+        """Install every cached region whose code is where it was made (a kernel loaded again)."""
+        index = self._index
+        assert index is not None
+        ram8 = ram16.view(np.uint8)
+        size = ram8.shape[0]
+        pages: dict[int, bytes] = {}
+        chosen: dict[int, tuple[str, str]] = {}
+        for rows in index.by_entry.values():
+            for tkey, batch, name, code, _, _ in rows:  # best first
+                off = tkey >> 1
+                page_off = off & ~(PAGE - 1)
+                if tkey in chosen or tkey < 0 or page_off + PAGE > size or batch in index.bad:
+                    continue
+                page = pages.get(page_off)
+                if page is None:
+                    page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
+                if code_matches(code, page):
+                    chosen[tkey] = (batch, name)
+        self._install_cached([(k, b, n) for k, (b, n) in chosen.items()])
+        self.stats.preloaded += len(chosen)
+
+    def _install_cached(self, found: list[tuple[int, str, str]]) -> None:
+        """Link in the batches of cached regions [(table key, batch, function)] and install them."""
+        if not found:
+            return
+        index = self._index
+        assert index is not None
+        t0 = time.perf_counter()
+        added = False
+        for batch in dict.fromkeys(b for _, b, _ in found):
+            if batch in self._loaded:
+                continue
+            obj = index.load(batch)
+            if obj is None:
+                continue
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._loaded.add(batch)
+            self._touched.append(batch)
+            self.stats.batches += 1
+            added = True
+        if added:
+            self._engine.finalize_object()
+        for k, batch, name in found:
+            if batch in self._loaded:
+                self._install(k, self._address(name))
+                self.stats.cached += 1
+                self.stats.local += 1
+            else:  # unreadable: the service decides
+                self._local_missed.add(k)
+        self.stats.load_seconds += time.perf_counter() - t0
 
     def _request(self, keys: list[int], ram16: np.ndarray) -> Request:
         """The pages of these blocks, with where the interpreter saw control arrive in them."""
@@ -310,9 +495,11 @@ class Tier1:
             from pocketvm.cpu.tier1.fp_helper import fp_entry_address
 
             self.table[L.JT_FP_ENTRY] = fp_entry_address()
-        for batch in reply.batches:
+        fresh = [b for b in reply.batches if b.id not in self._loaded]  # a batch also found locally comes once
+        for batch in fresh:
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(batch.obj))
-        if reply.batches:
+            self._loaded.add(batch.id)
+        if fresh:
             self._engine.finalize_object()
         asked = set()
         for tkey, name in reply.installs:
@@ -333,7 +520,7 @@ class Tier1:
                     s.prefetched += 1
         s.load_seconds += time.perf_counter() - t0
         s.requests += 1
-        s.batches += len(reply.batches)
+        s.batches += len(fresh)
         s.blocks += reply.compiled
         s.instructions += reply.instructions
         s.cached += reply.cached
@@ -384,6 +571,9 @@ class Tier1:
         if self._local is not None:
             self._local.close()
             self._local = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
 
 _shared: weakref.WeakKeyDictionary[object, Tier1] = weakref.WeakKeyDictionary()

@@ -17,7 +17,10 @@ such a database (truncated, corrupt, foreign) is replaced by an empty one,
 and any SQLite error just makes the cache miss. The total size of objects is
 bounded (least recently used batches go first). Several VMs may share the
 file (SQLite's locking; the service waits a few seconds for another VM's
-write, then takes it as a miss).
+write, then takes it as a miss). The VM process itself only reads it
+(`read_only`): it reads every region's entry once (`regions`) and loads the
+objects of what it finds there, so cached code runs without waiting for the
+service, whose process gets little CPU on a busy host.
 """
 
 from __future__ import annotations
@@ -65,12 +68,25 @@ def new_batch_id() -> str:
 class ObjectCache:
     """Batches by region key. Every method degrades to "not cached" on trouble."""
 
-    def __init__(self, path: Path | None, max_bytes: int = MAX_BYTES):
+    def __init__(self, path: Path | None, max_bytes: int = MAX_BYTES, read_only: bool = False):
+        """`read_only`: never writes, never waits for a writer (a busy file is a miss), creates nothing."""
         self.path = path
         self.max_bytes = max_bytes
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         if path is not None:
-            self._db = self._open(path)
+            self._db = self._open_reader(path) if read_only else self._open(path)
+
+    @staticmethod
+    def _open_reader(path: Path) -> sqlite3.Connection | None:
+        if not path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0, check_same_thread=False)
+            db.execute("SELECT count(*) FROM region").fetchone()
+            return db
+        except sqlite3.Error:
+            return None
 
     def _open(self, path: Path) -> sqlite3.Connection | None:
         try:
@@ -129,6 +145,21 @@ class ObjectCache:
                 return str(batch), str(name), code, int(tier)
         return None
 
+    def regions(self) -> list[tuple[int, int, str, str, bytes, int, int]]:
+        """Every region: (entry key, table key where it was made, batch id, function name,
+        code signature, instructions, how well compiled); [] on any trouble."""
+        if self._db is None:
+            return []
+        try:
+            rows = self._db.execute("SELECT entry, tkey, batch, name, code, size, tier FROM region").fetchall()
+        except sqlite3.Error:
+            return []
+        return [
+            (int(e), int(k), str(b), str(n), c, int(sz), int(t))
+            for e, k, b, n, c, sz, t in rows
+            if isinstance(c, bytes)
+        ]
+
     def load(self, batch: str) -> tuple[bytes, list[tuple[str, int]]] | None:
         """A batch's object and its functions [(name, table key where it was made)], checked;
         None if missing or damaged."""
@@ -141,20 +172,33 @@ class ObjectCache:
             obj, digest = row
             if not isinstance(obj, bytes) or hashlib.sha256(obj).hexdigest() != digest:
                 log.warning("tier 1: damaged object %s in the translation cache, dropped", batch)
-                self._delete(batch)
+                if not self.read_only:
+                    self._delete(batch)
                 return None
             names = [
                 (str(n), int(k)) for n, k in self._db.execute("SELECT name, tkey FROM region WHERE batch = ?", (batch,))
             ]
-            self._db.execute("UPDATE batch SET used = ? WHERE id = ?", (time.time(), batch))
+            if not self.read_only:
+                self._db.execute("UPDATE batch SET used = ? WHERE id = ?", (time.time(), batch))
             return obj, names
         except (sqlite3.Error, TypeError, ValueError):
             return None
 
+    def touch(self, batches: list[str]) -> None:
+        """Mark batches as just used (the VM loaded them itself)."""
+        if self._db is None or self.read_only:
+            return
+        try:
+            with self._db:
+                now = time.time()
+                self._db.executemany("UPDATE batch SET used = ? WHERE id = ?", [(now, b) for b in batches])
+        except sqlite3.Error:
+            pass
+
     def store(self, batch: str, obj: bytes, regions: list[tuple[int, int, str, bytes, int, int]]) -> None:
         """Keep a compiled batch: regions as (entry key, table key, function name, code signature,
         instructions, how well compiled); they replace regions made from the same code."""
-        if self._db is None:
+        if self._db is None or self.read_only:
             return
         try:
             with self._db:

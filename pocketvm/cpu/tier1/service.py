@@ -63,6 +63,7 @@ class Request:
     ram_size: int
     min_region: int  # regions shorter than this are not worth a call
     tier: int = QUICK  # how to compile the blocks asked for (`translator.QUICK` or `GOOD`)
+    touched: list[str] = field(default_factory=list)  # cached batches the VM linked in itself since the last request
 
 
 @dataclass
@@ -113,6 +114,9 @@ class TranslationService:
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
         reply = Reply()
+        if req.touched:  # never sent again; recently used for the cache's eviction
+            self._sent.update(req.touched)
+            self.cache.touch(req.touched)
         misses: list[tuple[int, int, Region]] = []  # (entry key, table key, region)
         for page in req.pages:
             words = _PageWords(page.page_off, page.code, req.ram_size)
