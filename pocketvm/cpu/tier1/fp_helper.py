@@ -1,9 +1,12 @@
 """The FPU as a C function that translated code calls.
 
-Floating-point arithmetic keeps its exact semantics (rounding modes, flags,
-NaN boxing) by running the interpreter's own `fp_execute` for it; this wraps
-it as a C callable, `int64 fp_entry(int64 *st, int64 insn)`, returning 0 or
-1 for an illegal encoding (nothing changed then).
+Translated code computes the common F/D instructions inline (`fpgen`); for
+everything else -- directed rounding modes, NaN or infinite operands,
+results that may be tiny or overflow, fclass, improperly boxed singles -- it
+runs the interpreter's own `fp_execute` for that one instruction, which
+keeps the exact semantics (rounding modes, flags, NaN boxing). This wraps it
+as a C callable, `int64 fp_entry(int64 *st, int64 insn)`, returning 0 or 1
+for an illegal encoding (nothing changed then).
 """
 
 from __future__ import annotations
