@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -86,6 +88,8 @@ MAX_IN_FLIGHT = 2
 # Hot blocks kept for the service while it is busy; older ones are dropped
 # (and queued again by the core if they stay hot).
 MAX_WAITING = 256
+# Blocks in one request at most (each brings its 4 KiB page).
+MAX_REQUEST = 32
 # The service's priority (nice value). Nice 15 weighs 36 against the hart's
 # 1024 (Linux CFS): when both want the same core the service gets about 3%
 # of it, enough to go on, not enough to slow the hart; an idle core it gets whole.
@@ -179,11 +183,30 @@ class _ServiceProcess:
             # VM's, whatever the service's nice value.
         )
         theirs.close()
-        self.conn = Connection(ours.detach())
-        self.conn.send_bytes(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
+        self._sock = ours  # shut down at close: that ends a send blocked in the sender thread
+        self.conn = Connection(os.dup(ours.fileno()))
+        # Requests leave from a thread of their own: the service may be busy
+        # sending a large reply while the VM sends a large request, and if
+        # the VM's thread blocked in that send it would never read the reply
+        # that unblocks the service.
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.send_error: OSError | None = None
+        self._outbox.put(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
+        self._sender = threading.Thread(target=self._send_loop, name="tier1-requests", daemon=True)
+        self._sender.start()
+
+    def _send_loop(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except OSError as e:
+                self.send_error = e
+                return
 
     def send(self, req: Request) -> None:
-        self.conn.send_bytes(pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL))
+        if self.send_error is not None:
+            raise self.send_error
+        self._outbox.put(pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL))
 
     def poll(self) -> bool:
         return self.conn.poll(0)
@@ -200,10 +223,17 @@ class _ServiceProcess:
         return reply
 
     def close(self) -> None:
+        self._outbox.put(None)
         try:
-            self.conn.close()
+            self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._sender.join(timeout=2)
+        for closable in (self.conn, self._sock):
+            try:
+                closable.close()
+            except OSError:
+                pass
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -366,9 +396,10 @@ class Tier1:
                     table[L.JT_HOT + slot] = 0
         if not self._waiting or (self.background and self._in_flight >= MAX_IN_FLIGHT):
             return
-        keys = sorted(self._waiting)
-        self._waiting.clear()
-        req = self._request(keys, ram16)
+        keys = list(self._waiting)[:MAX_REQUEST]
+        for k in keys:
+            del self._waiting[k]
+        req = self._request(sorted(keys), ram16)
         req.touched, self._touched = self._touched, []
         if not self.background:
             if self._local is None:
