@@ -234,7 +234,7 @@ def _math_functions():
     import llvmlite.binding as llvm
 
     from pocketvm.cpu.tier1.fpgen import FpMath
-    from pocketvm.cpu.tier1.translator import ObjectCompiler, init_llvm
+    from pocketvm.cpu.tier1.translator import GOOD, ObjectCompiler, init_llvm
 
     def text(name: str, nargs: int, body, single: bool) -> str:
         lines: list[str] = []
@@ -264,7 +264,9 @@ def _math_functions():
     init_llvm()
     mod = llvm.parse_assembly("".join(text(k, n, body, s) for k, (n, body, s) in fns.items()))
     mod.verify()
-    engine = llvm.create_mcjit_compiler(mod, ObjectCompiler()._tm[1])
+    compiler = ObjectCompiler()
+    compiler._optimise(mod, "o2")  # as hot code is compiled: the transformations must survive LLVM's -O2
+    engine = llvm.create_mcjit_compiler(mod, compiler._tm[GOOD])
     engine.finalize_object()
     out = np.zeros(3, dtype=np.uint64)
     calls = {
