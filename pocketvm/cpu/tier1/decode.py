@@ -163,7 +163,7 @@ def decode_block(ram16: np.ndarray, ctab: np.ndarray, off: int, max_len: int = M
     return insns
 
 
-MAX_REGION = 32
+MAX_REGION = 64
 
 
 @dataclass

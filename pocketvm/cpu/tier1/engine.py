@@ -73,7 +73,7 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # cache costs next to nothing, so a block is first looked up early
 # (PROBE_THRESHOLD) and compiled only if it gets hot (COMPILE_THRESHOLD).
 DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
-DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
+DEFAULT_COMPILE_THRESHOLD = 5000  # compiled
 # With a cache index in the VM process: entries of a block before it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
 # a miss counts on towards DEFAULT_THRESHOLD and the service.
@@ -90,10 +90,11 @@ MAX_IN_FLIGHT = 2
 MAX_WAITING = 256
 # Blocks in one request at most (each brings its 4 KiB page).
 MAX_REQUEST = 32
-# The service's priority (nice value). Nice 15 weighs 36 against the hart's
-# 1024 (Linux CFS): when both want the same core the service gets about 3%
-# of it, enough to go on, not enough to slow the hart; an idle core it gets whole.
-SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
+# The service's priority (nice value). Nice 5 weighs 335 against the hart's
+# 1024 (Linux CFS): when both want the same core the service gets a quarter
+# of it; an idle core it gets whole. (Nice 15, 3% of a shared core, starved
+# it on a busy host: 0.2 s of CPU in a whole Debian boot, nothing compiled.)
+SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "5"))
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
