@@ -90,11 +90,13 @@ MAX_IN_FLIGHT = 2
 MAX_WAITING = 256
 # Blocks in one request at most (each brings its 4 KiB page).
 MAX_REQUEST = 32
-# The service's priority (nice value). Nice 5 weighs 335 against the hart's
-# 1024 (Linux CFS): when both want the same core the service gets a quarter
-# of it; an idle core it gets whole. (Nice 15, 3% of a shared core, starved
-# it on a busy host: 0.2 s of CPU in a whole Debian boot, nothing compiled.)
-SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "5"))
+# The service's priority (nice value). Nice 15 weighs 36 against the hart's
+# 1024 (Linux CFS): when both want the same core the service gets about 3%
+# of it, enough to go on, not enough to slow the hart; an idle core it gets
+# whole. On a busy host it then compiles little (at nice 5 it compiled
+# more, but took a quarter of any core it shared with the hart): code
+# already in the persistent cache does not depend on it (`LocalCache`).
+SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
