@@ -44,6 +44,7 @@ from pocketvm.guest.agent import (
 _LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0}
 SEND_CHUNK = MAX_DATA  # file data per frame: fewer, bigger frames for the guest to handle
 DEFAULT_CHECKSUM = "adler32"  # the cheapest for the emulated guest (see agent.Checksum)
+NO_CHECKSUM = "none"  # sizes only (protocol 3); an older agent is asked for DEFAULT_CHECKSUM instead
 MAX_IDLE = 4  # idle connections kept per client
 IDLE_KEEP = 30.0  # seconds an idle connection is kept (the agent keeps it far longer)
 MAX_LIST_ENTRIES = 1_000_000
@@ -530,18 +531,26 @@ class AgentClient:
         """Write `source` (bytes, a local file path or a binary file object)
         to `path` in the guest, atomically; checked by size and `checksum`
         ("adler32" by default; "crc32" half as fast and "sha256" thirty
-        times slower in an emulated guest)."""
+        times slower in an emulated guest; "none": by size only)."""
+        _checksum(checksum)
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
-            expected = _checksum(checksum)
-            expected.update(data)
-            chunks: Iterator[bytes] = (data[i : i + SEND_CHUNK] for i in range(0, len(data), SEND_CHUNK))
-            return self._upload(path, len(data), expected.hexdigest(), mode, parents, chunks, checksum)
+
+            def whole(algorithm: str) -> dict[str, Any]:
+                expected = _checksum(algorithm)
+                expected.update(data)
+                view = memoryview(data)
+                chunks = (view[i : i + SEND_CHUNK] for i in range(0, len(view), SEND_CHUNK))
+                return self._upload(path, len(data), expected.hexdigest(), mode, parents, chunks, algorithm)
+
+            return _older_agent_retry(checksum, whole)
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as f:
                 st = os.fstat(f.fileno())
-                return self._upload(path, st.st_size, None, mode, parents, _read_chunks(f), checksum)
-        return self._upload(path, None, None, mode, parents, _read_chunks(source), checksum)
+                return _older_agent_retry(
+                    checksum, lambda a: self._upload(path, st.st_size, None, mode, parents, _read_chunks(f), a))
+        return _older_agent_retry(
+            checksum, lambda a: self._upload(path, None, None, mode, parents, _read_chunks(source), a))
 
     def _upload(self, path: str, size: int | None, expected: str | None, mode: int | None, parents: bool,
                 chunks: Iterator[bytes], checksum: str) -> dict[str, Any]:  # fmt: skip
@@ -589,6 +598,9 @@ class AgentClient:
                 tmp.unlink(missing_ok=True)
                 raise
             return info
+        return _older_agent_retry(checksum, lambda a: self._download(path, dest, a))
+
+    def _download(self, path: str, dest: IO[bytes], checksum: str) -> dict[str, Any]:
         digest = _checksum(checksum)
         conn, head = self._request_json({"op": "download", "path": path, "checksum": checksum})
         done = False
@@ -632,6 +644,17 @@ class AgentClient:
 
     def write_bytes(self, path: str, data: bytes, mode: int | None = None) -> None:
         self.upload(data, path, mode=mode)
+
+
+def _older_agent_retry(checksum: str, transfer: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """`transfer(checksum)`; an agent older than protocol 3 refuses "none"
+    (before any data moves): then with DEFAULT_CHECKSUM."""
+    try:
+        return transfer(checksum)
+    except RemoteError as e:
+        if checksum != NO_CHECKSUM or "unknown checksum" not in str(e):
+            raise
+    return transfer(DEFAULT_CHECKSUM)
 
 
 def _checksum(algorithm: str) -> Checksum:

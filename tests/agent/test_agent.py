@@ -175,6 +175,49 @@ def test_pty(client):
     assert b"got hello" in r.stdout
 
 
+def test_transfers_checked_by_size_only(client, tmp_path):
+    """checksum "none": sizes only, and a download goes by sendfile in frames
+    of at most 1 MiB; odd sizes and a multiple of the frame come back whole."""
+    for n in (0, 1, MiB - 1, MiB, 3 * MiB + 5):
+        data = os.urandom(n)
+        target = tmp_path / f"f{n}"
+        info = client.upload(data, str(target), checksum="none")
+        assert info == {"size": n, "checksum": "none", "digest": ""} and target.read_bytes() == data
+        back = tmp_path / f"back{n}"
+        info = client.download(str(target), back, checksum="none")
+        assert back.read_bytes() == data and info["size"] == n and info["digest"] == ""
+    # A file object of unknown length, and the size check still applies.
+    import io
+
+    client.upload(io.BytesIO(b"x" * 5000), str(tmp_path / "stream"), checksum="none")
+    assert (tmp_path / "stream").read_bytes() == b"x" * 5000
+    with pytest.raises(RemoteError, match="announced"):
+        client._upload(str(tmp_path / "short"), 10, None, None, False, iter([b"abc"]), "none")
+    assert not (tmp_path / "short").exists()
+
+
+def test_no_checksum_falls_back_for_an_older_agent(client, tmp_path, monkeypatch):
+    """An agent before protocol 3 refuses "none" before any data moves: the
+    client asks again with its default checksum."""
+    from pocketvm.agent import client as C
+
+    asked = []
+    real = C.AgentClient._request_json
+
+    def older(self, request):
+        if request.get("checksum") == "none":
+            asked.append(request["op"])
+            request = {**request, "checksum": "md4"}  # what an older agent says to "none"
+        return real(self, request)
+
+    monkeypatch.setattr(C.AgentClient, "_request_json", older)
+    info = client.upload(b"data" * 1000, str(tmp_path / "f"), checksum="none")
+    assert info["checksum"] == "adler32" and (tmp_path / "f").read_bytes() == b"data" * 1000
+    back = tmp_path / "back"
+    assert client.download(str(tmp_path / "f"), back, checksum="none")["checksum"] == "adler32"
+    assert back.read_bytes() == b"data" * 1000 and asked == ["upload", "download"]
+
+
 def test_upload_and_download_64_mib_with_checksums(client, tmp_path):
     data = os.urandom(64 * MiB)
     local = tmp_path / "big.bin"
