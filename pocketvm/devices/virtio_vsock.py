@@ -222,8 +222,12 @@ class VirtioVsock(v.VirtioDevice):
 
     def save(self) -> dict[str, Any]:
         # Connections are not saved: their host ends belong to this process.
-        # A restored guest is told so by the transport reset event.
-        return {"guest_cid": self.guest_cid, "stats": dict(self.stats)}
+        # A restored guest is told so by the transport reset event, if it
+        # had any: every connected (or connecting) guest socket has a
+        # connection here, from its first packet on, until the guest has
+        # been sent its reset.
+        live = len(self.conns) + len(self._held_connects) + len(self._orphan_resets)
+        return {"guest_cid": self.guest_cid, "stats": dict(self.stats), "connections": live}
 
     def load(self, state: dict[str, Any]) -> None:
         self.reset()
@@ -233,7 +237,12 @@ class VirtioVsock(v.VirtioDevice):
         for name, count in state.get("stats", {}).items():
             if name in self.stats:
                 self.stats[name] = int(count)
-        self._reset_event_pending = True
+        # Without connections at the snapshot (a template taken idle) the
+        # reset would change nothing in the guest, and host connections
+        # would wait for its handler to run: the first connection after
+        # every restore would pay for it. A state without the count says
+        # nothing: the reset is sent.
+        self._reset_event_pending = state.get("connections", 1) != 0
 
     # --- the run loop's side -----------------------------------------------------------------
 

@@ -433,9 +433,34 @@ def test_snapshot_with_other_cid_is_refused(guest, tmp_path):
         other.close()
 
 
+def test_restore_without_connections_sends_no_reset(guest):
+    """A snapshot taken with no connection (a template) restores without the
+    reset event, and a host connection goes to the guest at once."""
+    guest.start()
+    guest.repost_events = False
+    state = guest.dev.save()
+    assert state["connections"] == 0
+    guest.dev.load(state)
+    s = guest.host_connect(52)
+    assert guest.wait_packet(vs.OP_REQUEST).dst_port == 52
+    assert guest.events == []
+    s.close()
+    # A state from before the count was saved: the reset is sent.
+    del state["connections"]
+    guest.dev.load(state)
+    guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
+
+
+def _snapshot_with_a_connection(guest) -> dict:
+    s, _ = accept_host(guest)
+    state = guest.dev.save()
+    s.close()
+    return state
+
+
 def test_reset_event_waits_for_an_event_buffer(guest, tmp_path):
     guest.start(event_buffers=0)
-    guest.dev.load(guest.dev.save())
+    guest.dev.load(_snapshot_with_a_connection(guest))
     guest.pump()
     assert guest.events == []
     guest.post_event(0)
@@ -447,7 +472,7 @@ def _restored_without_acknowledging(guest) -> None:
     not re-posted its event buffer (its handler has not run yet)."""
     guest.start()
     guest.repost_events = False
-    guest.dev.load(guest.dev.save())
+    guest.dev.load(_snapshot_with_a_connection(guest))
     guest.pump(lambda: guest.events == [vs.EVENT_TRANSPORT_RESET])
 
 
