@@ -163,20 +163,26 @@ class FpMath:
         return r, ok, self.nonzero(self.residual(r, r, x))
 
     def fma_d(self, a: str, b: str, c: str) -> tuple[str, str, str]:
-        """fl(a*b + c). ErrFma: a*b + c - r1 = gamma + alpha2 exactly, so the
-        result is exact iff gamma + alpha2 == 0."""
+        r1, ok = self.fma_d_result(a, b, c)
+        return r1, ok, self.fma_d_inexact(a, b, c, r1)
+
+    def fma_d_result(self, a: str, b: str, c: str) -> tuple[str, str]:
+        """fl(a*b + c) and whether NX can be decided exactly (`fma_d_inexact`)."""
         v = self.v
         c_ok = v(f"or i1 {v(f'fcmp oeq double {c}, {ZERO}')}, {self.within(c, C_LO, C_HI)}")
         ok = self.both(self.both(self.within(a, LO, HI), self.within(b, LO, HI)), c_ok)
         r1 = self.call("fma", a, b, c)
+        return r1, self.both(ok, v(f"fcmp oge double {self.call('fabs', r1)}, {R_LO}"))
+
+    def fma_d_inexact(self, a: str, b: str, c: str, r1: str) -> str:
+        """ErrFma: a*b + c - r1 = gamma + alpha2 exactly, so r1 is exact iff gamma + alpha2 == 0."""
+        v = self.v
         u1 = v(f"fmul double {a}, {b}")
         u2 = self.residual(a, b, u1)  # a*b = u1 + u2
         alpha1, alpha2 = self.two_sum(c, u2)
         beta1, beta2 = self.two_sum(u1, alpha1)
         gamma = v(f"fadd double {v(f'fsub double {beta1}, {r1}')}, {beta2}")
-        err = v(f"fadd double {gamma}, {alpha2}")
-        ok = self.both(ok, v(f"fcmp oge double {self.call('fabs', r1)}, {R_LO}"))
-        return r1, ok, self.nonzero(err)
+        return self.nonzero(v(f"fadd double {gamma}, {alpha2}"))
 
     # --- single, computed in double ----------------------------------------------
     def arith_s(self, funct5: int, x: str, y: str) -> tuple[str, str, str]:
@@ -326,10 +332,21 @@ class FpGen:
     def fcsr(self) -> str:
         return self.cg.v(f"load i64, ptr {self.cg.st_ptr(CSR + CSR_FCSR)}")
 
-    def raise_nx(self, fcsr: str, inexact: str) -> None:
-        v = self.cg.v
+    def raise_nx(self, fcsr: str, inexact: str | Callable[[], str]) -> None:
+        """fflags |= NX if `inexact`; a callable emits a costly test only when NX is not set yet."""
+        cg, v = self.cg, self.cg.v
+        after = None
+        if callable(inexact):
+            test, after = cg.new_label("nxtest"), cg.new_label("nxdone")
+            nx_set = v(f"icmp ne i64 {v(f'and i64 {fcsr}, {NX}')}, 0")
+            cg.put(f"br i1 {nx_set}, label %{after}, label %{test}")
+            cg.start(test)
+            inexact = inexact()
         nx = v(f"zext i1 {inexact} to i64")
-        self.cg.put(f"store i64 {v(f'or i64 {fcsr}, {nx}')}, ptr {self.cg.st_ptr(CSR + CSR_FCSR)}")
+        cg.put(f"store i64 {v(f'or i64 {fcsr}, {nx}')}, ptr {cg.st_ptr(CSR + CSR_FCSR)}")
+        if after is not None:
+            cg.put(f"br label %{after}")
+            cg.start(after)
 
     def rm_allows(self, rm: int, fcsr: str, modes: tuple[int, ...]) -> str | None:
         """i1: the effective rounding mode is one of `modes` (None: statically not)."""
@@ -395,14 +412,22 @@ class FpGen:
     def helper(self, i: int, insn: Insn, ops: Operands) -> None:
         """The instruction through the interpreter's FPU, on the registers in st."""
         cg, v = self.cg, self.cg.v
+        # One exit before the instruction for both reasons to leave: the FPU
+        # not loaded yet (the interpreter runs it) and an illegal instruction
+        # (the FPU changed nothing).
+        out, call, back = cg.new_label("fpout"), cg.new_label("fpcall"), cg.new_label("fpback")
         fn = v(f"load ptr, ptr {v(f'getelementptr i64, ptr %jt, i64 {JT_FP_ENTRY}')}")
-        cg.side_exit_if(v(f"icmp eq ptr {fn}, null"), i)  # not loaded yet: the interpreter runs it
+        cg.put(f"br i1 {v(f'icmp eq ptr {fn}, null')}, label %{out}, label %{call}, !prof !0")
+        cg.start(out)
+        cg.exit_block(cg.cur[i].rel, i)
+        cg.start(call)
         for r in ops.freads:
             cg.put(f"store i64 {self.fget(r)}, ptr {cg.st_ptr(F + r)}")
         if ops.xread:
             cg.put(f"store i64 {cg.get(ops.xread)}, ptr {cg.st_ptr(X + ops.xread)}")
         rc = v(f"call i64 {fn}(ptr %st, i64 {insn.bits})")
-        cg.side_exit_if(v(f"icmp ne i64 {rc}, 0"), i)  # illegal: nothing was changed
+        cg.put(f"br i1 {v(f'icmp ne i64 {rc}, 0')}, label %{out}, label %{back}, !prof !0")
+        cg.start(back)
         if ops.fwrite is not None:
             self.fset(ops.fwrite, v(f"load i64, ptr {cg.st_ptr(F + ops.fwrite)}"))
         if ops.xwrite:
@@ -425,7 +450,9 @@ class FpGen:
                 return "true", self.as_double(bits)
             return self.single(bits)
 
-        def arith(result: str, ok: str, inexact: str, fcsr: str, single_result: bool) -> tuple[str, Callable[[], None]]:
+        def arith(
+            result: str, ok: str, inexact: str | Callable[[], str], fcsr: str, single_result: bool
+        ) -> tuple[str, Callable[[], None]]:
             def write() -> None:
                 bits = self.box(result) if single_result else v(f"bitcast double {result} to i64")
                 self.fset(rd, bits)
@@ -449,7 +476,12 @@ class FpGen:
                     a = v(f"fneg double {a}")
                 if op in (0x47, 0x4F):  # fmsub, fnmadd: - c
                     c = v(f"fneg double {c}")
-                r, ok, inexact = m.fma_d(a, b, c) if dbl else m.fma_s(a, b, c)
+                inexact: str | Callable[[], str]
+                if dbl:  # ErrFma costs a dozen operations: not when NX is already set
+                    r, ok = m.fma_d_result(a, b, c)
+                    inexact = lambda a=a, b=b, c=c, r=r: m.fma_d_inexact(a, b, c, r)
+                else:
+                    r, ok, inexact = m.fma_s(a, b, c)
                 ok = m.both(m.both(ok, ok_a), m.both(ok_b, ok_c))
             else:
                 ok_a, a = read(insn.rs1)
