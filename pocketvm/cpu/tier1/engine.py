@@ -85,9 +85,6 @@ UPGRADE_CALLS = 5000
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
 MAX_IN_FLIGHT = 2
-# Hot blocks kept for the service while it is busy; older ones are dropped
-# (and queued again by the core if they stay hot).
-MAX_WAITING = 256
 # Blocks in one request at most (each brings its 4 KiB page).
 MAX_REQUEST = 32
 # The service's priority (nice value). Nice 15 weighs 36 against the hart's
@@ -318,7 +315,7 @@ class Tier1:
         self._next_poll = 0.0
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
-        self._waiting: dict[int, None] = {}  # keys for the service while it is busy (ordered set)
+        self._kept = 0  # blocks at the head of the core's queue that the service could not take yet
         self._index: LocalCache | None = None
         self._local_missed: set[int] = set()  # keys looked up in the local index and not found
         self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
@@ -360,7 +357,7 @@ class Tier1:
                     self._apply(reply)
             except (EOFError, OSError) as e:
                 self._fail(f"the translation service stopped: {e}")
-        if self.table[L.JT_QLEN] or self._waiting:
+        if self.table[L.JT_QLEN]:
             self._hand_over(ram16, ctab)
         h.service_seconds += time.perf_counter() - now
 
@@ -376,33 +373,35 @@ class Tier1:
             self._preload(ram16)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
+        """Look new queued blocks up in the cache index, send what is left to the service.
+
+        What the busy service cannot take yet stays in the core's queue, which
+        then fills and stops taking blocks: they go on counting and are queued
+        when there is room, the hottest first (keeping them here instead and
+        dropping the oldest lost the boot's hottest blocks)."""
         table = self.table
         remote = self._remote
         if self._broken:
             return
         count = int(table[L.JT_QLEN])
-        if count:
-            keys = sorted({int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]})
-            table[L.JT_QLEN] = 0
-            # A block that is installed was queued for being called often: asked once to be compiled better.
-            installed = {k for k in keys if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
-            keys = [k for k in keys if k not in installed or k not in self._upgrade_asked]
-            self._upgrade_asked |= installed
-            if self._index is not None:
-                keys = self._look_up_locally(keys, installed, ram16)
-            self._waiting.update(dict.fromkeys(keys))
-            while len(self._waiting) > MAX_WAITING:  # the oldest may be queued again when hot again
-                old = next(iter(self._waiting))
-                del self._waiting[old]
-                slot = L.slot_index(old >> 1)
-                if table[L.JT_KEY + slot] != old:
-                    table[L.JT_HOT + slot] = 0
-        if not self._waiting or (self.background and self._in_flight >= MAX_IN_FLIGHT):
+        busy = self.background and self._in_flight >= MAX_IN_FLIGHT
+        if count == self._kept and (busy or count == 0):
+            return  # nothing new, and nothing to send
+        kept = [int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + self._kept]]
+        new = [k for k in dict.fromkeys(int(k) for k in table[L.JT_QUEUE + self._kept : L.JT_QUEUE + count]) if k not in kept]
+        # A block that is installed was queued for being called often: asked once to be compiled better.
+        installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
+        new = [k for k in new if k not in installed or k not in self._upgrade_asked]
+        self._upgrade_asked |= installed
+        if self._index is not None and new:
+            new = self._look_up_locally(new, installed, ram16)
+        keys = kept + new
+        send, keep = ([], keys) if busy else (keys[:MAX_REQUEST], keys[MAX_REQUEST:])
+        table[L.JT_QUEUE : L.JT_QUEUE + len(keep)] = keep
+        table[L.JT_QLEN] = self._kept = len(keep)
+        if not send:
             return
-        keys = list(self._waiting)[:MAX_REQUEST]
-        for k in keys:
-            del self._waiting[k]
-        req = self._request(sorted(keys), ram16)
+        req = self._request(sorted(send), ram16)
         req.touched, self._touched = self._touched, []
         if not self.background:
             if self._local is None:
