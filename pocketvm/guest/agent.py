@@ -48,8 +48,13 @@ FRAME = struct.Struct(">cI")  # type, length
 MAX_JSON = 64 * 1024
 MAX_DATA = 1024 * 1024
 CHUNK = 1024 * 1024  # what the agent puts in one D frame
-OUTPUT_CHUNK = 256 * 1024  # ... and in one O/E frame
+OUTPUT_CHUNK = 64 * 1024  # ... and in one O/E frame (what a pipe holds)
 RECV_BUFFER = 2 * (MAX_DATA + 4096)  # holds any frame, and what arrives behind it
+# A connection starts with this much and grows to RECV_BUFFER at its first
+# big frame: most connections only ever carry JSON, and every page of a
+# fresh buffer costs the emulated guest a fault and a clearing (a 2 MiB
+# buffer was most of the agent's work for the first command after a restore).
+FIRST_BUFFER = 64 * 1024
 # The guest's receive buffer per vsock connection (the host's credit): the
 # kernel's 256 KiB default makes a host sending a file wait for a credit
 # update every 256 KiB.
@@ -98,10 +103,17 @@ class Channel:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._buf = bytearray(RECV_BUFFER)
+        self._buf = bytearray(FIRST_BUFFER)
         self._view = memoryview(self._buf)
         self._lo = 0  # buffered, not yet taken: _buf[_lo:_hi]
         self._hi = 0
+        self._output: memoryview | None = None
+
+    def output_buffer(self) -> memoryview:
+        """A buffer for reading a command's output, made once per connection."""
+        if self._output is None:
+            self._output = memoryview(bytearray(OUTPUT_CHUNK))
+        return self._output
 
     def send(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
         head = FRAME.pack(kind, len(payload))
@@ -130,6 +142,13 @@ class Channel:
         self._hi += n
         return n
 
+    def _grow(self) -> None:
+        """The full-size buffer (payloads handed out earlier keep the old one)."""
+        held = self._hi - self._lo
+        buf = bytearray(RECV_BUFFER)
+        buf[:held] = self._view[self._lo:self._hi]
+        self._buf, self._view, self._lo, self._hi = buf, memoryview(buf), 0, held
+
     def _compact(self) -> None:
         held = self._hi - self._lo
         self._buf[:held] = self._buf[self._lo:self._hi]
@@ -149,6 +168,8 @@ class Channel:
         if self._hi - start < length:
             if start + length > len(self._buf):
                 self._compact()  # make room for the rest of this frame
+                if FRAME.size + length > len(self._buf):
+                    self._grow()
             return None
         self._lo = start + length
         return kind, self._view[start:self._lo]
@@ -744,7 +765,7 @@ def _supervise(ch: Channel, child: Child, timeout: float | None) -> dict:
     if child.stdin is not None:
         os.set_blocking(child.stdin, False)
     stdin_mask = 0  # what poll watches on child.stdin for writing
-    out_buf = memoryview(bytearray(OUTPUT_CHUNK))
+    out_buf = ch.output_buffer()
     timed_out = False
     deadline = time.monotonic() + timeout if timeout else None
     last_sent = time.monotonic()
@@ -1046,6 +1067,45 @@ def serve(listener: socket.socket) -> None:
             sock.close()
 
 
+def warm_up() -> None:
+    """Serve one command (`true`) over a socket pair before any real request.
+    A template is snapshotted after this, so the first command of every
+    restored VM finds the code paths run once and /usr/bin/true and the C
+    library in the page cache, instead of paying for them itself."""
+    mine, theirs = socket.socketpair()
+    server = threading.Thread(target=serve_connection, args=(theirs,), daemon=True)
+    server.start()
+    try:
+        mine.settimeout(10)
+        ch = Channel(mine)
+        ch.send_json({"op": "exec", "argv": ["true"]})
+        while True:
+            kind, payload = ch.recv()
+            if kind == T_JSON and decode_json(payload).get("event") != "started":
+                break
+    except (OSError, EOFError, ProtocolError):
+        pass  # only a warm-up
+    finally:
+        mine.close()
+        server.join(10)
+
+
+def notify_ready(address: str) -> None:
+    """Tell systemd the agent serves (its unit is Type=notify), so that a
+    system that has finished booting has its agent warmed up: a template is
+    taken then."""
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(b"READY=1")
+    except OSError:
+        pass
+
+
 def listen_vsock(port: int) -> socket.socket:
     s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     # Accepted connections inherit the listener's buffer size (the host's
@@ -1081,6 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     request_timeout = args.request_timeout
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    notify_socket = os.environ.pop("NOTIFY_SOCKET", "")  # not for the commands
     _base_env, _home = _base_environment()
     os.chdir(_home)  # commands start in HOME unless asked otherwise: no directory change per command
     try:
@@ -1088,7 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"pocketvm-agent: cannot listen: {e}", file=sys.stderr)
         return 1
+    warm_up()  # connections made meanwhile wait in the listen queue
     print(f"pocketvm-agent {VERSION} listening on {args.unix or f'vsock port {args.vsock_port}'}", flush=True)
+    notify_ready(notify_socket)
     try:
         serve(listener)
     except KeyboardInterrupt:
