@@ -191,7 +191,12 @@ class _ServiceProcess:
         # that unblocks the service.
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.send_error: OSError | None = None
-        self._outbox.put(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
+        # This first message is larger than the socket's buffer: sending it
+        # waits for the service to have started, while the VM sets up and
+        # leaves it a core. (Sent from the thread, the niced service started
+        # while the guest already ran, and on a busy host took longer than a
+        # short program's whole run to answer at all.)
+        self.conn.send_bytes(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
         self._sender = threading.Thread(target=self._send_loop, name="tier1-requests", daemon=True)
         self._sender.start()
 
