@@ -53,6 +53,13 @@ def fmt(values: list[float]) -> str:
     return f"p50 {statistics.median(values) * 1000:7.1f} ms   p95 {pct(values, 95) * 1000:7.1f} ms   (n={len(values)})"
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -127,7 +134,7 @@ def main() -> int:
         # Warm-up: the first create loads the manager and its imports.
         pocketvm.Sandbox(**source, timeout=120).close()  # type: ignore[arg-type]
 
-        creates, firsts, afters, agent_error = [], [], [], None
+        creates, firsts, afters, first_cpu, agent_error = [], [], [], [], None
         for _ in range(0 if args.ramp_only else args.runs):
             sb, took = create(source, 120)
             t1 = time.perf_counter()
@@ -140,6 +147,7 @@ def main() -> int:
                             t2 = time.perf_counter()
                             firsts.append(t2 - t0)
                             afters.append(t2 - t1)
+                            first_cpu.append(cpu_seconds(sb._manager._get(sb.name).pid))
                             break
                 except pocketvm.GuestError as e:
                     agent_error = str(e)
@@ -149,6 +157,7 @@ def main() -> int:
         if firsts:
             print(f"create to first output (echo)   {fmt(firsts)}")
             print(f"  of which after the create     {fmt(afters)}   (agent connection + the guest running echo)")
+            print(f"  CPU of the VM process by then {fmt(first_cpu)}   (restore + guest; what a busy host does not change)")
         elif creates:
             print(f"create to first output          not measured: {agent_error}")
         if not args.ramp_only:
@@ -180,15 +189,18 @@ def others(args: argparse.Namespace, source: dict[str, object], agent_error: str
                     trips.append(time.perf_counter() - t0)
                 print(f"exec round trip (true)          {fmt(trips)}   target p50 <= 20 ms ({args.settle:g} s after create)")
                 data = os.urandom(64 * MiB)
-                t0 = time.perf_counter()
+                pid = sb._manager._get(sb.name).pid
+                c0, t0 = cpu_seconds(pid), time.perf_counter()
                 sb.files.write("/tmp/bench.bin", data)
-                up = time.perf_counter() - t0
-                t0 = time.perf_counter()
+                c1, t1 = cpu_seconds(pid), time.perf_counter()
                 back = sb.files.read("/tmp/bench.bin")
-                down = time.perf_counter() - t0
+                c2, t2 = cpu_seconds(pid), time.perf_counter()
                 same = hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
-                print(f"upload 64 MiB                   {64 / up:7.1f} MiB/s   download {64 / down:7.1f} MiB/s   "
+                print(f"upload 64 MiB                   {64 / (t1 - t0):7.1f} MiB/s   download {64 / (t2 - t1):7.1f} MiB/s   "
                       f"checksums {'match' if same else 'DIFFER'}   target >= 50 MiB/s")  # fmt: skip
+                # What a busy host does not change: the VM process's CPU per MiB.
+                print(f"  per CPU second of the VM      {64 / max(c1 - c0, 0.01):7.1f} MiB up   "
+                      f"{64 / max(c2 - c1, 0.01):7.1f} MiB down   (MiB/s on an otherwise idle core)")  # fmt: skip
             else:
                 print("exec round trip, file transfer not measured: no guest agent")
 
