@@ -50,12 +50,14 @@ class Hart:
             tier1.start(self.ram.u16)
         left = budget
         while True:
+            before = int(self.sh[S.SH_SLICE_INSNS])
             reason = int(
                 run_released(
                     self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
                     self._ctab, left, jt,
                 )
             )
+            tier1.hart_stats.retired += int(self.sh[S.SH_SLICE_INSNS]) - before
             tier1.service(self.ram.u16, self._ctab)
             left = int(jt[L.JT_LEFT])
             if left <= 0:

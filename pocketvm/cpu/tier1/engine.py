@@ -140,6 +140,7 @@ class HartStats:
     """What tier 1 costs the hart's thread."""
 
     runs: int = 0  # run() calls of the core
+    retired: int = 0  # instructions retired in them (interpreted and translated)
     service_seconds: float = 0.0  # in service() (wall): requests and installing translations
 
 
@@ -595,7 +596,8 @@ class Tier1:
         h = self.hart_stats
         return (
             self.stats.summary(int(t[L.JT_STALE]))
-            + f"; {int(t[L.JT_NATIVE])} instructions in translated code, {int(t[L.JT_CALLS])} calls from the interpreter"
+            + f"; {int(t[L.JT_NATIVE])} of {h.retired} instructions in translated code"
+            f" ({100 * int(t[L.JT_NATIVE]) / max(h.retired, 1):.0f}%), {int(t[L.JT_CALLS])} calls from the interpreter"
             + f"; hart: {h.runs} run() calls, {h.service_seconds:.3f} s servicing them; VM process "
             f"{time.process_time() - self._born_cpu:.2f} s CPU in {time.perf_counter() - self._born:.2f} s"
         )
