@@ -26,14 +26,14 @@ from typing import Any, Callable, Protocol
 from pocketvm.board import memmap as mm
 from pocketvm.cpu import state as S
 from pocketvm.cpu.hart import Hart
-from pocketvm.devices.base import IrqLine
 from pocketvm.devices.clint import Clint
 from pocketvm.devices.guestlog import guest_error
 from pocketvm.devices.plic import Plic, hart_irq_setter
 from pocketvm.devices.rtc import GoldfishRtc
-from pocketvm.devices.vmgenid import VmGenId
 from pocketvm.devices.testdev import TestDevice
 from pocketvm.devices.uart import Uart16550
+from pocketvm.devices.vmgenid import VmGenId
+from pocketvm.guestprof import SAMPLE_EVERY, GuestProfiler
 from pocketvm.memory import GuestRAM
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class VirtualMachine:
         self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
         self._console_tail = b""
         self.panicked = False
+        self.profiler = GuestProfiler.from_env()
         # Calls from other threads, run between slices (see submit()).
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._calls_lock = threading.Lock()  # only between submit() and the end of run()
@@ -445,6 +446,8 @@ class VirtualMachine:
         testdev = self.testdev
         executed = 0
         panic_deadline: float | None = None
+        profiler = self.profiler
+        budget = SLICE if profiler is None else SAMPLE_EVERY
         self._refresh_time()
         while True:
             all_idle = True
@@ -456,8 +459,10 @@ class VirtualMachine:
                     st[S.WFI_FLAG] = 0
                 all_idle = False
                 before = int(sh[S.SH_SLICE_INSNS])
-                reason = hart.run(SLICE)
+                reason = hart.run(budget)
                 executed += int(sh[S.SH_SLICE_INSNS]) - before
+                if profiler is not None and reason == S.EXIT_SLICE:
+                    profiler.note(st)
                 if reason == S.EXIT_MMIO_LOAD or reason == S.EXIT_MMIO_STORE:
                     self._mmio(hart, reason, bus)
                     if testdev.request is not None:
@@ -600,6 +605,8 @@ class VirtualMachine:
             nic.backend.close()
         if self.vsock is not None:
             self.vsock.close()
+        if self.profiler is not None:
+            self.profiler.write()
         tier1 = self.harts[0].tier1
         if tier1 is not None:
             tier1.close()
