@@ -409,6 +409,7 @@ class Tier1:
             return
         req = self._request(sorted(send), ram16)
         req.touched, self._touched = self._touched, []
+        req.sent = time.monotonic()
         if not self.background:
             if self._local is None:
                 self._local = TranslationService(ctab)

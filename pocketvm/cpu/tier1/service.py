@@ -47,6 +47,10 @@ MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
 FEW = 8  # blocks asked for at once that are compiled well straight away
 BURST = 16  # ... unless more than this many were asked for within BURST_WINDOW seconds
 BURST_WINDOW = 2.0
+# ... or when the request waited longer than this for the service (busy with
+# other work or starved of CPU): compiling well takes 4x longer, and on a
+# busy host that left the boot's hot code waiting for seconds.
+LATE = 0.05
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Request:
     min_region: int  # regions shorter than this are not worth a call
     tier: int = QUICK  # how to compile the blocks asked for (`translator.QUICK` or `GOOD`)
     touched: list[str] = field(default_factory=list)  # cached batches the VM linked in itself since the last request
+    sent: float = 0.0  # time.monotonic() when the VM made it (0: unknown)
 
 
 @dataclass
@@ -159,7 +164,8 @@ class TranslationService:
         while self._recent and self._recent[0][0] < now - BURST_WINDOW:
             self._recent.popleft()
         recent = sum(n for _, n in self._recent) + len(misses)
-        tier = req.tier if len(misses) <= FEW and recent <= BURST else QUICK
+        late = req.sent > 0 and now - req.sent > LATE  # this service is behind (a busy host)
+        tier = req.tier if len(misses) <= FEW and recent <= BURST and not late else QUICK
         if misses:
             self._recent.append((now, len(misses)))
         if tier < req.tier:
