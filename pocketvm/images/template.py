@@ -32,9 +32,13 @@ TEMPLATE_MEMORY = "1G"
 TEMPLATE_CPUS = 1
 BOOT_TIMEOUT = 900.0  # seconds, at emulated speed on a busy 2-core machine
 # Typed at the template's shell once it answers: waits for the end of the
-# boot, forgets the line, and prints a marker that the echo of the typed line
+# boot and for udev to have handled its events and let its idle workers go
+# (after 3 s; a template taken before made every restored VM finish that
+# work, doubling the guest's instructions to its first command's output),
+# forgets the line, and prints a marker that the echo of the typed line
 # does not contain ($((...)) is expanded only in the output).
-READY_COMMAND = b"systemctl is-system-running --wait >/dev/null 2>&1; history -c; echo pocketvm-template-$((6*7))\n"
+READY_COMMAND = (b"systemctl is-system-running --wait >/dev/null 2>&1; udevadm settle --timeout=60 >/dev/null 2>&1; "
+                 b"sleep 5; history -c; echo pocketvm-template-$((6*7))\n")
 READY_MARK = b"pocketvm-template-42"
 # An image whose manifest names a `template_ready_file` (the desktop image)
 # is snapshotted only once that file exists in the guest, and a few seconds
