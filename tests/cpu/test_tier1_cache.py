@@ -102,13 +102,18 @@ def test_a_truncated_cache_is_survived(jit_cache: Path) -> None:
     run_loop(loop_hart(0x1000))
 
 
-def test_a_damaged_object_is_never_loaded(jit_cache: Path) -> None:
+def fill_cache_with_damaged_objects(jit_cache: Path) -> None:
+    """Run the loop once (filling the cache), then zero every stored object."""
     run_loop(loop_hart(0x1000))
     (db,) = jit_cache.glob("tier1-*.sqlite")
     con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE batch SET object = zeroblob(length(object))")
     con.close()
+
+
+def test_a_damaged_object_is_never_loaded(jit_cache: Path) -> None:
+    fill_cache_with_damaged_objects(jit_cache)
     hart = loop_hart(0x1000)
     run_loop(hart)
     assert hart.tier1.stats.cached == 0 and hart.tier1.stats.blocks >= 1
@@ -203,12 +208,7 @@ def test_changed_code_is_not_preloaded(jit_cache: Path) -> None:
 
 
 def test_a_damaged_object_is_not_loaded_by_the_machine_either(jit_cache: Path) -> None:
-    run_loop(loop_hart(0x1000))
-    (db,) = jit_cache.glob("tier1-*.sqlite")
-    con = sqlite3.connect(db)
-    with con:
-        con.execute("UPDATE batch SET object = zeroblob(length(object))")
-    con.close()
+    fill_cache_with_damaged_objects(jit_cache)
     hart = loop_hart(0x1000, jit="on")
     try:
         run_in_slices(hart)
