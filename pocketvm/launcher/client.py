@@ -24,6 +24,10 @@ LAUNCHED_COMMANDS = ("run", "restore")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # A launcher that has not answered by then is stopped or stuck: run the command here.
 REPLY_TIMEOUT = 5.0
+# Once it has our descriptors it forks the VM: running the command here as
+# well after a slow answer (a loaded host) would start it twice (a second
+# VM, or one refused because the first holds its name), so wait longer.
+FORK_TIMEOUT = 120.0
 # Resource limits (`ulimit`) a launched VM takes over from the command.
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_MEMLOCK",
            "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS", "RLIMIT_STACK")  # fmt: skip
@@ -79,6 +83,7 @@ def launch(argv: list[str]) -> int | None:
         # open after we gave up and ran the command ourselves.
         if reply is not None and reply.get("send") == "fds":
             send(conn, {"fds": [0, 1, 2]}, [0, 1, 2])
+            conn.settimeout(FORK_TIMEOUT)
             reply = reader.read()
     except (OSError, ValueError):  # e.g. a closed stdin cannot be passed on
         conn.close()

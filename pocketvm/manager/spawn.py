@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketvm.launcher.client import RLIMITS
+from pocketvm.launcher.client import FORK_TIMEOUT, RLIMITS
 from pocketvm.launcher.protocol import ENV_SWITCH, LineReader, send, socket_path
 from pocketvm.manager.harden import ENV as HARDEN_ENV
 
@@ -145,6 +145,7 @@ def _via_launcher(argv: list[str], fds: list[int], rlimits: dict[str, tuple[int,
         reply = reader.read()
         if reply is not None and reply.get("send") == "fds":
             send(conn, {"fds": [0, 1, 2]}, fds)
+            conn.settimeout(FORK_TIMEOUT)  # it forks now: falling back after this could start the VM twice
             reply = reader.read()
     except (OSError, ValueError):
         conn.close()
