@@ -625,9 +625,13 @@ def load_cpu_core() -> None:
     try:
         ram = GuestRAM(16 * 4096)
         sh = S.new_shared_state(1)
-        hart = Hart(0, ram, sh)
+        # Tier 1 off: its engine starts a service process and a thread, and a
+        # process with threads (the launcher) must not fork. Both entries of
+        # the core are loaded: with tier 1 a hart calls the one without the GIL.
+        hart = Hart(0, ram, sh, jit="off")
         hart.st[S.PC] = ram.base  # zeroed RAM: an illegal instruction, trapped
         hart.run(1)
+        hart.run_released(1)
     except Exception:
         log.debug("preloading the CPU core failed", exc_info=True)
 

@@ -33,16 +33,25 @@ class Hart:
         self.tier1 = engine.tier1_for(ram, mode) if mode != 0 else None
         self._jt = self.tier1.table if self.tier1 is not None else engine.OFF_TABLE
 
+    def _core(self, entry, budget: int) -> int:  # type: ignore[no-untyped-def]
+        return int(
+            entry(
+                self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
+                self._ctab, budget, self._jt,
+            )
+        )
+
+    def run_released(self, budget: int) -> int:
+        """The core's entry that lets go of the GIL, without tier 1's servicing (for preloading it)."""
+        from pocketvm.cpu.core import run_released
+
+        return self._core(run_released, budget)
+
     def run(self, budget: int) -> int:
         from pocketvm.cpu.core import run, run_released
 
         if self.tier1 is None:
-            return int(
-                run(
-                    self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
-                    self._ctab, budget, self._jt,
-                )
-            )
+            return self._core(run, budget)
         # With tier 1 the core lets go of the GIL, so the compiler thread works meanwhile.
         jt = self._jt
         tier1 = self.tier1
@@ -51,12 +60,7 @@ class Hart:
         left = budget
         while True:
             before = int(self.sh[S.SH_SLICE_INSNS])
-            reason = int(
-                run_released(
-                    self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
-                    self._ctab, left, jt,
-                )
-            )
+            reason = self._core(run_released, left)
             tier1.hart_stats.retired += int(self.sh[S.SH_SLICE_INSNS]) - before
             tier1.service(self.ram.u16, self._ctab)
             left = int(jt[L.JT_LEFT])

@@ -335,3 +335,18 @@ def test_the_pocket_script_and_python_m_pocketvm_share_a_launcher(launcher, tick
     run = subprocess.run([str(script), "run", "--bios", "none", "--kernel", str(ticker)], capture_output=True, timeout=120)
     assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40, run.stderr
     assert launched() == before + 1
+
+
+def test_a_launcher_started_with_the_jit_on_still_launches(runtime, ticker):
+    """Its warm-up must not start tier 1 (a service process and a thread): a
+    launcher with a thread declines every command, as forking it is unsafe."""
+    pocket("launcher", "stop")
+    try:
+        run = pocket("launcher", "start", env={"POCKETVM_JIT": "on"}, timeout=600)
+        assert run.returncode == 0, run.stderr
+        before = launched()
+        run = pocket("run", "--bios", "none", "--kernel", ticker, env={"POCKETVM_JIT": "on"})
+        assert run.returncode == 0 and len(rounds(run.stdout.decode())) == 40, run.stderr
+        assert launched() == before + 1
+    finally:
+        pocket("launcher", "stop")
