@@ -1,5 +1,6 @@
 """The backing files under a snapshot's qcow2 disks: recorded by path and
-checksum, checked on restore, without hashing gigabytes every time.
+checksum, checked on restore, without hashing gigabytes every time (the
+same cache spares hashing a template's RAM file at every restore).
 
 A snapshot of a VM whose disk is a qcow2 overlay stores only the overlay;
 the files below it (the base image, or the overlay of the snapshot the VM
@@ -25,13 +26,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
 from pocketvm.paths import cache_dir
 from pocketvm.snapshot import format as F
+from pocketvm.snapshot.digest import algorithm_of, data_extents, digest_fd, digest_file
 from pocketvm.snapshot.format import BackingEntry
-from pocketvm.snapshot.digest import algorithm_of, digest_file
 
 
 def _cache_path(st: os.stat_result) -> Path:
@@ -56,6 +58,15 @@ def _cached(st: os.stat_result, algorithm: str) -> str | None:
 
 
 _PRUNE_ABOVE = 256  # entries; then those whose file is gone are dropped
+
+
+# A RAM file changed less than this ago may change again within the same
+# timestamp tick, unseen by its identity: its digest is not cached yet.
+SETTLE_NS = 2_000_000_000
+
+
+def _settled(st: os.stat_result) -> bool:
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS
 
 
 def _store(st: os.stat_result, digest: str, file: str) -> None:
@@ -110,6 +121,21 @@ def cached_digest(path: str | os.PathLike[str], algorithm: str | None = None) ->
     if _identity(after) == _identity(st) and after.st_ino == st.st_ino:
         _store(after, digest, os.fspath(path))
     return digest
+
+
+def cached_digest_fd(fd: int, size: int, algorithm: str, path: str | os.PathLike[str]) -> tuple[str, list[tuple[int, int]]]:
+    """`digest.digest_fd` of an open file (a snapshot's RAM: a template is
+    restored for every sandbox), from the cache when its identity is
+    unchanged: then only its data extents are looked up."""
+    st = os.fstat(fd)
+    digest = _cached(st, algorithm)
+    if digest is not None and st.st_size == size:
+        return digest, data_extents(fd, size)
+    digest, extents = digest_fd(fd, size, algorithm)
+    after = os.fstat(fd)
+    if _identity(after) == _identity(st) and after.st_size == size and _settled(after):
+        _store(after, digest, os.fspath(path))
+    return digest, extents
 
 
 def record(image: Any) -> list[BackingEntry]:

@@ -101,7 +101,7 @@ def _map_ram(path: Path, entry: F.FileEntry, where: str) -> tuple[mmap.mmap, lis
     try:
         if os.fstat(fd).st_size != entry.size:  # changed since it was checked: a mapping would fault
             raise F.SnapshotError(f"{where}: {F.RAM_FILE} changed while being restored")
-        digest, extents = digest_fd(fd, entry.size, algorithm_of(entry.digest))
+        digest, extents = basechain.cached_digest_fd(fd, entry.size, algorithm_of(entry.digest), path)
         if digest != entry.digest:
             raise F.SnapshotError(f"{where}: {F.RAM_FILE} checksum mismatch (the file was edited or corrupted)")
         # PROT_WRITE on a MAP_PRIVATE mapping of a read-only file is allowed:

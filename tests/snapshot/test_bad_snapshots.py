@@ -88,6 +88,23 @@ def test_edited_ram_page(snap, tmp_path):
     _restore_refused(snap, tmp_path, "ram.raw checksum mismatch")
 
 
+def test_ram_edited_after_a_restore_is_caught(snap, tmp_path):
+    """A restore caches the RAM file's digest by its identity; an edit in
+    place afterwards (same inode) must not be served from that cache."""
+    import time
+
+    from pocketvm.snapshot import basechain
+    from pocketvm.snapshot.digest import algorithm_of
+    from pocketvm.snapshot.restore import open_snapshot
+
+    time.sleep(basechain.SETTLE_NS / 1e9 + 0.2)  # only a settled file's digest is cached
+    open_snapshot(snap).ram.close()
+    algorithm = algorithm_of(json.loads((snap / F.MANIFEST).read_text())["files"][F.RAM_FILE]["digest"])
+    assert basechain._cached(os.stat(snap / F.RAM_FILE), algorithm), "the restore cached the RAM file's digest"
+    _poke(snap / F.RAM_FILE, _first_data_offset(snap / F.RAM_FILE), b"\x00")
+    _restore_refused(snap, tmp_path, "ram.raw checksum mismatch")
+
+
 def test_data_written_into_a_hole_of_ram(snap, tmp_path):
     _poke(snap / F.RAM_FILE, 15 * MiB + 123, b"\x42")  # high RAM the program never touched
     _restore_refused(snap, tmp_path, "ram.raw checksum mismatch")
