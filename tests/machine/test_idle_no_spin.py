@@ -66,6 +66,7 @@ def test_an_idle_guest_does_not_spin_after_stdin_ends(wfi_echo: Path) -> None:
             status = vm.run()
     finally:
         guard.cancel()
+        guard.join()  # not left to end during a later test that counts threads
         vm.close()
         stdin.close()
         stdout.close()

@@ -83,6 +83,7 @@ def test_fed_input_wakes_the_guest_without_an_idle_wait(wfi_echo: Path, monkeypa
         status = vm.run(max_instructions=20_000_000)
     finally:
         guard.cancel()
+        guard.join()  # not left to end during a later test that counts threads
         vm.close()
 
     assert (status.code, status.reason) == (0, "poweroff"), (status, bytes(console.output))
