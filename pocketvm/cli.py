@@ -335,7 +335,7 @@ class Lifetime:
 
             # The compiled code the run loop calls, loaded from numba's cache
             # while it can still be read (it is the starting user's).
-            load_cpu_core()
+            load_cpu_core(released=vm.harts[0].tier1 is not None)
             current_mip(vm.harts[0].st, vm.sh)
             drop_privileges(self.user, self.own)
         if not self.ttl:

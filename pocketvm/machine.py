@@ -613,7 +613,7 @@ class VirtualMachine:
             log.info("%s", tier1.report())
 
 
-def load_cpu_core() -> None:
+def load_cpu_core(released: bool | None = None) -> None:
     """Load the compiled CPU core now rather than at the first hart.run().
 
     Loading it from numba's disk cache takes a noticeable fraction of a
@@ -621,17 +621,23 @@ def load_cpu_core() -> None:
     snapshot. A throwaway hart with a few pages of RAM runs one instruction,
     with arrays of exactly the types a real VM passes, so the real VM finds
     the code loaded. Failures are left for the real run to report.
+    `released`: also load the entry without the GIL, which harts with tier 1
+    call (None: when POCKETVM_JIT turns tier 1 on).
     """
+    from pocketvm.cpu.tier1 import engine
+
     try:
+        if released is None:
+            released = engine.mode_from_env() != engine.MODES["off"]
         ram = GuestRAM(16 * 4096)
         sh = S.new_shared_state(1)
-        # Tier 1 off: its engine starts a service process and a thread, and a
-        # process with threads (the launcher) must not fork. Both entries of
-        # the core are loaded: with tier 1 a hart calls the one without the GIL.
+        # Tier 1 off even so: its engine starts a service process and a
+        # thread, and a process with threads (the launcher) must not fork.
         hart = Hart(0, ram, sh, jit="off")
         hart.st[S.PC] = ram.base  # zeroed RAM: an illegal instruction, trapped
         hart.run(1)
-        hart.run_released(1)
+        if released:
+            hart.run_released(1)
     except Exception:
         log.debug("preloading the CPU core failed", exc_info=True)
 

@@ -99,7 +99,7 @@ def warm_up() -> None:
     import pocketvm.devices.virtio_vsock  # noqa: F401
     from pocketvm.machine import load_cpu_core
 
-    load_cpu_core()
+    load_cpu_core(released=True)  # its VMs may turn tier 1 on
 
 
 class Launcher:
