@@ -30,6 +30,7 @@ from pocketvm.cpu.state import (
     PC,
     PRIV,
     RAM_BASE,
+    RESERVATION,
     TLB,
     TLB_ENTRIES,
 )
@@ -39,7 +40,7 @@ from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
-_WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03)
+_WRITES_RD = (0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x6F, 0x67, 0x03, 0x2F)
 _INT_TYPE = {1: "i8", 2: "i16", 4: "i32", 8: "i64"}
 FP_OPS = (0x53, 0x43, 0x47, 0x4B, 0x4F)  # FP arithmetic: calls the FPU
 _FP_OPS = FP_OPS
@@ -47,6 +48,8 @@ _FS = 3 << 13
 _FS_DIRTY = (3 << 13) | (-(1 << 63))
 _NAN_BOX = -(1 << 32)
 _BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
+_AMO_ARITH = {0x00: "add", 0x04: "xor", 0x0C: "and", 0x08: "or"}  # by funct5
+_AMO_KEEP_OLD = {0x10: "slt", 0x14: "sgt", 0x18: "ult", 0x1C: "ugt"}  # min, max, minu, maxu: old wins when
 _ARGS = (
     "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in, "
     "ptr noalias %jt, i64 %off"
@@ -84,7 +87,7 @@ class BlockCodegen:
         self.chain = chain
         written = {i.rd for i in self.insns if i.opcode in _WRITES_RD or i.opcode in _FP_OPS}
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
-        read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63)}
+        read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63, 0x2F)}
         self.written = sorted(written - {0})
         self.used = sorted((read | written) - {0})
         self.lines: list[str] = []
@@ -311,6 +314,10 @@ class BlockCodegen:
 
         All the reasons to leave (misaligned, TLB miss or no RAM, a store
         into this code's own page) are folded into one test."""
+        return self.ram_access(i, addr, size, acc)[0]
+
+    def ram_access(self, i: int, addr: str, size: int, acc: int) -> tuple[str, str]:
+        """(host pointer, RAM offset) of an aligned RAM access, as `ram_pointer`."""
         bad = self.v(f"and i64 {addr}, {size - 1}") if size > 1 else None
         if self.paged:
             table = TLB + acc * 2 * TLB_ENTRIES
@@ -329,7 +336,7 @@ class BlockCodegen:
             same = self.v(f"icmp eq i64 {self.v(f'lshr i64 {off}, 12')}, %code_page")
             bad = self.v(f"or i64 {bad}, {self.v(f'zext i1 {same} to i64')}")
         self.side_exit_if(self.v(f"icmp ne i64 {bad}, 0"), i)
-        return self.v(f"getelementptr i8, ptr %ram, i64 {off}")
+        return self.v(f"getelementptr i8, ptr %ram, i64 {off}"), off
 
     # --- instructions ------------------------------------------------------------------
     def emit_insn(self, i: int, insn: Insn) -> bool:
@@ -396,6 +403,8 @@ class BlockCodegen:
             self.put(f"store {ty} {value}, ptr {p}, align {size}")
         elif op == 0x0F:
             pass  # fence: nothing to order in a single-threaded emulator
+        elif op == 0x2F:
+            self.amo(i, insn)
         elif op in _FP_OPS or op == 0x07 or op == 0x27:
             self.emit_fp(i, insn)
         elif op == 0x6F:
@@ -419,6 +428,53 @@ class BlockCodegen:
         else:  # decode only lets through what is handled above
             raise AssertionError(f"untranslatable instruction {insn.bits:#010x}")
         return True
+
+    def amo(self, i: int, insn: Insn) -> None:
+        """LR/SC and the AMOs, exactly as the interpreter's `_amo`.
+
+        An LR needs a readable page (the load TLB), an SC or AMO a writable
+        one (the store TLB, whose entries exist only for pages that are also
+        readable: `mmu.walk` rejects W without R). Misaligned, missed or not
+        RAM: the interpreter runs it (and traps). The reservation is the
+        physical address in st[RESERVATION]; only LR and SC touch it. Harts
+        take turns on one thread, so nothing here needs to be atomic."""
+        v = self.v
+        size = 4 if insn.f3 == 2 else 8
+        ty = _INT_TYPE[size]
+        funct5 = insn.bits >> 27
+        reservation = self.st_ptr(RESERVATION)
+        addr = self.get(insn.rs1)
+        if funct5 == 2:  # lr
+            p, off = self.ram_access(i, addr, size, _ACC_LOAD)
+            old = v(f"load {ty}, ptr {p}, align {size}")
+            self.put(f"store i64 {v(f'add i64 {off}, {RAM_BASE}')}, ptr {reservation}")
+            self.set(insn.rd, old if size == 8 else v(f"sext {ty} {old} to i64"))
+            return
+        value = self.get(insn.rs2)
+        p, off = self.ram_access(i, addr, size, _ACC_STORE)
+        if size < 8:
+            value = v(f"trunc i64 {value} to {ty}")
+        if funct5 == 3:  # sc: succeeds (rd = 0) only on the reserved address; the reservation goes
+            held = v(f"icmp eq i64 {v(f'load i64, ptr {reservation}')}, {v(f'add i64 {off}, {RAM_BASE}')}")
+            write, join = self.new_label("sc"), self.new_label("scd")
+            self.put(f"br i1 {held}, label %{write}, label %{join}")
+            self.start(write)
+            self.put(f"store {ty} {value}, ptr {p}, align {size}")
+            self.put(f"br label %{join}")
+            self.start(join)
+            self.put(f"store i64 -1, ptr {reservation}")
+            self.set(insn.rd, v(f"select i1 {held}, i64 0, i64 1"))
+            return
+        old = v(f"load {ty}, ptr {p}, align {size}")
+        if funct5 in _AMO_ARITH:
+            new = v(f"{_AMO_ARITH[funct5]} {ty} {old}, {value}")
+        elif funct5 == 1:  # swap
+            new = value
+        else:  # min/max, signed or unsigned, on `size` bytes
+            keep_old = v(f"icmp {_AMO_KEEP_OLD[funct5]} {ty} {old}, {value}")
+            new = v(f"select i1 {keep_old}, {ty} {old}, {ty} {value}")
+        self.put(f"store {ty} {new}, ptr {p}, align {size}")
+        self.set(insn.rd, old if size == 8 else v(f"sext {ty} {old} to i64"))
 
     def emit_fp(self, i: int, insn: Insn) -> None:
         """F/D loads, stores and arithmetic (`fpgen`)."""

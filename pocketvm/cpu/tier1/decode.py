@@ -79,6 +79,9 @@ def _sext(v: int, bits: int) -> int:
     return v - (1 << bits) if v >> (bits - 1) else v
 
 
+_AMO_FUNCT5 = (0x00, 0x01, 0x02, 0x03, 0x04, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x1C)
+
+
 def translatable(bits: int) -> bool:
     """Whether tier 1 translates this (valid) 32-bit instruction."""
     op = bits & 0x7F
@@ -118,6 +121,11 @@ def translatable(bits: int) -> bool:
         return f3 != 7
     if op == 0x23:  # STORE
         return f3 <= 3
+    if op == 0x2F:  # AMO, LR/SC (funct5 in bits 31:27; LR has no rs2)
+        funct5 = bits >> 27
+        if f3 not in (2, 3) or funct5 not in _AMO_FUNCT5:
+            return False
+        return funct5 != 2 or ((bits >> 20) & 31) == 0
     if op == 0x0F:  # FENCE (fence.i ends the block: the interpreter runs it)
         return f3 == 0
     if op in (0x53, 0x43, 0x47, 0x4B, 0x4F):  # OP-FP, fused multiply-add: the FPU is called
