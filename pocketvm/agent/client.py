@@ -99,6 +99,7 @@ class _Conn:
     timeout: float
     reused: bool = False  # it served a request before this one
     dirty: bool = False  # frames were sent after the request: not reusable
+    sent: int = 0  # bytes sent on this connection: the stream position of the next one
 
     def send_frame(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
         try:
@@ -108,6 +109,7 @@ class _Conn:
             else:
                 self.sock.sendall(head)
                 self.sock.sendall(payload)
+            self.sent += FRAME.size + len(payload)
         except TimeoutError:
             raise AgentTimeout(f"the agent took no data for {self.timeout:g} s") from None
         except OSError as e:
@@ -115,6 +117,17 @@ class _Conn:
 
     def send_json(self, obj: dict[str, Any]) -> None:
         self.send_frame(T_JSON, json.dumps(obj).encode())
+
+    def send_data_at(self, payload: bytes | memoryview, offset: int, align: tuple[int, int] | None) -> None:
+        """A D frame holding the file's bytes from `offset`, placed (by a
+        padding K frame before it if need be) at a stream position equal to
+        offset + align[1] modulo align[0], as the agent asked."""
+        if align is not None:
+            modulus, rest = align
+            off = (self.sent + FRAME.size - offset - rest) % modulus
+            if off:  # a K frame of p bytes moves the data on by FRAME.size + p
+                self.send_frame(T_KEEPALIVE, bytes((-off - FRAME.size) % modulus))
+        self.send_frame(T_DATA, payload)
 
     def _exact(self, n: int) -> bytes:
         out = bytearray(n)
@@ -568,11 +581,12 @@ class AgentClient:
                 done = True
                 self._refused(conn, ready, "the agent neither took nor refused the upload")
             digest = _checksum(checksum)
+            align = _alignment(ready.get("align"))
             sent = 0
             for chunk in chunks:
                 digest.update(chunk)
+                conn.send_data_at(chunk, sent, align)
                 sent += len(chunk)
-                conn.send_frame(T_DATA, chunk)
             conn.send_frame(T_DATA, b"")
             reply = _final(conn.recv_json())
             self._release(conn, reply)
@@ -644,6 +658,14 @@ class AgentClient:
 
     def write_bytes(self, path: str, data: bytes, mode: int | None = None) -> None:
         self.upload(data, path, mode=mode)
+
+
+def _alignment(value: object) -> tuple[int, int] | None:
+    """The agent's [modulus, rest] for file data (protocol 4), if it is sane."""
+    if (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
+            and value[0] in (2, 4, 8, 16) and 0 <= value[1] < value[0]):  # fmt: skip
+        return value[0], value[1]
+    return None
 
 
 def _older_agent_retry(checksum: str, transfer: Callable[[str], dict[str, Any]]) -> dict[str, Any]:

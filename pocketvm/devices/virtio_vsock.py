@@ -79,6 +79,13 @@ MAX_PAYLOAD = 64 * 1024  # the largest packet Linux sends (VIRTIO_VSOCK_MAX_PKT_
 BUF_ALLOC = 256 * 1024  # our receive buffer per connection: the guest's credit
 TO_GUEST_MAX = 64 * 1024  # host bytes read ahead of the guest's rx buffers, per connection
 READ_CHUNK = 64 * 1024
+# A packet to the guest that passes a multiple of this in the stream ends
+# at the last such multiple: after a packet cut short (the host had sent no
+# more yet) the next one ends at a multiple, so packets go back to starting
+# at the same offset modulo 8 as their stream position, and a guest reader
+# can have its kernel copy their data 8 bytes at a time (the guest agent
+# relies on it, see RX_SKEW there).
+PACKET_STEP = 4096
 MAX_ORPHAN_RESETS = 64  # resets owed for packets of unknown connections
 FIRST_HOST_PORT = 1 << 30  # local ports for host-initiated connections, as Firecracker numbers them
 U32 = 0xFFFF_FFFF
@@ -565,6 +572,9 @@ class VirtioVsock(v.VirtioDevice):
             return self._header(conn, OP_RESPONSE)
         if conn.can_send_data() and room > 0:
             n = min(room, conn.guest_credit(), len(conn.to_guest), MAX_PAYLOAD)
+            end = conn.tx_cnt + n
+            if end - end % PACKET_STEP > conn.tx_cnt:  # a step boundary on the way: end there
+                n -= end % PACKET_STEP
             data = bytes(conn.to_guest[:n])
             del conn.to_guest[:n]
             conn.tx_cnt = (conn.tx_cnt + n) & U32

@@ -196,6 +196,41 @@ def test_transfers_checked_by_size_only(client, tmp_path):
     assert not (tmp_path / "short").exists()
 
 
+def test_file_data_lands_where_the_guest_kernel_copies_it_by_words(tmp_path):
+    """Protocol 4: the agent places stream byte s at an address = s + RX_SKEW
+    (mod 8) and the client pads with K frames so that each D frame's data
+    then sits at an address = its file offset (mod 8): the guest kernel's
+    copies into the agent and from it into the file both go 8 bytes at a
+    time. Checked on the agent's own Channel, over a socket pair, for frames
+    of odd sizes after requests of odd lengths on a reused connection."""
+    import ctypes
+    import random
+
+    from pocketvm.agent.client import _Conn
+
+    rng = random.Random(5)
+    host, guest = socket.socketpair()
+    ch = proto.Channel(guest)
+    conn = _Conn(host, 10)
+    align = (proto.ALIGN, -proto.RX_SKEW % proto.ALIGN)
+    for _ in range(3):
+        conn.send_json({"op": "upload", "path": "x" * rng.randrange(40)})
+        assert ch.recv()[0] == proto.T_JSON
+        offset = 0
+        for size in [rng.randrange(1, 70000) for _ in range(12)] + [proto.MAX_DATA, 8]:
+            payload = os.urandom(size)
+            sender = threading.Thread(target=conn.send_data_at, args=(payload, offset, align))
+            sender.start()
+            kind, view = ch.recv()  # K padding frames are skipped
+            sender.join()
+            address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+            assert kind == proto.T_DATA and bytes(view) == payload
+            assert address % 8 == offset % 8, (size, offset)
+            offset += size
+    host.close()
+    guest.close()
+
+
 def test_no_checksum_falls_back_for_an_older_agent(client, tmp_path, monkeypatch):
     """An agent before protocol 3 refuses "none" before any data moves: the
     client asks again with its default checksum."""

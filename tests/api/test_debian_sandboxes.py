@@ -95,6 +95,23 @@ def test_64_mib_up_and_down(sb):
         sb.files.read("/root/not-there")
 
 
+def test_an_upload_to_tmp_gets_huge_pages(sb):
+    """/tmp is a tmpfs with huge=within_size and the agent sets an upload's
+    size first: a 6 MiB upload (odd frame sizes, so the client pads its data
+    into place) lands on 2 MiB pages, a small file does not."""
+    def huge_kib() -> int:
+        meminfo = sb.run(["cat", "/proc/meminfo"]).stdout
+        return int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("ShmemHugePages:")))
+
+    before = huge_kib()
+    data = os.urandom(6 * MiB + 3)
+    sb.files.write("/tmp/six.bin", data)
+    assert huge_kib() - before >= 6 * 1024
+    assert hashlib.sha256(sb.files.read("/tmp/six.bin")).digest() == hashlib.sha256(data).digest()
+    sb.files.write("/tmp/small.txt", b"small")
+    assert huge_kib() - before < 8 * 1024
+
+
 def test_eight_sandboxes_from_one_template_do_not_see_each_other():
     boxes = [pocketvm.Sandbox(image="debian", timeout=600) for _ in range(8)]
     try:

@@ -303,6 +303,29 @@ def test_slow_guest_reader_gets_flow_control(guest):
     assert bytes(got) == payload
 
 
+def test_packets_end_at_4_kib_steps_of_the_stream(guest):
+    """After a packet cut short (the host had sent only 10 bytes), the next
+    ends at the next 4 KiB step of the stream and the ones after it start on
+    steps: what lets a guest reader get word-aligned kernel copies (the guest
+    agent's RX_SKEW)."""
+    guest.start()
+    s, conn = accept_host(guest)
+    s.sendall(b"x" * 10)
+    assert len(guest.wait_packet(vs.OP_RW).payload) == 10
+    guest.received.clear()
+    total = 10 + 3 * vs.PACKET_STEP + 100
+    s.sendall(b"y" * (total - 10))
+    ends = []
+    guest.pump(lambda: conn.tx_cnt == total, timeout=10)
+    at = 10
+    for p in guest.collect() + guest.received:
+        if p.op == vs.OP_RW:
+            at += len(p.payload)
+            ends.append(at)
+    assert at == total and ends[:-1] == [vs.PACKET_STEP * k for k in range(1, len(ends))]
+    s.close()
+
+
 class _Sender:
     def __init__(self, sock: socket.socket, data: bytes):
         import threading

@@ -30,6 +30,10 @@ cp ./pocketvm-newid.service /etc/systemd/system/pocketvm-newid.service
 rm -f /etc/udev/rules.d/90-pocketvm-vmgenid.rules
 systemctl enable pocketvm-newid.service >/dev/null 2>&1
 
+# /tmp (a tmpfs) with 2 MiB pages for large files: see tmp-huge.conf.
+mkdir -p /etc/systemd/system/tmp.mount.d
+cp ./tmp-huge.conf /etc/systemd/system/tmp.mount.d/huge.conf
+
 echo pocket > /etc/hostname
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tpocket\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
 printf '/dev/vda\t/\text4\tdefaults,errors=remount-ro\t0\t0\n' > /etc/fstab
