@@ -444,7 +444,7 @@ class VirtualMachine:
         sh = self.sh
         bus = self.bus
         testdev = self.testdev
-        executed = 0
+        executed = 0  # instructions retired, and trap steps: a guest trapping forever retires none
         panic_deadline: float | None = None
         profiler = self.profiler
         budget = SLICE if profiler is None else SAMPLE_EVERY
@@ -460,7 +460,9 @@ class VirtualMachine:
                 all_idle = False
                 before = int(sh[S.SH_SLICE_INSNS])
                 reason = hart.run(budget)
-                executed += int(sh[S.SH_SLICE_INSNS]) - before
+                # A slice that used its whole budget took it in instructions
+                # and traps (each trap counts against the budget, see core.run).
+                executed += budget if reason == S.EXIT_SLICE else int(sh[S.SH_SLICE_INSNS]) - before
                 if profiler is not None and reason == S.EXIT_SLICE:
                     profiler.note(st)
                 if reason == S.EXIT_MMIO_LOAD or reason == S.EXIT_MMIO_STORE:
