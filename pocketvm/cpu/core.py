@@ -43,7 +43,7 @@ from pocketvm.cpu.alu import (
 from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty, retire
 from pocketvm.cpu.fpu import fp_execute
 from pocketvm.cpu.jit import core_jit
-from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, mode_bits, translate
+from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, flush_tlb_page, mode_bits, translate
 from pocketvm.cpu.state import (
     CSR,
     CSR_MIE,
@@ -418,6 +418,8 @@ def _system(st, sh, insn, pc, npc, n):
         elif ((insn >> 25) & 0x7F) == 0x09 and rd == 0:  # sfence.vma
             if priv == 0 or (priv == 1 and (st[CSR + CSR_MSTATUS] & (1 << 20))):
                 illegal = True
+            elif rs1 != 0:  # one address (of every address space: ASIDs are not kept apart)
+                flush_tlb_page(st, st[rs1])
             else:
                 flush_tlb(st)
         else:

@@ -7,6 +7,13 @@ effective privilege and mstatus.SUM/MXR), and the RAM offset of the physical
 page. Folding the mode into the tag means toggling SUM (Linux does around
 every user copy) never needs a flush; only satp writes and sfence.vma do.
 
+An entry covers one 4 KiB page even when its leaf PTE maps a superpage;
+st[TLB_SPAN] records the size of that leaf for each entry, so that an
+sfence.vma for one address drops every entry made from the leaf that maps
+it (the whole superpage) and nothing else: Linux fences single kernel
+addresses (fixmap updates) tens of thousands of times in a boot, and
+flushing the whole TLB each time made the hot kernel pages miss again.
+
 Only pages in RAM are entered, so the core's inlined fast path (see
 `pocketvm.cpu.core`) can index RAM with a hit directly; device pages are
 walked on every access, which is rare. A store entry is only filled once the
@@ -30,6 +37,7 @@ from pocketvm.cpu.state import (
     TLB,
     TLB_ENTRIES,
     TLB_SIZE,
+    TLB_SPAN,
 )
 
 ACC_FETCH = 0
@@ -53,6 +61,20 @@ FAULT_BASE = -1
 def flush_tlb(st):
     for i in range(TLB, TLB + TLB_SIZE):
         st[i] = -1
+
+
+@core_jit
+def flush_tlb_page(st, vaddr):
+    """sfence.vma for one address: drop the entries made from a leaf PTE that maps `vaddr`."""
+    for e in range(TLB_SIZE // 2):
+        tag = st[TLB + 2 * e]
+        if tag == -1:
+            continue
+        shift = st[TLB_SPAN + e]
+        if shift < 12 or shift > 63:  # not recorded (cannot happen after a fill): assume the largest
+            shift = 63
+        if ((tag ^ vaddr) >> shift) == 0:
+            st[TLB + 2 * e] = -1
 
 
 @core_jit(inline="always")
@@ -110,70 +132,72 @@ def translate(st, ram64, ram_size, vaddr, acc):
     slot = tlb_slot(vaddr, acc)
     if st[slot] == tag:
         return RAM_BASE + st[slot + 1] + (vaddr & 0xFFF)
-    page = walk(st, ram64, ram_size, vaddr, acc, priv, (mstatus >> 18) & 1, (mstatus >> 19) & 1, mode)
+    page, span = walk(st, ram64, ram_size, vaddr, acc, priv, (mstatus >> 18) & 1, (mstatus >> 19) & 1, mode)
     if page < 0:
         return page
     off = page - RAM_BASE
     if off >= 0 and off < ram_size:
         st[slot] = tag
         st[slot + 1] = off
+        st[TLB_SPAN + ((slot - TLB) >> 1)] = span
     return page | (vaddr & 0xFFF)
 
 
 @core_jit
 def walk(st, ram64, ram_size, vaddr, acc, priv, sum_, mxr, mode):
-    """Walk the page table; returns the physical page address or a fault code.
+    """Walk the page table; returns (the physical page address or a fault code,
+    log2 of the size of the page the leaf PTE maps: 12, 21, 30 or 39).
 
     `ram64` is an int64 view of guest RAM.
     """
     if mode != 8 and mode != 9:
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     levels = 3 if mode == 8 else 4
     va_bits = 12 + 9 * levels
     # The upper bits must all equal the top bit of the virtual address.
     top = vaddr >> (va_bits - 1)
     if top != 0 and top != -1:
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     a = (st[CSR + CSR_SATP] & PPN_MASK) << 12
     i = levels - 1
     while True:
         vpn_i = (vaddr >> (12 + 9 * i)) & 0x1FF
         off = a + vpn_i * 8 - RAM_BASE
         if off < 0 or off >= ram_size:
-            return _access_fault(acc)
+            return _access_fault(acc), 12
         pte = ram64[off >> 3]
         if (pte & PTE_V) == 0 or (pte & (PTE_R | PTE_W)) == PTE_W:
-            return _page_fault(acc)
+            return _page_fault(acc), 12
         if pte & (PTE_R | PTE_X):
             break
         if i == 0:
-            return _page_fault(acc)
+            return _page_fault(acc), 12
         # Reserved, PBMT and N bits: none of those extensions is offered.
         if srl(pte, 54) != 0:
-            return _page_fault(acc)
+            return _page_fault(acc), 12
         a = (srl(pte, 10) & PPN_MASK) << 12
         i -= 1
     if srl(pte, 54) != 0:
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     if pte & PTE_U:
         if priv == 1 and (acc == ACC_FETCH or sum_ == 0):
-            return _page_fault(acc)
+            return _page_fault(acc), 12
     elif priv == 0:
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     if acc == ACC_FETCH:
         if (pte & PTE_X) == 0:
-            return _page_fault(acc)
+            return _page_fault(acc), 12
     elif acc == ACC_LOAD:
         if (pte & PTE_R) == 0 and not (mxr and (pte & PTE_X)):
-            return _page_fault(acc)
+            return _page_fault(acc), 12
     elif (pte & PTE_W) == 0:
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     ppn = srl(pte, 10) & PPN_MASK
     low_mask = (1 << (9 * i)) - 1
     if ppn & low_mask:  # misaligned superpage
-        return _page_fault(acc)
+        return _page_fault(acc), 12
     want = PTE_A | (PTE_D if acc == ACC_STORE else 0)
     if (pte & want) != want:
         ram64[off >> 3] = pte | want
     vpn = srl(vaddr, 12)
-    return ((ppn & ~low_mask) | (vpn & low_mask)) << 12
+    return ((ppn & ~low_mask) | (vpn & low_mask)) << 12, 12 + 9 * i

@@ -41,6 +41,7 @@ TIME_LAST = 80  # last mtime value this hart observed (time never goes back)
 EXIT_PC = 81  # pc of the instruction that caused an MMIO exit
 EXIT_VADDR = 82  # its virtual address (for an access-fault tval)
 
+TLB_SPAN = 1024  # per TLB entry (st[TLB_SPAN + slot index / 2]): log2 of the page its leaf PTE maps
 CSR = 4096  # csr n at st[CSR + n]
 TLB = 8192  # software TLB, see pocketvm.cpu.mmu
 TLB_ENTRIES = 256  # per access type, direct mapped
