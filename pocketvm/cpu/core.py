@@ -94,10 +94,14 @@ from pocketvm.cpu.trap import current_mip, mret, pending_interrupt, sret, take_t
 
 # How many instructions run between two looks at pending interrupts and time.
 # A look costs ~100 host cycles (time interpolation divides); at 128 it was
-# 7% of a Linux boot. 1024 instructions are a few microseconds of guest time,
-# and whatever can unmask an interrupt (a CSR write, mret/sret, wfi, run()
-# entry after the host raised a device line) forces a look at once.
-CHECK_INTERVAL = 1024
+# 7% of a Linux boot. It also ends a run of translated code (tier 1 stops
+# where the budget to the next look runs out and the interpreter takes over
+# up to it): at 1024 that was a quarter of all returns from translated code
+# in a Linux guest's dd read; at 4096 the read is ~10% faster, 96% of it
+# translated instead of 91%. 4096 instructions are still microseconds of
+# guest time, and whatever can unmask an interrupt (a CSR write, mret/sret,
+# wfi, run() entry after the host raised a device line) forces a look at once.
+CHECK_INTERVAL = 4096
 
 _CAUSE_FETCH_ACCESS = 1
 _CAUSE_ILLEGAL = 2

@@ -130,6 +130,7 @@ class Setup:
     mstatus: int = 0  # bits to set in mstatus (besides UXL/SXL)
     csrs: dict[int, int] = field(default_factory=dict)
     timer_every: int = 0  # > 0: a timer interrupt this many ticks after each chunk starts
+    ad: bool = True  # paged: leaf PTEs with A and D set (else the first accesses set them)
 
 
 def make_hart(setup: Setup, jit: str) -> Hart:
@@ -147,7 +148,7 @@ def make_hart(setup: Setup, jit: str) -> Hart:
         st[S.CSR + number] = to_i64(value)
     if setup.paged:
         root = PAGE_TABLE
-        leaf = PTE_V | PTE_A | PTE_D
+        leaf = PTE_V | (PTE_A | PTE_D if setup.ad else 0)
         hart.ram.write_int(root + 8 * 2, 8, ((S.RAM_BASE >> 12) << 10) | leaf | PTE_R | PTE_W | PTE_X)
         hart.ram.write_int(root + 8 * 1, 8, ((S.RAM_BASE >> 12) << 10) | leaf | PTE_R | PTE_X)
         st[S.CSR + S.CSR_SATP] = to_i64((8 << 60) | (root >> 12))
@@ -165,7 +166,7 @@ def observed(hart: Hart) -> dict[str, object]:
     return {
         "x/f/pc/priv/reservation": np.array(st[: S.RESERVATION + 1]).tobytes(),
         "csrs": np.array(st[S.CSR : S.CSR + 0x1000]).tobytes(),
-        "data": hart.ram.view(DATA, 0x2000).tobytes(),
+        "ram": hart.ram.view(S.RAM_BASE, RAM_SIZE).tobytes(),  # data, page tables (A/D bits)
         "mtime": int(hart.sh[S.SH_MTIME]),
     }
 
