@@ -255,6 +255,7 @@ def build_config(
 @click.option("--jit", type=click.Choice(["off", "on"]), help="Translate hot guest code to host code (tier 1; default off, or $POCKETVM_JIT); statistics with -v.")
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Time-to-live: then the VM is stopped and the disks pocketvm made for it (an --image overlay) are deleted, written or not; --disk files stay.")
 @click.option("--user", "user", metavar="NAME|UID", help="Started as root: become this user once the VM is set up (RAM, disks, sockets open), before the guest runs.")
+@click.option("--upload-window", metavar="SIZE|none", help="Beside the vsock device, a small read-only disk through which pocketvm's guest agent receives uploaded files several times faster than through vsock (its backing file is the vsock socket's path + '.upload'; a hole between uploads). Default: 8M with --image, else none.")
 def run(
     memory: str | None,
     cpus: int | None,
@@ -274,6 +275,7 @@ def run(
     jit: str | None,
     ttl: float | None,
     user: str | None,
+    upload_window: str | None,
 ) -> None:
     """Boot a VM with the console attached.
 
@@ -291,9 +293,11 @@ def run(
         if kernel or initrd or bios or append:
             raise click.UsageError("--image brings its own kernel, initrd, firmware and command line")
         sys.exit(run_image(image, memory, cpus, disks, nics, vsock, name, deterministic, display, display_size,
-                           lifetime))
+                           lifetime, _window_size(upload_window, image=True)))
     config = build_config(DEFAULT_MEMORY if memory is None else memory, 1 if cpus is None else cpus, kernel,
                           initrd, bios, append, disks, name, mirror, nics, vsock)
+    if config.vsock is not None:
+        config.vsock.upload_window = _window_size(upload_window, image=False)
     config.deterministic = deterministic
     config.jit = jit
     from pocketvm.web.attach import parse_display, parse_size
@@ -304,6 +308,23 @@ def run(
 
         config.display = DisplaySpec(*parse_size(display_size))
     sys.exit(run_vm(config, shown, lifetime))
+
+
+def _window_size(text: str | None, image: bool) -> int:
+    """--upload-window: bytes, 0 for none."""
+    from pocketvm.backends import upload_window
+    from pocketvm.machine import VMError, parse_memory
+
+    if text is None:
+        return upload_window.DEFAULT_SIZE if image else 0
+    if text.strip().lower() in ("none", "0"):
+        return 0
+    size = parse_memory(text)
+    try:
+        upload_window.check_size(size)
+    except ValueError as e:
+        raise VMError(f"--upload-window: {e}") from None
+    return size
 
 
 class Lifetime:

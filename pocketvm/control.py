@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pocketvm.backends.upload_window import window_path
 from pocketvm.paths import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,11 @@ def _probe(path: Path, timeout: float = 1.0) -> bool | None:
 def _reap(name: str) -> None:
     """A VM called `name` died without cleaning up: delete the disk copies
     it never wrote (those it wrote stay, as after a normal exit) and its
-    vsock socket (pocketvm.machine names it NAME.vsock)."""
+    vsock socket (pocketvm.machine names it NAME.vsock) and upload window."""
     vsock = runtime_dir() / f"{name}.vsock"
     if _probe(vsock) is False:
         vsock.unlink(missing_ok=True)
+        window_path(vsock).unlink(missing_ok=True)
     note = runtime_dir() / f"{name}{DISKS_SUFFIX}"
     try:
         lines = note.read_text().splitlines()

@@ -49,7 +49,7 @@ def _template_fits(image, memory: str | None, cpus: int | None, disks: tuple[str
 
 def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tuple[str, ...], nics: tuple[str, ...],
               vsock: str, name: str, deterministic: bool, display: str, display_size: str,
-              ttl: Lifetime | None = None) -> int:
+              ttl: Lifetime | None = None, upload_window: int = 0) -> int:
     from pocketvm.cli import _parse_nic, build_config, restore_snapshot, run_vm
     from pocketvm.control import check_name, generate_name
     from pocketvm.images.debian import BOOT_APPEND, load
@@ -92,6 +92,8 @@ def run_image(image_name: str, memory: str | None, cpus: int | None, disks: tupl
                               str(image.boot.initrd), str(image.boot.bios), BOOT_APPEND, (str(overlay), *disks),
                               vm_name, None, nics, vsock)
         config.deterministic = deterministic
+        if config.vsock is not None:
+            config.vsock.upload_window = upload_window
         if shown.kind != "none":
             from pocketvm.machine import DisplaySpec
 

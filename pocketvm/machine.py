@@ -85,6 +85,7 @@ class VsockSpec:
 
     cid: int = 3
     path: Path | None = None
+    upload_window: int = 0  # bytes; 0: none (see backends/upload_window.py)
 
 
 @dataclass
@@ -183,6 +184,7 @@ class VirtualMachine:
         self.screen: Any = None  # the display's Screen, with a display
         self.inputs: list[Any] = []  # virtio keyboard and tablet, with a display
         self.vsock: Any = None
+        self.upload_window: Any = None  # its DiskImage
         try:
             self._build_devices()
         except BaseException:
@@ -223,6 +225,8 @@ class VirtualMachine:
         if cfg.vsock is not None:
             self.vsock = self._make_vsock(cfg.vsock)
             backends.append(self.vsock)
+            if cfg.vsock.upload_window:
+                backends.append(self._make_upload_window(cfg.vsock.upload_window))
         if len(backends) > mm.VIRTIO_SLOTS:
             raise VMError(f"at most {mm.VIRTIO_SLOTS} virtio devices")
         for slot in range(mm.VIRTIO_SLOTS):
@@ -271,6 +275,19 @@ class VirtualMachine:
             return VirtioVsock(VsockUnixHost(path), spec.cid)
         except VsockHostError as e:
             raise VMError(str(e)) from None
+
+    def _make_upload_window(self, size: int) -> Any:
+        from pocketvm.backends import upload_window
+        from pocketvm.backends.disk import DiskError
+        from pocketvm.devices.virtio_blk import VirtioBlk
+
+        try:
+            upload_window.check_size(size)
+            image = upload_window.create(upload_window.window_path(self.vsock.host.path), size)
+        except (DiskError, ValueError) as e:
+            raise VMError(str(e)) from None
+        self.upload_window = image
+        return VirtioBlk(image, serial=upload_window.SERIAL)
 
     def _make_display(self, spec: DisplaySpec) -> list[Any]:
         from pocketvm.backends.display.screen import Screen
@@ -607,6 +624,10 @@ class VirtualMachine:
             nic.backend.close()
         if self.vsock is not None:
             self.vsock.close()
+        if self.upload_window is not None:
+            self.upload_window.close()
+            Path(self.upload_window.path).unlink(missing_ok=True)
+            self.upload_window = None
         if self.profiler is not None:
             self.profiler.write()
         tier1 = self.harts[0].tier1

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from pocketvm.backends.upload_window import WindowWriter, window_path
 from pocketvm.guest.agent import (
     DEFAULT_PORT,
     FRAME,
@@ -38,10 +39,13 @@ from pocketvm.guest.agent import (
     T_STDERR,
     T_STDIN,
     T_STDOUT,
+    T_WINDOW,
+    WINDOW_SLOT,
     Checksum,
 )
 
-_LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0}
+_LIMITS = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_KEEPALIVE: 0,
+           T_WINDOW: WINDOW_SLOT.size}
 SEND_CHUNK = MAX_DATA  # file data per frame: fewer, bigger frames for the guest to handle
 DEFAULT_CHECKSUM = "adler32"  # the cheapest for the emulated guest (see agent.Checksum)
 NO_CHECKSUM = "none"  # sizes only (protocol 3); an older agent is asked for DEFAULT_CHECKSUM instead
@@ -281,12 +285,17 @@ class ExecStream:
 class AgentClient:
     """Requests to one guest agent."""
 
-    def __init__(self, connect: Callable[[float], socket.socket], timeout: float = 30.0):
+    def __init__(self, connect: Callable[[float], socket.socket], timeout: float = 30.0,
+                 upload_window: Path | None = None):  # fmt: skip
         """`connect(timeout)` returns a socket connected to the agent.
         `timeout`: the longest the agent may stay silent (it sends keep-alives
-        while a command runs quietly, so this is not a limit on commands)."""
+        while a command runs quietly, so this is not a limit on commands).
+        `upload_window`: the VM's upload window file, if it may have one
+        (backends/upload_window.py); uploads go through it when the agent
+        lends it, else through the connection."""
         self._connect = connect
         self.timeout = timeout
+        self.upload_window = upload_window
         self._idle: list[tuple[_Conn, float]] = []  # connections kept for the next requests, with when
         self._idle_lock = threading.Lock()
 
@@ -319,7 +328,7 @@ class AgentClient:
                 raise
             return sock
 
-        return cls(connect, timeout)
+        return cls(connect, timeout, upload_window=window_path(path))
 
     @classmethod
     def for_unix(cls, path: str | os.PathLike[str], timeout: float = 30.0) -> AgentClient:
@@ -574,19 +583,36 @@ class AgentClient:
             request["digest"] = expected
         if mode is not None:
             request["mode"] = mode
-        conn, ready = self._request_json(request)
-        done = False
+        writer = self._window_writer()
+        if writer is not None:
+            request["window"] = True
+        done = lent = False
+        try:
+            conn, ready = self._request_json(request)
+        except BaseException:
+            if writer is not None:
+                writer.close(clear=False)
+            raise
         try:
             if ready.get("event") != "ready":
                 done = True
                 self._refused(conn, ready, "the agent neither took nor refused the upload")
             digest = _checksum(checksum)
-            align = _alignment(ready.get("align"))
-            sent = 0
-            for chunk in chunks:
-                digest.update(chunk)
-                conn.send_data_at(chunk, sent, align)
-                sent += len(chunk)
+            shape = _window_shape(ready.get("window"), writer)
+            if writer is not None and shape is not None:
+                lent = True
+                sent = _send_through_window(conn, writer, shape, chunks, digest)
+            else:
+                align = _alignment(ready.get("align"))
+                sent = 0
+                for chunk in chunks:
+                    digest.update(chunk)
+                    conn.send_data_at(chunk, sent, align)
+                    sent += len(chunk)
+            if writer is not None:
+                # A hole again before the window goes back to the agent (at
+                # the end frame); another upload's window must not be touched.
+                writer.close(clear=lent)
             conn.send_frame(T_DATA, b"")
             reply = _final(conn.recv_json())
             self._release(conn, reply)
@@ -595,8 +621,19 @@ class AgentClient:
                 raise ChecksumMismatch(f"{path}: the guest wrote something else than was sent")
             return {"size": sent, "checksum": checksum, "digest": digest.hexdigest()}
         finally:
+            if writer is not None:
+                writer.close(clear=lent)
             if not done:
                 conn.close()
+
+    def _window_writer(self) -> WindowWriter | None:
+        """The VM's upload window, opened for writing; None when there is none (or not for us)."""
+        if self.upload_window is None:
+            return None
+        try:
+            return WindowWriter(self.upload_window)
+        except OSError:
+            return None
 
     def download(self, path: str, dest: str | os.PathLike[str] | IO[bytes], checksum: str = DEFAULT_CHECKSUM) -> dict[str, Any]:
         """Copy `path` from the guest to a local path or binary file object;
@@ -666,6 +703,60 @@ def _alignment(value: object) -> tuple[int, int] | None:
             and value[0] in (2, 4, 8, 16) and 0 <= value[1] < value[0]):  # fmt: skip
         return value[0], value[1]
     return None
+
+
+def _window_shape(value: object, writer: WindowWriter | None) -> tuple[int, int] | None:
+    """(slot size, slot count) of the window the agent lent, if it is sane and fits the file."""
+    if writer is None or not isinstance(value, dict):
+        return None
+    slot, slots = value.get("slot"), value.get("slots")
+    if (type(slot) is int and type(slots) is int and 0 < slot and slot % 4096 == 0 and 0 < slots <= 64
+            and slot * slots <= writer.size):  # fmt: skip
+        return slot, slots
+    return None
+
+
+def _send_through_window(conn: _Conn, writer: WindowWriter, shape: tuple[int, int], chunks: Iterator[bytes],
+                         digest: Checksum) -> int:  # fmt: skip
+    """The file's bytes, a slot at a time, each named by a W frame; a slot
+    is filled again only after the agent has answered that it read it."""
+    slot, slots = shape
+    pending: list[bytes] = []  # W frames sent, not answered yet, in order
+    sent = 0
+    for piece in _regroup(chunks, slot):
+        if len(pending) == slots:
+            _window_answer(conn, pending.pop(0))
+        offset = (sent // slot % slots) * slot
+        writer.write(offset, piece)
+        digest.update(piece)
+        frame = WINDOW_SLOT.pack(offset, len(piece))
+        conn.send_frame(T_WINDOW, frame)
+        pending.append(frame)
+        sent += len(piece)
+    for frame in pending:
+        _window_answer(conn, frame)
+    return sent
+
+
+def _window_answer(conn: _Conn, expected: bytes) -> None:
+    kind, payload = conn.recv_frame()
+    if kind != T_WINDOW or payload != expected:
+        raise AgentProtocolError(f"expected the agent to answer an upload window slot, got a {kind!r} frame")
+
+
+def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """The concatenation of `chunks`, in pieces of exactly `size` bytes (the last may be shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        if not buf and len(chunk) == size:
+            yield chunk
+            continue
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
 
 
 def _older_agent_retry(checksum: str, transfer: Callable[[str], dict[str, Any]]) -> dict[str, Any]:

@@ -18,6 +18,9 @@ request; the agent answers with frames and ends with a JSON frame holding
     I  command stdin (client -> agent); empty = end of stdin
     K  keep-alive (empty), sent while a command runs silently; from the
        client also padding (up to 7 bytes, ignored) that aligns file data
+    W  upload window slot (offset, length: two big-endian u64): file data
+       the host left in the upload window disk; the agent answers each with
+       the same W frame once it has read the slot
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ import threading
 import time
 import zlib
 
-VERSION = "4.0"
+VERSION = "5.0"
 # 3: checksum "none" (sizes only; a download then goes by sendfile)
 # 4: K frames from the client are padding anywhere; "ready" says how to align file data
-PROTOCOL = 4
+# 5: uploads through the upload window ("window" in the request and in "ready", W frames)
+PROTOCOL = 5
 DEFAULT_PORT = 52
 
 FRAME = struct.Struct(">cI")  # type, length
@@ -75,9 +79,17 @@ IDLE_TIMEOUT = 600.0
 EXIT_DRAIN = 1.0  # after a command exits, how long its output may still come (background children)
 
 T_JSON, T_DATA, T_STDOUT, T_STDERR, T_STDIN, T_KEEPALIVE = b"J", b"D", b"O", b"E", b"I", b"K"
+T_WINDOW = b"W"
+WINDOW_SLOT = struct.Struct(">QQ")  # offset, length in the upload window
 MAX_PAD = 7  # a client's K frame: padding, ignored
 _MAX = {T_JSON: MAX_JSON, T_DATA: MAX_DATA, T_STDOUT: MAX_DATA, T_STDERR: MAX_DATA, T_STDIN: MAX_DATA,
-        T_KEEPALIVE: MAX_PAD}
+        T_KEEPALIVE: MAX_PAD, T_WINDOW: WINDOW_SLOT.size}
+# The upload window: a read-only virtio-blk disk with this serial, filled
+# by the host (pocketvm/backends/upload_window.py). Read with O_DIRECT, so
+# the guest's page cache never holds (stale) window data.
+WINDOW_SERIAL = "pocketvm-upload"
+WINDOW_SLOTS = 2  # the host fills one slot while the agent reads the other
+WINDOW_MAX_SLOT = 4 * 1024 * 1024
 # Where the guest kernel's virtio-vsock driver has the bytes of a received
 # packet: 44 bytes (its header) into an 8-aligned buffer, so 4 past a
 # multiple of 8 (Linux 6.2 and later; the host's device cuts packets at
@@ -372,6 +384,76 @@ def op_remove(ch: Channel, req: dict) -> dict:
     return {"ok": True}
 
 
+class UploadWindow:
+    """The upload window disk, if the VM has one: lent to one upload at a
+    time (another upload meanwhile streams its data through vsock)."""
+
+    _lock = threading.Lock()
+    _found: "tuple[str, int] | None | bool" = False  # False: not looked for yet
+
+    def __init__(self, device: str, size: int):
+        self.fd = os.open(device, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        self.size = size
+        self.slot = min(WINDOW_MAX_SLOT, size // WINDOW_SLOTS) // 4096 * 4096
+        self._buf = mmap.mmap(-1, self.slot)  # page-aligned, as O_DIRECT wants
+        self._view = memoryview(self._buf)
+
+    @classmethod
+    def find(cls) -> "tuple[str, int] | None":
+        """(/dev/vdX, size in bytes) of the disk whose serial says it is the window."""
+        if cls._found is False:
+            cls._found = None
+            try:
+                names = sorted(os.listdir("/sys/block"))
+            except OSError:
+                names = []
+            for name in names:
+                try:
+                    with open(f"/sys/block/{name}/serial") as f:
+                        if f.read().strip() != WINDOW_SERIAL:
+                            continue
+                    with open(f"/sys/block/{name}/size") as f:
+                        size = int(f.read()) * 512
+                except (OSError, ValueError):
+                    continue
+                if os.path.exists(f"/dev/{name}"):
+                    cls._found = (f"/dev/{name}", size)
+                    break
+        return cls._found  # type: ignore[return-value]
+
+    @classmethod
+    def lend(cls) -> "UploadWindow | None":
+        """The window for one upload, or None (no window, or in use)."""
+        found = cls.find()
+        if found is None or not cls._lock.acquire(blocking=False):
+            return None
+        try:
+            return cls(*found)
+        except (OSError, ValueError):
+            cls._lock.release()
+            return None
+
+    def read(self, payload: memoryview) -> memoryview:
+        """The bytes of the slot a W frame names (checked: inside the window, one slot at most)."""
+        offset, length = WINDOW_SLOT.unpack(payload)
+        if offset % 4096 or length > self.slot or offset + length > self.size:
+            raise ProtocolError(f"window slot {offset}+{length} is outside the {self.size}-byte window")
+        want = -(-length // 512) * 512  # O_DIRECT reads whole sectors
+        done = 0
+        while done < want:
+            n = os.preadv(self.fd, [self._view[done:want]], offset + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "short read from the upload window")
+            done += n
+        return self._view[:length]
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self._view.release()
+        self._buf.close()
+        UploadWindow._lock.release()
+
+
 def op_upload(ch: Channel, req: dict) -> dict:
     """D frames until an empty one: written to a temporary file beside the
     target, checked against size and checksum, then renamed into place."""
@@ -403,8 +485,16 @@ def op_upload(ch: Channel, req: dict) -> dict:
                     os.ftruncate(fd, size)
                 except OSError:
                     pass  # the writes will say what is wrong
-            ch.send_json({"event": "ready", "protocol": PROTOCOL, "align": [ALIGN, -RX_SKEW % ALIGN]})
-            written, error = _receive(ch, fd, size, digest, path)
+            window = UploadWindow.lend() if req.get("window") else None
+            try:
+                ready = {"event": "ready", "protocol": PROTOCOL, "align": [ALIGN, -RX_SKEW % ALIGN]}
+                if window is not None:
+                    ready["window"] = {"slot": window.slot, "slots": WINDOW_SLOTS}
+                ch.send_json(ready)
+                written, error = _receive(ch, fd, size, digest, path, window)
+            finally:
+                if window is not None:
+                    window.close()
             if error is not None:
                 raise error
             if size is not None and written != size:
@@ -428,17 +518,30 @@ def op_upload(ch: Channel, req: dict) -> dict:
     return {"ok": True, "size": written, "checksum": digest.algorithm, "digest": digest.hexdigest()}
 
 
-def _receive(ch: Channel, fd: int, size: int | None, digest: Checksum, path: str) -> tuple[int, RequestError | None]:
-    """The upload's data frames, written to `fd` as they come. (Measured:
-    receiving straight into the file's pages through a shared mapping
-    costs the emulated guest more than these write()s.)"""
+def _receive(ch: Channel, fd: int, size: int | None, digest: Checksum, path: str,
+             window: UploadWindow | None = None) -> tuple[int, RequestError | None]:
+    """The upload's data, written to `fd` as it comes: in D frames, or in
+    upload window slots named by W frames (each answered once read, so the
+    host may fill that slot again). (Measured: receiving straight into the
+    file's pages through a shared mapping costs the emulated guest more
+    than these write()s.)"""
     written = 0
     error: RequestError | None = None
     while True:
         kind, data = ch.recv()
-        if kind != T_DATA:
+        if kind == T_WINDOW and window is not None:
+            slot = bytes(data)  # the channel's buffer is reused by the next recv
+            try:
+                data = window.read(data)
+            except OSError as e:
+                error = error or _os_error(e, "the upload window")
+                data = memoryview(b"")
+            ch.send(T_WINDOW, slot)
+            if not data:
+                continue
+        elif kind != T_DATA:
             raise ProtocolError(f"expected file data, got a {kind!r} frame")
-        if not data:
+        elif not data:
             return written, error
         written += len(data)
         if error is None:
@@ -1167,8 +1270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead (for tests)")
     parser.add_argument("--request-timeout", type=float, default=request_timeout, metavar="SECONDS",
                         help="how long a client may take to send its request or file data (default 60)")
+    parser.add_argument("--upload-window", metavar="FILE",
+                        help="a file standing in for the upload window disk (for tests; default: the disk with "
+                        f"serial {WINDOW_SERIAL}, if any)")
     args = parser.parse_args(argv)
     request_timeout = args.request_timeout
+    if args.upload_window:
+        UploadWindow._found = (args.upload_window, os.path.getsize(args.upload_window))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     notify_socket = os.environ.pop("NOTIFY_SOCKET", "")  # not for the commands
     _base_env, _home = _base_environment()

@@ -65,13 +65,15 @@ def display_args(image: DebianImage) -> list[str]:
 
 
 def boot_args(image: DebianImage, disk: Path, memory: str, cpus: int, nic: bool) -> list[str]:
+    from pocketvm.backends.upload_window import DEFAULT_SIZE
+
     from .debian import BOOT_APPEND
 
     args = ["--kernel", str(image.boot.kernel), "--initrd", str(image.boot.initrd), "--bios", str(image.boot.bios),
             "--memory", memory, "--cpus", str(cpus), "--disk", str(disk), "--append", BOOT_APPEND]
     if nic:
         args += ["--nic", "user"]
-    return args
+    return args + ["--upload-window", f"{DEFAULT_SIZE >> 20}M"]  # sandboxes restored from the template upload through it
 
 
 def make_template(image: DebianImage, quiet: bool = False) -> Path:

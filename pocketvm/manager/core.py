@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketvm import control
+from pocketvm.backends.upload_window import window_path
 from pocketvm.manager import limits as L
 from pocketvm.manager import spawn
 from pocketvm.manager.spec import BUSYBOX, MiB, SpecError, VMSpec
@@ -381,6 +382,8 @@ class Manager:
         for path in (rt, rt.with_suffix(".vsock"), rt.with_suffix(control.DISKS_SUFFIX)):
             if path.exists() and not (path.suffix in (".sock", ".vsock") and _listening(path)):
                 path.unlink(missing_ok=True)
+        if vm.vsock and not _listening(Path(vm.vsock)):
+            window_path(vm.vsock).unlink(missing_ok=True)
         if vm.log_path is not None:
             vm.log_path.unlink(missing_ok=True)
 

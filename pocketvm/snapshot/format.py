@@ -244,7 +244,9 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         vsock = vm.get("vsock")
         if vsock is not None:
             cid = vsock.get("cid") if isinstance(vsock, dict) else None
-            if not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= 0xFFFF_FFFE:
+            window = vsock.get("upload_window", 0) if isinstance(vsock, dict) else None
+            if (not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= 0xFFFF_FFFE
+                    or not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= 1 << 30):
                 raise _Invalid("vm.vsock has the wrong shape")
         display = vm.get("display")
         if display is not None and not (

@@ -75,7 +75,8 @@ class Snapshot:
             nics=nics,
             # A vsock comes back with its CID and a socket named after the
             # new VM; the old connections ended with the old VM.
-            vsock=VsockSpec(cid=vm["vsock"]["cid"]) if vm.get("vsock") else None,
+            vsock=VsockSpec(cid=vm["vsock"]["cid"], upload_window=vm["vsock"].get("upload_window", 0))
+            if vm.get("vsock") else None,
             display=DisplaySpec(*vm["display"]) if vm.get("display") else None,
             rng=vm["rng"],
             deterministic=vm["deterministic"],

@@ -203,6 +203,14 @@ class Capture:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _vsock(spec: Any) -> dict[str, int] | None:
+    """The vsock device as a restore re-creates it: the window's size, never
+    its content (what one upload left there is of no use to the next)."""
+    if spec is None:
+        return None
+    return {"cid": spec.cid, **({"upload_window": spec.upload_window} if spec.upload_window else {})}
+
+
 def _save_disk(image: Any, index: int, spec: Any, tmp: Path) -> F.DiskEntry:
     """Copy one disk into the snapshot: a raw image whole (reflink or sparse
     copy), a qcow2 image without its backing files, which are referenced
@@ -260,7 +268,7 @@ def capture(vm: Any, dest: str | os.PathLike[str]) -> Capture:
                 "deterministic": cfg.deterministic,
                 "nics": [n.as_dict() for n in cfg.nics],
                 # The CID only: a restored VM gets a socket of its own name.
-                "vsock": {"cid": cfg.vsock.cid} if cfg.vsock is not None else None,
+                "vsock": _vsock(cfg.vsock),
                 # The screen's size; its pixels are in the GPU's device state.
                 "display": [cfg.display.width, cfg.display.height] if cfg.display is not None else None,
             },

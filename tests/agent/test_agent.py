@@ -8,6 +8,7 @@ garbage check that the client never hangs and always says what happened.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -741,3 +742,152 @@ def test_commands_start_at_nice_zero(client):
     for kw in ({}, {"pty": True}):
         r = client.run(["sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], **kw)
         assert r.stdout.strip() == b"0", r.stdout
+
+
+# --- the upload window ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def windowed(tmp_path):
+    """An agent whose upload window disk is played by a 1 MiB file (two 512 KiB slots)."""
+    from pocketvm.backends import upload_window
+
+    window = tmp_path / "vm.vsock.upload"
+    upload_window.create(window, 1 << 20).close()
+    a = Agent(tmp_path / "agent.sock", "--upload-window", str(window))
+    a.client.upload_window = window
+    yield a, window
+    a.stop()
+
+
+def _count_window_writes(monkeypatch) -> list[int]:
+    from pocketvm.backends.upload_window import WindowWriter
+
+    lengths: list[int] = []
+    real = WindowWriter.write
+
+    def write(self, offset, data):
+        lengths.append(len(data))
+        return real(self, offset, data)
+
+    monkeypatch.setattr(WindowWriter, "write", write)
+    return lengths
+
+
+def test_uploads_go_through_the_upload_window(windowed, tmp_path, monkeypatch):
+    """Protocol 5: the client fills a slot of the window file, names it in a
+    W frame, and refills a slot only after the agent answered that it read
+    it. Sizes around the slot size land whole, with every checksum, and the
+    window is a hole again after each upload."""
+    import io
+
+    agent, window = windowed
+    lengths = _count_window_writes(monkeypatch)
+    slot = 512 << 10
+    for n, checksum in ((1, "none"), (slot - 1, "adler32"), (slot, "crc32"), (5 * slot + 7, "sha256"), (0, "none")):
+        data = os.urandom(n)
+        target = tmp_path / f"f{n}"
+        lengths.clear()
+        agent.client.upload(data, str(target), checksum=checksum)
+        assert target.read_bytes() == data
+        assert lengths == [slot] * (n // slot) + ([n % slot] if n % slot else [])
+        assert window.stat().st_size == 1 << 20 and window.stat().st_blocks == 0
+    # A file object of unknown length is regrouped into whole slots.
+    lengths.clear()
+    agent.client.upload(io.BytesIO(b"y" * (3 * slot + 1)), str(tmp_path / "stream"))
+    assert (tmp_path / "stream").read_bytes() == b"y" * (3 * slot + 1) and lengths == [slot] * 3 + [1]
+    with pytest.raises(RemoteError, match="announced"):
+        agent.client._upload(str(tmp_path / "short"), 10, None, None, False, iter([b"abc"]), "none")
+    assert not (tmp_path / "short").exists()
+
+
+def test_the_window_is_lent_to_one_upload_at_a_time(windowed, tmp_path, monkeypatch):
+    """Uploads at once: one has the window, the others stream through the
+    connection; nobody's data is mixed up with anyone else's."""
+    agent, window = windowed
+    lengths = _count_window_writes(monkeypatch)
+    blobs = [os.urandom(6 * MiB + i) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            agent.client.upload(blobs[i], str(tmp_path / f"b{i}"), checksum="none")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all((tmp_path / f"b{i}").read_bytes() == blobs[i] for i in range(4))
+    assert 0 < sum(lengths) < sum(len(b) for b in blobs)  # some went through the window, not all
+    assert window.stat().st_blocks == 0
+
+
+def test_without_a_usable_window_uploads_stream(windowed, tmp_path, monkeypatch):
+    """No window file, one the client may not write, or an agent that lends
+    none: the data goes through the connection, as before protocol 5."""
+    agent, window = windowed
+    lengths = _count_window_writes(monkeypatch)
+    data = os.urandom(MiB + 3)
+    for path in (tmp_path / "missing.upload", tmp_path):  # a directory cannot be opened for writing
+        agent.client.upload_window = path
+        agent.client.upload(data, str(tmp_path / "f"))
+        assert (tmp_path / "f").read_bytes() == data
+    plain = Agent(tmp_path / "plain.sock")  # finds no window disk
+    try:
+        plain.client.upload_window = window
+        plain.client.upload(data, str(tmp_path / "g"))
+        assert (tmp_path / "g").read_bytes() == data
+    finally:
+        plain.stop()
+    assert lengths == []
+
+
+def test_a_window_slot_outside_the_window_drops_the_connection(windowed, tmp_path):
+    """W frames are the client's word for where data is: one outside the
+    window, or one without a lent window, ends the connection; the agent
+    serves the next one."""
+    agent, _ = windowed
+    for request, slot in (({"window": True}, (1 << 20, 4096)), ({"window": True}, (4096 + 1, 10)),
+                          ({"window": True}, (0, (512 << 10) + 1)), ({}, (0, 10))):  # fmt: skip
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(agent.path))
+        target = str(tmp_path / "never")
+        body = json.dumps({"op": "upload", "path": target, "checksum": "none", **request}).encode()
+        sock.sendall(_frame(b"J", body))
+        reply = sock.recv(65536)
+        assert b'"ready"' in reply and (b'"window"' in reply) == bool(request)
+        sock.sendall(_frame(b"W", proto.WINDOW_SLOT.pack(*slot)))
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+        sock.close()
+        assert rest == b"" and not (tmp_path / "never").exists()
+    assert agent.client.health()["ok"]
+
+
+@pytest.mark.parametrize("window,answer", [
+    ({"slot": 1 << 40, "slots": 2}, None),  # does not fit the file: streamed
+    ({"slot": 4096, "slots": 2}, proto.WINDOW_SLOT.pack(8192, 1)),  # answers another slot
+])  # fmt: skip
+def test_a_lying_agent_cannot_misuse_the_window(tmp_path, window, answer):
+    """A window the file cannot hold is not used; a W answer for a slot the
+    client did not send is a protocol error, not a hang or a wrong write."""
+    from pocketvm.backends import upload_window
+
+    path = tmp_path / "vm.vsock.upload"
+    upload_window.create(path, 64 << 10).close()
+    ready = _frame(b"J", json.dumps({"event": "ready", "window": window}).encode())
+    fake = FakeAgent(tmp_path / "fake.sock", ready + (_frame(b"W", answer) if answer else b""), close=False)
+    client = AgentClient.for_unix(tmp_path / "fake.sock", timeout=3)
+    client.upload_window = path
+    try:
+        with pytest.raises(AgentProtocolError if answer else (AgentTimeout, AgentUnavailable)):
+            client.upload(os.urandom(20000), "/x", checksum="none")
+    finally:
+        fake.stop()
+    assert path.stat().st_blocks == 0 and path.stat().st_size == 64 << 10

@@ -95,6 +95,30 @@ def test_64_mib_up_and_down(sb):
         sb.files.read("/root/not-there")
 
 
+def test_uploads_go_through_the_upload_window(sb):
+    """The template has an upload window (a read-only disk, serial
+    pocketvm-upload): an upload's bytes are read from it by the agent, not
+    sent through vsock, and the window is a hole on the host afterwards."""
+    from pathlib import Path
+
+    from pocketvm.backends.upload_window import window_path
+
+    listing = sb.run(["sh", "-c", "for d in /sys/block/vd*; do echo $(cat $d/serial) $(cat $d/ro) ${d##*/}; done"])
+    disk = next(line.split()[2] for line in listing.stdout.splitlines() if line.startswith("pocketvm-upload "))
+    assert "pocketvm-upload 1 " + disk in listing.stdout  # read-only to the guest
+
+    def sectors_read() -> int:
+        return int(sb.run(["cat", f"/sys/block/{disk}/stat"]).stdout.split()[2])
+
+    before = sectors_read()
+    data = os.urandom(9 * MiB + 3)
+    sb.files.write("/root/nine.bin", data)
+    assert sectors_read() - before >= len(data) // 512
+    assert sb.run(["sha256sum", "/root/nine.bin"]).stdout.split()[0] == hashlib.sha256(data).hexdigest()
+    window = window_path(sb._manager._get(sb.name).vsock)
+    assert window.stat().st_blocks == 0 and Path(window).stat().st_mode & 0o777 == 0o600
+
+
 def test_an_upload_to_tmp_gets_huge_pages(sb):
     """/tmp is a tmpfs with huge=within_size and the agent sets an upload's
     size first: a 6 MiB upload (odd frame sizes, so the client pads its data

@@ -67,3 +67,53 @@ def test_a_vm_that_cannot_be_built_leaves_no_vsock_behind(tmp_path):
     assert not path.exists()
     assert not set(threading.enumerate()) - threads  # none left behind (an earlier test's may end meanwhile)
     assert _open_fds() == fds
+
+
+def test_the_upload_window_is_a_read_only_disk_beside_the_vsock(tmp_path, monkeypatch):
+    """--upload-window: a virtio-blk disk after the vsock (serial
+    pocketvm-upload, read-only to the guest) on a file only the VM's user may
+    write, empty (a hole); a snapshot records its size, not its content, and
+    a restored VM gets a fresh one beside its own vsock socket; it goes when
+    the VM ends."""
+    from pocketvm.backends.upload_window import SERIAL, WindowWriter, window_path
+    from pocketvm.devices.virtio_blk import F_RO
+    from pocketvm.snapshot.restore import restore_vm
+    from pocketvm.snapshot.save import save_snapshot
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "pocketvm").mkdir()
+    vm = VirtualMachine(VMConfig(name="box", vsock=VsockSpec(upload_window=1 << 20)), CapturedConsole())
+    window = tmp_path / "pocketvm" / "box.vsock.upload"
+    try:
+        assert window_path(vm.vsock.host.path) == window
+        devices = [t.device for t in vm.virtio if t.device is not None]
+        assert [d.device_id for d in devices] == [4, 19, 2]  # rng, vsock, the window
+        assert devices[2].serial == SERIAL.encode() and devices[2].device_features() & F_RO
+        st = window.stat()
+        assert st.st_mode & 0o777 == 0o600 and st.st_size == 1 << 20 and st.st_blocks == 0
+        writer = WindowWriter(window)
+        writer.write(4096, b"x" * 100)
+        assert devices[2].disk.read(4096, 512)[:101] == b"x" * 100 + b"\0"
+        with pytest.raises(ValueError):
+            writer.write((1 << 20) - 10, b"y" * 11)
+        writer.close()
+        assert window.stat().st_blocks == 0
+        save_snapshot(vm, tmp_path / "snap")
+    finally:
+        vm.close()
+    assert not window.exists()
+    restored = restore_vm(tmp_path / "snap", CapturedConsole(), "copy", tmp_path / "disks")
+    try:
+        again = tmp_path / "pocketvm" / "copy.vsock.upload"
+        assert restored.vm.config.vsock.upload_window == 1 << 20 and again.stat().st_blocks == 0
+    finally:
+        restored.vm.close()
+        restored.disks.finish()
+    assert not again.exists()
+
+
+@pytest.mark.parametrize("size", [1, 4095, 1 << 40])
+def test_bad_upload_window_sizes(tmp_path, size):
+    with pytest.raises(VMError, match="upload window"):
+        VirtualMachine(VMConfig(vsock=VsockSpec(path=tmp_path / "v", upload_window=size)), CapturedConsole())
+    assert list(tmp_path.iterdir()) == []
