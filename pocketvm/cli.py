@@ -319,10 +319,10 @@ def _window_size(text: str | None, image: bool) -> int:
         return upload_window.DEFAULT_SIZE if image else 0
     if text.strip().lower() in ("none", "0"):
         return 0
-    size = parse_memory(text)
     try:
+        size = parse_memory(text)
         upload_window.check_size(size)
-    except ValueError as e:
+    except (ValueError, VMError) as e:
         raise VMError(f"--upload-window: {e}") from None
     return size
 

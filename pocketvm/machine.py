@@ -225,6 +225,10 @@ class VirtualMachine:
         if cfg.vsock is not None:
             self.vsock = self._make_vsock(cfg.vsock)
             backends.append(self.vsock)
+            if cfg.vsock.upload_window and len(backends) >= mm.VIRTIO_SLOTS:
+                # Uploads then stream through vsock; the VM is as it was asked for otherwise.
+                log.info("no virtio slot left for the upload window: uploads go through vsock")
+                cfg.vsock.upload_window = 0  # what a snapshot records
             if cfg.vsock.upload_window:
                 backends.append(self._make_upload_window(cfg.vsock.upload_window))
         if len(backends) > mm.VIRTIO_SLOTS:

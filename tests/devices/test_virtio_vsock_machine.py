@@ -117,3 +117,16 @@ def test_bad_upload_window_sizes(tmp_path, size):
     with pytest.raises(VMError, match="upload window"):
         VirtualMachine(VMConfig(vsock=VsockSpec(path=tmp_path / "v", upload_window=size)), CapturedConsole())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_slot_left_means_no_upload_window(tmp_path):
+    """Eight virtio devices are the board's limit: a VM that needs all of them
+    gets no window (its uploads stream), rather than failing to start."""
+    nics = [NicSpec("none") for _ in range(6)]
+    vm = VirtualMachine(VMConfig(nics=nics, vsock=VsockSpec(path=tmp_path / "v", upload_window=1 << 20)),
+                        CapturedConsole())
+    try:
+        assert len(vm.virtio_slots) == 8 and vm.upload_window is None and vm.config.vsock.upload_window == 0
+    finally:
+        vm.close()
+    assert list(tmp_path.iterdir()) == []

@@ -79,6 +79,11 @@ def test_memory_malformed(size):
     _assert_one_line_error(pocket("run", "--memory", size), "memory")
 
 
+@pytest.mark.parametrize("size", ["abc", "1K", "1G", "100000"])
+def test_upload_window_malformed_or_out_of_range(size):
+    _assert_one_line_error(pocket("run", "--upload-window", size), "--upload-window")
+
+
 def test_unknown_option():
     _assert_one_line_error(pocket("run", "--frobnicate"), "--frobnicate")
 
