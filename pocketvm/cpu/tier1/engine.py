@@ -76,7 +76,8 @@ DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
 DEFAULT_COMPILE_THRESHOLD = 5000  # compiled
 # With a cache index in the VM process: entries of a block before it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
-# a miss counts on towards DEFAULT_THRESHOLD and the service.
+# a miss counts on towards the compile threshold (the service would not
+# find it in the cache either).
 LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
 # Calls of a translated block after which it is compiled again, well, if it
 # was compiled quickly (a block compiled in spare time, or in a burst).
@@ -87,6 +88,8 @@ UPGRADE_CALLS = 5000
 MAX_IN_FLIGHT = 2
 # Blocks in one request at most (each brings its 4 KiB page).
 MAX_REQUEST = 32
+# Blocks waiting for a busy service at most (the hottest are kept).
+MAX_WAITING = 512
 # The service's priority (nice value). Nice 15 weighs 36 against the hart's
 # 1024 (Linux CFS): when both want the same core the service gets about 3%
 # of it, enough to go on, not enough to slow the hart; an idle core it gets
@@ -300,9 +303,9 @@ class Tier1:
         if compile_threshold is None:  # ... and before it is compiled
             compile_threshold = int(os.environ.get("POCKETVM_JIT_COMPILE_THRESHOLD", str(DEFAULT_COMPILE_THRESHOLD)))
         self.table = L.new_table(mode, threshold)
-        # A block found cold (not in the cache) counts again from this, so it is
-        # queued again after `compile_threshold` entries in all.
-        self._rearm = 0 if mode == L.MODE_ALL else min(0, int(self.table[L.JT_THRESHOLD]) - compile_threshold)
+        # A block found cold (not in the cache) is queued again, to be compiled,
+        # once it has had this many entries in all (`_count_on`); 0: at once (mode "all").
+        self._compile_threshold = 0 if mode == L.MODE_ALL else max(compile_threshold, int(self.table[L.JT_THRESHOLD]))
         self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
         self._upgrade_asked: set[int] = set()  # installed blocks asked to be compiled better
         if mode == L.MODE_ON:
@@ -321,7 +324,7 @@ class Tier1:
         self._next_poll = 0.0
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
-        self._kept = 0  # blocks at the head of the core's queue that the service could not take yet
+        self._waiting: dict[int, None] = {}  # blocks for the service, which has not taken them yet
         self._index: LocalCache | None = None
         self._local_missed: set[int] = set()  # keys looked up in the local index and not found
         self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
@@ -331,7 +334,7 @@ class Tier1:
             path = cache_path(VERSION)
             if path is not None:
                 self._index = LocalCache(path)
-                if len(self._index):  # looked up early; misses go on to the service's threshold
+                if len(self._index):  # looked up early; misses go on to the compile threshold
                     self.table[L.JT_THRESHOLD] = min(LOCAL_THRESHOLD, self._probe_threshold)
                 else:
                     self._index.close()
@@ -363,7 +366,7 @@ class Tier1:
                     self._apply(reply)
             except (EOFError, OSError) as e:
                 self._fail(f"the translation service stopped: {e}")
-        if self.table[L.JT_QLEN]:
+        if self.table[L.JT_QLEN] or (self._waiting and self._in_flight < MAX_IN_FLIGHT):
             self._hand_over(ram16, ctab)
         h.service_seconds += time.perf_counter() - now
 
@@ -379,34 +382,37 @@ class Tier1:
             self._preload(ram16)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
-        """Look new queued blocks up in the cache index, send what is left to the service.
+        """Look newly queued blocks up in the cache index, send what is left to the service.
 
-        What the busy service cannot take yet stays in the core's queue, which
-        then fills and stops taking blocks: they go on counting and are queued
-        when there is room, the hottest first (keeping them here instead and
-        dropping the oldest lost the boot's hottest blocks)."""
+        The core's queue is emptied at every call, busy service or not: a
+        block that gets hot while the service is starting, or starved of CPU
+        on a busy host, still finds its cached code at once. (When the core's
+        queue stayed full of blocks waiting for the service, nothing new was
+        looked up locally: a warm boot ran its hottest loops interpreted for
+        the two seconds the niced service took to answer its first request.)
+        What the service is to compile waits here, and the hottest goes
+        first: a queued block's count goes on from QUEUED at each entry."""
         table = self.table
         remote = self._remote
         if self._broken:
             return
         count = int(table[L.JT_QLEN])
-        busy = self.background and self._in_flight >= MAX_IN_FLIGHT
-        if count == self._kept and (busy or count == 0):
-            return  # nothing new, and nothing to send
-        kept = [int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + self._kept]]
-        new = [k for k in dict.fromkeys(int(k) for k in table[L.JT_QUEUE + self._kept : L.JT_QUEUE + count]) if k not in kept]
-        # A block that is installed was queued for being called often: asked once to be compiled better.
-        installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
-        new = [k for k in new if k not in installed or k not in self._upgrade_asked]
-        self._upgrade_asked |= installed
-        if self._index is not None and new:
-            new = self._look_up_locally(new, installed, ram16)
-        keys = kept + new
-        send, keep = ([], keys) if busy else (keys[:MAX_REQUEST], keys[MAX_REQUEST:])
-        table[L.JT_QUEUE : L.JT_QUEUE + len(keep)] = keep
-        table[L.JT_QLEN] = self._kept = len(keep)
-        if not send:
+        if count:
+            new = list(dict.fromkeys(int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]))
+            table[L.JT_QLEN] = 0
+            # A block that is installed was queued for being called often: asked once to be compiled better.
+            installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
+            new = [k for k in new if k not in self._waiting and (k not in installed or k not in self._upgrade_asked)]
+            self._upgrade_asked |= installed
+            if self._index is not None and new:
+                new = self._look_up_locally(new, installed, ram16)
+            self._waiting.update(dict.fromkeys(new))
+        if not self._waiting or (self.background and self._in_flight >= MAX_IN_FLIGHT):
+            self._bound_waiting()
             return
+        send = self._hottest(MAX_REQUEST)
+        for k in send:
+            del self._waiting[k]
         req = self._request(sorted(send), ram16)
         req.touched, self._touched = self._touched, []
         req.sent = time.monotonic()
@@ -422,6 +428,55 @@ class Tier1:
             self._in_flight += 1
         except OSError as e:
             self._fail(f"cannot reach the translation service: {e}")
+
+    def _heat(self, key: int) -> int:
+        """How hot a waiting block is now: its calls if installed, else its entries since it was queued."""
+        hot = int(self.table[L.JT_HOT + L.slot_index(key >> 1)])
+        if hot < L.QUEUED // 2:
+            return hot - L.QUEUED
+        return max(hot, 0)
+
+    def _count_on(self, key: int) -> None:
+        """A queued block that is not in the cache: compiled once it has had
+        `_compile_threshold` entries in all, those it had while it waited for
+        the look-up included (a loop that ran hot while the service was busy
+        is compiled at once; before, it counted again from the threshold and
+        a boot's burst of it was over first)."""
+        self._probed.add(key)
+        table = self.table
+        slot = L.slot_index(key >> 1)
+        if table[L.JT_KEY + slot] == key or not self._compile_threshold:
+            return
+        threshold = int(table[L.JT_THRESHOLD])
+        hot = threshold - self._compile_threshold + threshold + self._heat(key)
+        if hot >= threshold:
+            table[L.JT_HOT + slot] = L.QUEUED
+            self._waiting[key] = None
+        else:
+            table[L.JT_HOT + slot] = hot
+
+    def _hottest(self, count: int) -> list[int]:
+        """The `count` hottest waiting blocks, hottest first (`_heat`, for all at once)."""
+        keys = np.fromiter(self._waiting, dtype=np.int64, count=len(self._waiting))
+        offs = keys >> 1
+        hot = self.table[L.JT_HOT + (((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1))]
+        heat = np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
+        return [int(k) for k in keys[np.argsort(-heat, kind="stable")[:count]]]
+
+    def _bound_waiting(self) -> None:
+        """Keep the hottest MAX_WAITING blocks for the service (trimmed when
+        twice as many wait); the others count their entries again and come
+        back if they stay hot."""
+        if len(self._waiting) <= 2 * MAX_WAITING:
+            return
+        table = self.table
+        keep = set(self._hottest(MAX_WAITING))
+        for k in [k for k in self._waiting if k not in keep]:
+            del self._waiting[k]
+            slot = L.slot_index(k >> 1)
+            if table[L.JT_KEY + slot] != k:
+                table[L.JT_HOT + slot] = 0
+            self._upgrade_asked.discard(k)
 
     def _look_up_locally(self, keys: list[int], installed: set[int], ram16: np.ndarray) -> list[int]:
         """Install the blocks the cache index has; the keys left for the service."""
@@ -443,11 +498,9 @@ class Tier1:
                 page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
             hit = index.find(off, bool(k & 1), page)
             if hit is None:
-                # Counts on from here to the service's threshold.
+                # Not in the cache (the service would find no more): compiled once hot enough.
                 self._local_missed.add(k)
-                slot = L.slot_index(off)
-                if table[L.JT_KEY + slot] != k:
-                    table[L.JT_HOT + slot] = min(0, LOCAL_THRESHOLD - self._probe_threshold)
+                self._count_on(k)
                 continue
             found.append((k, hit[0], hit[1]))
         self._install_cached(found)
@@ -519,7 +572,7 @@ class Tier1:
             seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
             code = ram8[page_off : page_off + PAGE].tobytes()
             compile = [
-                self._rearm == 0 or k in self._probed or table[L.JT_KEY + L.slot_index(k >> 1)] == k for k in page_keys
+                not self._compile_threshold or k in self._probed or table[L.JT_KEY + L.slot_index(k >> 1)] == k for k in page_keys
             ]
             pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
         if self.background:  # what is compiled on request is hot: compile it well
@@ -549,10 +602,7 @@ class Tier1:
             if reply.solicited or current == -1 or (reply.upgrade and current == tkey):
                 self._install(tkey, self._address(name) if name is not None else 0)
         for tkey in reply.cold:
-            self._probed.add(tkey)
-            slot = L.slot_index(tkey >> 1)
-            if self.table[L.JT_KEY + slot] != tkey:
-                self.table[L.JT_HOT + slot] = self._rearm
+            self._count_on(tkey)
         for batch in reply.batches:  # the rest of a batch is likely to be wanted soon: install it where nothing is
             for name, tkey in batch.functions:
                 if tkey not in asked and self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:
