@@ -1072,9 +1072,9 @@ def serve_connection(sock: socket.socket) -> None:
             except (EOFError, ProtocolError, OSError):
                 return
             if kind != T_JSON:
-                # Standard input sent for a command that has ended meanwhile
-                # (or a keep-alive): nothing to do with it.
-                if kind in (T_STDIN, T_KEEPALIVE):
+                # Standard input sent for a command that has ended meanwhile:
+                # nothing to do with it (K padding never gets here: recv skips it).
+                if kind == T_STDIN:
                     continue
                 return
             sock.settimeout(request_timeout)
