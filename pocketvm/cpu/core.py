@@ -478,6 +478,16 @@ def _fetch_page(st, ram64, ram_size, pc):
     return off - (pc & 0xFFF)
 
 
+@core_jit(inline="always")
+def _after_miss(jc):
+    """Where to look next when no block ran at this pc (see `jc` in run())."""
+    if jc == 2:
+        return 4
+    if jc == 1:
+        return 0
+    return 3
+
+
 @core_jit
 def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     """Run the hart for at most `budget` instructions. Returns an exit reason.
@@ -491,9 +501,15 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     n = 0
     limit = 0  # next look at interrupts and time, at n == limit (<= budget)
     # Tier 1: `jc` says where to look for a translated block: 0 not here,
-    # 1 at this pc (a block entry: jump target, trap handler, ...), 2 here
-    # and, on a miss, at the next instruction too (where a translated block
-    # handed back control because it stops before this instruction).
+    # 1 at this pc (a block entry: jump target, trap handler, ...), counting
+    # an entry on a miss. Where translated code handed back control (2) the
+    # interpreter counts entries here and at the next instruction (4: a
+    # block may stop before an instruction it does not translate), then
+    # looks at every instruction without counting (3) until the next jump:
+    # it is in straight-line code that translated blocks cover further on
+    # (a long body cut at a region's size, where the next block starts a
+    # few instructions on, or the rest of a block the budget stopped),
+    # which it used to interpret up to the next taken branch.
     jon = 1 if jt[JT_MODE] != 0 else 0
     jc = jon
     if jon and jt[JT_RESUME] > 0:  # continuing after an early stop (see JT_LEFT)
@@ -554,9 +570,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                             jt[_u(JT_KEY + jslot)] = -1
                             jt[_u(JT_HOT + jslot)] = 0
                             jt[JT_STALE] += 1
-                    jc = 1 if jc == 2 else 0
+                    jc = _after_miss(jc)
+                elif jc == 3:
+                    pass  # looking on, not counting
                 else:
-                    jc = 1 if jc == 2 else 0
+                    jc = _after_miss(jc)
                     hot = jt[_u(JT_HOT + jslot)] + 1
                     jt[_u(JT_HOT + jslot)] = hot
                     if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:

@@ -402,7 +402,9 @@ class Tier1:
             table[L.JT_QLEN] = 0
             # A block that is installed was queued for being called often: asked once to be compiled better.
             installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
-            new = [k for k in new if k not in self._waiting and (k not in installed or k not in self._upgrade_asked)]
+            # (A block waiting for the service is looked up again: it may have
+            # been waiting to be compiled better when another block took its slot.)
+            new = [k for k in new if k not in installed or k not in self._upgrade_asked]
             self._upgrade_asked |= installed
             if self._index is not None and new:
                 new = self._look_up_locally(new, installed, ram16)
@@ -503,6 +505,7 @@ class Tier1:
                 self._count_on(k)
                 continue
             found.append((k, hit[0], hit[1]))
+            self._waiting.pop(k, None)
         self._install_cached(found)
         return rest
 
