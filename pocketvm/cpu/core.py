@@ -555,12 +555,15 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     if jfn != 0:
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
-                        calls = jt[_u(JT_HOT + jslot)] + 1
-                        jt[_u(JT_HOT + jslot)] = calls
-                        if calls == jt[JT_UPGRADE] and jt[JT_QLEN] < QUEUE_SIZE:  # hot: to be compiled better
-                            jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
-                            jt[JT_QLEN] += 1
                         if r > 0:
+                            # Instructions run from this entry: once there are enough, it is hot enough
+                            # to be compiled better (a loop inside a block runs thousands per call).
+                            ran = jt[_u(JT_HOT + jslot)]
+                            jt[_u(JT_HOT + jslot)] = ran + r
+                            up = jt[JT_UPGRADE]
+                            if up > 0 and ran < up <= ran + r and jt[JT_QLEN] < QUEUE_SIZE:
+                                jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
+                                jt[JT_QLEN] += 1
                             jt[JT_NATIVE] += r
                             n += r
                             pc = st[PC]
@@ -873,7 +876,9 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                 npc, code = _system(st, sh, insn, pc, npc, n)
                 dx, dtag = _data_mode(st)
                 fpage = _NO_PAGE
-                jc = jon
+                # Tier 1 translates no SYSTEM instruction: what follows is where
+                # translated code goes on, as after a hand-back (`jc` above).
+                jc = jon + jon
                 if code == SYS_TRAPPED:
                     st[0] = 0
                     pc = npc

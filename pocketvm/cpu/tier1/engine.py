@@ -79,9 +79,15 @@ DEFAULT_COMPILE_THRESHOLD = 5000  # compiled
 # a miss counts on towards the compile threshold (the service would not
 # find it in the cache either).
 LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
-# Calls of a translated block after which it is compiled again, well, if it
-# was compiled quickly (a block compiled in spare time, or in a burst).
-UPGRADE_CALLS = 5000
+# Instructions run from a translated block's entry after which it is
+# compiled again, well, if it was compiled quickly (as every block is at
+# first, see `service`). Compiling a region well costs the service ~45 ms
+# and saves ~0.2 ns per instruction (the hash loop of benchmarks/cpu.py:
+# 2900 instead of 1800 MIPS), so only the hottest code is worth it; kept in
+# the persistent cache, it serves the next runs too. (Counted in calls, as
+# it was, a loop that stays inside its block for thousands of instructions
+# a call was hardly ever compiled well.)
+UPGRADE_INSTRUCTIONS = int(os.environ.get("POCKETVM_JIT_UPGRADE", "10000000"))
 # Blocks in flight to the service at most: a burst of hot code (a boot)
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
@@ -309,7 +315,7 @@ class Tier1:
         self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
         self._upgrade_asked: set[int] = set()  # installed blocks asked to be compiled better
         if mode == L.MODE_ON:
-            self.table[L.JT_UPGRADE] = UPGRADE_CALLS
+            self.table[L.JT_UPGRADE] = UPGRADE_INSTRUCTIONS
         self.stats = Stats()
         self.hart_stats = HartStats()
         self._born = time.perf_counter()
@@ -400,7 +406,7 @@ class Tier1:
         if count:
             new = list(dict.fromkeys(int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]))
             table[L.JT_QLEN] = 0
-            # A block that is installed was queued for being called often: asked once to be compiled better.
+            # A block that is installed was queued for running much: asked once to be compiled better.
             installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
             # (A block waiting for the service is looked up again: it may have
             # been waiting to be compiled better when another block took its slot.)
@@ -432,7 +438,7 @@ class Tier1:
             self._fail(f"cannot reach the translation service: {e}")
 
     def _heat(self, key: int) -> int:
-        """How hot a waiting block is now: its calls if installed, else its entries since it was queued."""
+        """How hot a waiting block is now: instructions run from it if installed, else its entries since it was queued."""
         hot = int(self.table[L.JT_HOT + L.slot_index(key >> 1)])
         if hot < L.QUEUED // 2:
             return hot - L.QUEUED
@@ -460,8 +466,7 @@ class Tier1:
     def _hottest(self, count: int) -> list[int]:
         """The `count` hottest waiting blocks, hottest first (`_heat`, for all at once)."""
         keys = np.fromiter(self._waiting, dtype=np.int64, count=len(self._waiting))
-        offs = keys >> 1
-        hot = self.table[L.JT_HOT + (((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1))]
+        hot = self.table[L.JT_HOT + L.slot_indices(keys >> 1)]
         heat = np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
         return [int(k) for k in keys[np.argsort(-heat, kind="stable")[:count]]]
 
@@ -571,7 +576,7 @@ class Tier1:
         pages = []
         for page_off, page_keys in by_page.items():
             offs = page_off + self._slots
-            slots = ((offs >> 1) ^ (offs >> (L.SLOT_BITS + 1))) & (L.SLOTS - 1)
+            slots = L.slot_indices(offs)
             seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
             code = ram8[page_off : page_off + PAGE].tobytes()
             compile = [

@@ -9,8 +9,8 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_STALE]       blocks found stale at entry (their code had changed)
     [JT_NATIVE]      instructions retired in translated code
     [JT_CALLS]       calls of translated blocks
-    [JT_UPGRADE]     calls of a translated block after which it is queued
-                     again, to be compiled better (0 = never)
+    [JT_UPGRADE]     instructions run from a translated block's entry after
+                     which it is queued again, to be compiled better (0 = never)
     [JT_FP_ENTRY]    address of the FPU's C entry (`fp_helper`), which
                      translated code loads from here: no host address is
                      written into translated code, so it can be cached
@@ -23,7 +23,7 @@ One int64 numpy array, so the numba core takes it as a single argument:
                      loads and stores are translated (paging), -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
     [JT_HOT + i]     entries counted while the slot had no block for them,
-                     then calls of the block installed there
+                     then instructions run from the block installed there
 
 Slots are direct mapped by a hash of the RAM offset; a new block simply
 replaces the one in its slot.
@@ -82,3 +82,8 @@ def block_key(off: int, paged: bool) -> int:
 def slot_index(off: int) -> int:
     """`slot_of` for the host side."""
     return ((off >> 1) ^ (off >> (SLOT_BITS + 1))) & (SLOTS - 1)
+
+
+def slot_indices(offs: np.ndarray) -> np.ndarray:
+    """`slot_index` of an array of RAM offsets."""
+    return ((offs >> 1) ^ (offs >> (SLOT_BITS + 1))) & (SLOTS - 1)

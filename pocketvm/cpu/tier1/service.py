@@ -20,7 +20,6 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,13 +43,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
-FEW = 8  # blocks asked for at once that are compiled well straight away
-BURST = 16  # ... unless more than this many were asked for within BURST_WINDOW seconds
-BURST_WINDOW = 2.0
-# ... or when the request waited longer than this for the service (busy with
-# other work or starved of CPU): compiling well takes 4x longer, and on a
-# busy host that left the boot's hot code waiting for seconds.
-LATE = 0.05
 
 
 @dataclass
@@ -118,7 +110,6 @@ class TranslationService:
         self._sent: set[str] = set()  # batches the caller has loaded
         self.backlog: dict[int, tuple[int, Region]] = {}  # warm blocks not compiled yet: (entry key, region)
         self.upgrades: dict[int, tuple[int, Region]] = {}  # hot blocks compiled quickly only
-        self._recent: deque[tuple[float, int]] = deque()  # (when, blocks) compiled on request lately
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -155,21 +146,15 @@ class TranslationService:
                 else:
                     self.backlog.pop(tkey, None)
                     misses.append((entry, tkey, region))
-        # What is asked for is wanted now: a few blocks (a hot loop) are
-        # compiled well at once, a burst (a boot) quickly, and well in spare
-        # time. A burst is many blocks in one request or in a short while:
-        # during a boot they come a few per request, and compiling each well
-        # (4x the time) left most of the boot's hot code interpreted.
-        now = time.monotonic()
-        while self._recent and self._recent[0][0] < now - BURST_WINDOW:
-            self._recent.popleft()
-        recent = sum(n for _, n in self._recent) + len(misses)
-        late = req.sent > 0 and now - req.sent > LATE  # this service is behind (a busy host)
-        tier = req.tier if len(misses) <= FEW and recent <= BURST and not late else QUICK
-        if misses:
-            self._recent.append((now, len(misses)))
-        if tier < req.tier:
-            self.upgrades.update((tkey, (entry, region)) for entry, tkey, region in misses)
+        # What is asked for is wanted now, and compiled quickly: compiling
+        # well takes LLVM 8x the time (~45 ms for a region of 40
+        # instructions, against ~5), which pays back only after a hundred
+        # million instructions or so, and while the service compiles well the boot's next hot
+        # blocks wait (compiling a burst's blocks well in spare time, and
+        # the first few of a boot well at once, took most of a cold boot's
+        # compile time). The VM asks again for the blocks that run most
+        # (`engine.UPGRADE_INSTRUCTIONS`): those are compiled well in spare time.
+        tier = QUICK
         self._compile(misses, reply, tier)
         if reply.cached and reply.cache_bytes < 0:
             reply.cache_bytes = self.cache.size()
@@ -180,7 +165,8 @@ class TranslationService:
         """With no request waiting: compile a few hot blocks well (replacing
         their quick code in the VM and in the cache), else a few blocks that
         were only warm (for the cache, so the next boot finds them, and for the VM now)."""
-        work_list, tier, most = (self.upgrades, GOOD, 8) if self.upgrades else (self.backlog, QUICK, 16)
+        # One region compiled well at a time: a request that arrives meanwhile waits for it.
+        work_list, tier, most = (self.upgrades, GOOD, 1) if self.upgrades else (self.backlog, QUICK, 8)
         if not work_list:
             return None
         t0 = time.thread_time()

@@ -1,0 +1,112 @@
+"""How control gets into translated code: the table's slots, chaining, and
+the interpreter finding a block after translated code handed back.
+
+Results must be the interpreter's whatever tier 1 does; these tests also pin
+down that the fast paths are taken (instructions retired in translated code,
+calls of translated code from the interpreter), since a slot hash that the
+core, the host and translated code did not agree on, or an interpreter that
+stopped looking for blocks, would still give right results, only slowly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pocketvm.cpu import state as S
+from pocketvm.cpu.hart import Hart
+from pocketvm.cpu.tier1 import layout as L
+from pocketvm.memory import GuestRAM
+
+A0, A1, A2, T0 = 10, 11, 12, 5
+CODE = 0x1000  # RAM offset of the programs below
+
+
+def addi(rd: int, rs1: int, imm: int) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+
+
+def jal(offset: int) -> int:
+    """jal x0, offset (bytes, either direction)."""
+    imm = offset & 0x1FFFFF
+    return (
+        (((imm >> 20) & 1) << 31) | (((imm >> 1) & 0x3FF) << 21) | (((imm >> 11) & 1) << 20)
+        | (((imm >> 12) & 0xFF) << 12) | 0x6F
+    )  # fmt: skip
+
+
+def csrr_mscratch(rd: int) -> int:
+    """csrrs rd, mscratch, x0: a CSR instruction, which tier 1 leaves to the interpreter."""
+    return (0x340 << 20) | (2 << 12) | (rd << 7) | 0x73
+
+
+def hart_with(jit: str, code: dict[int, list[int]]) -> Hart:
+    """A hart whose RAM holds each list of instructions at its RAM offset, pc at CODE."""
+    hart = Hart(0, GuestRAM(1 << 16), S.new_shared_state(1), jit=jit)
+    for off, insns in code.items():
+        for i, insn in enumerate(insns):
+            hart.ram.write_int(S.RAM_BASE + off + 4 * i, 4, insn)
+    hart.pc = S.RAM_BASE + CODE
+    return hart
+
+
+def same_state(a: Hart, b: Hart) -> bool:
+    return bool(np.array_equal(a.st[: S.PC + 1], b.st[: S.PC + 1])) and int(a.st[S.CSR + S.CSR_MINSTRET]) == int(
+        b.st[S.CSR + S.CSR_MINSTRET]
+    )
+
+
+def test_the_core_the_host_and_translated_code_agree_on_slots() -> None:
+    slot_of = njit(lambda off: L.slot_of(off))
+    rng = np.random.default_rng(7)
+    offs = np.concatenate([np.arange(0, 64, 2), rng.integers(0, 1 << 34, 2000) & ~1]).astype(np.int64)
+    core = [int(slot_of(o)) for o in offs]
+    assert core == [L.slot_index(int(o)) for o in offs] == L.slot_indices(offs).tolist()
+    assert all(0 <= s < L.SLOTS for s in core)
+
+
+def test_blocks_in_two_pages_chain_to_each_other() -> None:
+    """A loop over two pages: each page's block jumps straight into the other's
+    (through the table, as translated code finds its targets), so the
+    interpreter calls translated code about once per look at interrupts."""
+    code = {CODE: [addi(A0, A0, 1), jal(0x1000)], CODE + 0x1000: [addi(A1, A1, 1), jal(-0x1004)]}
+    fast, plain = hart_with("all", code), hart_with("off", code)
+    for budget in (1000, 1000, 100_000, 100_000, 100_000):
+        calls = int(fast.tier1.table[L.JT_CALLS])
+        native = int(fast.tier1.table[L.JT_NATIVE])
+        fast.run(budget)
+        plain.run(budget)
+        assert same_state(fast, plain)
+    assert int(fast.tier1.table[L.JT_NATIVE]) - native > 0.99 * 100_000
+    assert int(fast.tier1.table[L.JT_CALLS]) - calls < 2 * (100_000 // 4096 + 2)
+
+
+def test_the_interpreter_finds_a_block_further_on_in_straight_line_code() -> None:
+    """Translated code hands back before a CSR instruction; no block starts at
+    it or at the next two instructions, one starts after them: the
+    interpreter looks on past the places where it counts entries and runs
+    the rest of the loop translated, not up to its jump."""
+    body = [addi(A0, A0, 1)] * 4 + [csrr_mscratch(T0), addi(A1, A1, 1), addi(A1, A1, 1)] + [addi(A2, A2, 1)] * 20
+    loop = body + [jal(-4 * len(body))]
+    further_on = CODE + 4 * 7  # after the CSR instruction and the two below it
+    fast, plain = hart_with("all", {CODE: loop}), hart_with("off", {CODE: loop})
+    for hart in (fast, plain):
+        hart.run(10 * len(loop))  # every place control arrived at gets its block (mode "all")
+        hart.pc = S.RAM_BASE + further_on
+        hart.run(1)  # ... and the place further on too
+        hart.pc = S.RAM_BASE + CODE
+    table = fast.tier1.table
+    assert table[L.JT_KEY + L.slot_index(further_on)] == 2 * further_on, "no block further on"
+    table[L.JT_THRESHOLD] = 1 << 40  # no new blocks from here on
+    for after_csr in (CODE + 4 * 5, CODE + 4 * 6):  # drop the blocks that start right after the CSR instruction
+        slot = L.slot_index(after_csr)
+        if table[L.JT_KEY + slot] == 2 * after_csr:
+            table[L.JT_KEY + slot] = -1
+    native = int(table[L.JT_NATIVE])
+    iterations = 1000
+    fast.run(iterations * len(loop))
+    plain.run(iterations * len(loop))
+    assert same_state(fast, plain)
+    # Per iteration three instructions are interpreted (the CSR instruction and
+    # the two after it), the 25 others run translated.
+    assert int(table[L.JT_NATIVE]) - native > 0.85 * iterations * len(loop)
