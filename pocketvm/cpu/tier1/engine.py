@@ -87,7 +87,7 @@ LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
 # the persistent cache, it serves the next runs too. (Counted in calls, as
 # it was, a loop that stays inside its block for thousands of instructions
 # a call was hardly ever compiled well.)
-UPGRADE_INSTRUCTIONS = int(os.environ.get("POCKETVM_JIT_UPGRADE", "10000000"))
+UPGRADE_INSTRUCTIONS = int(os.environ.get("POCKETVM_JIT_UPGRADE", "1000000"))
 # Blocks in flight to the service at most: a burst of hot code (a boot)
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).

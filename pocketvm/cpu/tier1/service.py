@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,12 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
+FEW = 4  # blocks asked for at once that are compiled well straight away
+BURST = 8  # ... unless more than this many were asked for within BURST_WINDOW seconds
+BURST_WINDOW = 2.0
+# ... or when the request waited longer than this for the service (busy with
+# other work or starved of CPU).
+LATE = 0.05
 
 
 @dataclass
@@ -110,6 +117,7 @@ class TranslationService:
         self._sent: set[str] = set()  # batches the caller has loaded
         self.backlog: dict[int, tuple[int, Region]] = {}  # warm blocks not compiled yet: (entry key, region)
         self.upgrades: dict[int, tuple[int, Region]] = {}  # hot blocks compiled quickly only
+        self._recent: deque[tuple[float, int]] = deque()  # (when, blocks) compiled on request lately
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -146,15 +154,24 @@ class TranslationService:
                 else:
                     self.backlog.pop(tkey, None)
                     misses.append((entry, tkey, region))
-        # What is asked for is wanted now, and compiled quickly: compiling
-        # well takes LLVM 8x the time (~45 ms for a region of 40
-        # instructions, against ~5), which pays back only after a hundred
-        # million instructions or so, and while the service compiles well the boot's next hot
-        # blocks wait (compiling a burst's blocks well in spare time, and
-        # the first few of a boot well at once, took most of a cold boot's
+        # What is asked for is wanted now. A few blocks while the service has
+        # little else to do (a program's hot loop) are compiled well at once;
+        # in a burst (a boot), or when the request waited for a busy service,
+        # they are compiled quickly: compiling well takes LLVM 8x the time
+        # (~45 ms for a region of 40 instructions, against ~5), and while the
+        # service compiles well the boot's next hot blocks wait (compiling
+        # every block of a burst well again in spare time, as it did, and
+        # the first 16 of a boot well at once, took most of a cold boot's
         # compile time). The VM asks again for the blocks that run most
         # (`engine.UPGRADE_INSTRUCTIONS`): those are compiled well in spare time.
-        tier = QUICK
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - BURST_WINDOW:
+            self._recent.popleft()
+        recent = sum(n for _, n in self._recent) + len(misses)
+        late = req.sent > 0 and now - req.sent > LATE  # this service is behind (a busy host)
+        tier = req.tier if len(misses) <= FEW and recent <= BURST and not late else QUICK
+        if misses:
+            self._recent.append((now, len(misses)))
         self._compile(misses, reply, tier)
         if reply.cached and reply.cache_bytes < 0:
             reply.cache_bytes = self.cache.size()
