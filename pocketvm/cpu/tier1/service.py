@@ -160,10 +160,10 @@ class TranslationService:
         # they are compiled quickly: compiling well takes LLVM 8x the time
         # (~45 ms for a region of 40 instructions, against ~5), and while the
         # service compiles well the boot's next hot blocks wait (compiling
-        # every block of a burst well again in spare time, as it did, and
-        # the first 16 of a boot well at once, took most of a cold boot's
-        # compile time). The VM asks again for the blocks that run most
-        # (`engine.UPGRADE_INSTRUCTIONS`): those are compiled well in spare time.
+        # a burst's blocks well again in spare time eight at a time, as it
+        # did, and the first 16 of a boot well at once, took most of a cold
+        # boot's compile time). The VM also asks again for the blocks that
+        # run most (`engine.UPGRADE_INSTRUCTIONS`).
         now = time.monotonic()
         while self._recent and self._recent[0][0] < now - BURST_WINDOW:
             self._recent.popleft()
@@ -172,6 +172,9 @@ class TranslationService:
         tier = req.tier if len(misses) <= FEW and recent <= BURST and not late else QUICK
         if misses:
             self._recent.append((now, len(misses)))
+        if tier < req.tier:  # compiled well in spare time, one at a time (most of them are entered by chaining,
+            # which the VM does not count: it asks again only for blocks it enters itself)
+            self.upgrades.update((tkey, (entry, region)) for entry, tkey, region in misses)
         self._compile(misses, reply, tier)
         if reply.cached and reply.cache_bytes < 0:
             reply.cache_bytes = self.cache.size()
