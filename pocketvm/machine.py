@@ -286,7 +286,6 @@ class VirtualMachine:
         from pocketvm.devices.virtio_blk import VirtioBlk
 
         try:
-            upload_window.check_size(size)
             image = upload_window.create(upload_window.window_path(self.vsock.host.path), size)
         except (DiskError, ValueError) as e:
             raise VMError(str(e)) from None

@@ -744,7 +744,7 @@ def _window_answer(conn: _Conn, expected: bytes) -> None:
         raise AgentProtocolError(f"expected the agent to answer an upload window slot, got a {kind!r} frame")
 
 
-def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes | memoryview]:
+def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes | bytearray]:
     """The concatenation of `chunks`, in pieces of exactly `size` bytes (the last may be shorter)."""
     buf = bytearray()
     for chunk in chunks:
@@ -753,7 +753,7 @@ def _regroup(chunks: Iterator[bytes], size: int) -> Iterator[bytes | memoryview]
             continue
         buf += chunk
         while len(buf) >= size:
-            yield bytes(buf[:size])
+            yield buf[:size]  # a copy already: buf changes next
             del buf[:size]
     if buf:
         yield bytes(buf)

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pocketvm.backends import upload_window
+
 FORMAT = "pocketvm-snapshot"
 VERSION = 1  # snapshots with raw disks only
 VERSION_QCOW2 = 2  # with a qcow2 disk: an older pocketvm must not take it for raw
@@ -246,7 +248,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
             cid = vsock.get("cid") if isinstance(vsock, dict) else None
             window = vsock.get("upload_window", 0) if isinstance(vsock, dict) else None
             if (not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= 0xFFFF_FFFE
-                    or not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= 1 << 30):
+                    or not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= upload_window.MAX_SIZE):
                 raise _Invalid("vm.vsock has the wrong shape")
         display = vm.get("display")
         if display is not None and not (

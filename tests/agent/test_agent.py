@@ -891,3 +891,12 @@ def test_a_lying_agent_cannot_misuse_the_window(tmp_path, window, answer):
     finally:
         fake.stop()
     assert path.stat().st_blocks == 0 and path.stat().st_size == 64 << 10
+
+
+def test_host_and_agent_agree_on_the_window_disk():
+    """The agent is a standalone file (it cannot import pocketvm): its copy of
+    the serial it looks for must be the one the VM gives the disk."""
+    from pocketvm.backends import upload_window
+
+    assert proto.WINDOW_SERIAL == upload_window.SERIAL
+    assert upload_window.DEFAULT_SIZE // proto.WINDOW_SLOTS <= proto.WINDOW_MAX_SLOT
