@@ -42,7 +42,7 @@ def wfi_echo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return guest_build.build_source(HERE / "guest" / "wfi_echo.c", tmp_path_factory.mktemp("wfi_echo_idle"))
 
 
-def test_an_idle_guest_does_not_spin_after_stdin_ends(wfi_echo: Path) -> None:
+def test_an_idle_guest_does_not_spin_after_stdin_ends(wfi_echo: Path, hang_guard) -> None:
     r, w = os.pipe()
     os.close(w)  # stdin at its end before the guest even starts
     stdin = os.fdopen(r, "rb", buffering=0)
@@ -56,17 +56,13 @@ def test_an_idle_guest_does_not_spin_after_stdin_ends(wfi_echo: Path) -> None:
     console.event = RecordingEvent(on_wait)
     # The guest sits in wfi with no timer armed, waiting for input that never comes.
     vm = VirtualMachine(VMConfig(memory=16 * MiB, kernel=wfi_echo, bios=None, rng=False), console)
-    guard = threading.Timer(HANG_GUARD_S, lambda: setattr(console, "quit_requested", True))
-    guard.start()
     try:
         vm.load_boot_files()
-        with console:
+        with console, hang_guard(console, HANG_GUARD_S):
             console._thread.join(10)  # the reader has seen the end of stdin
             assert console.eof
             status = vm.run()
     finally:
-        guard.cancel()
-        guard.join()  # not left to end during a later test that counts threads
         vm.close()
         stdin.close()
         stdout.close()

@@ -9,7 +9,6 @@ never ends. A guard sets the console's quit flag if the run hangs.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from pocketvm.console import CapturedConsole
@@ -18,18 +17,15 @@ from pocketvm.machine import MiB, VirtualMachine, VMConfig
 HANG_GUARD_S = 60.0
 
 
-def test_a_guest_that_only_traps_still_reaches_the_limit(tmp_path: Path) -> None:
+def test_a_guest_that_only_traps_still_reaches_the_limit(tmp_path: Path, hang_guard) -> None:
     program = tmp_path / "illegal.bin"
     program.write_bytes(bytes(4))  # 0x00000000: illegal; then mtvec = 0 -> fetch faults forever
     console = CapturedConsole()
     vm = VirtualMachine(VMConfig(memory=16 * MiB, kernel=program, bios=None, rng=False, deterministic=True), console)
-    guard = threading.Timer(HANG_GUARD_S, lambda: setattr(console, "quit_requested", True))
-    guard.start()
     try:
         vm.load_boot_files()
-        status = vm.run(max_instructions=3_000_000)
+        with hang_guard(console, HANG_GUARD_S):
+            status = vm.run(max_instructions=3_000_000)
     finally:
-        guard.cancel()
-        guard.join()
         vm.close()
     assert (status.code, status.reason) == (124, "limit"), status

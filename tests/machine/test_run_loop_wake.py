@@ -14,7 +14,6 @@ as someone at the console would.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,9 @@ def _state(vm: VirtualMachine) -> IdleWait:
     )
 
 
-def test_fed_input_wakes_the_guest_without_an_idle_wait(wfi_echo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fed_input_wakes_the_guest_without_an_idle_wait(
+    wfi_echo: Path, monkeypatch: pytest.MonkeyPatch, hang_guard
+) -> None:
     console = CapturedConsole()
     config = VMConfig(memory=16 * MiB, kernel=wfi_echo, bios=None, rng=False, deterministic=True)
     vm = VirtualMachine(config, console)
@@ -76,14 +77,11 @@ def test_fed_input_wakes_the_guest_without_an_idle_wait(wfi_echo: Path, monkeypa
             console.send(to_type.pop(0))
 
     monkeypatch.setattr(VirtualMachine, "_idle_wait", idle_wait)
-    guard = threading.Timer(HANG_GUARD_S, lambda: setattr(console, "quit_requested", True))
-    guard.start()
     try:
         vm.load_boot_files()
-        status = vm.run(max_instructions=20_000_000)
+        with hang_guard(console, HANG_GUARD_S):
+            status = vm.run(max_instructions=20_000_000)
     finally:
-        guard.cancel()
-        guard.join()  # not left to end during a later test that counts threads
         vm.close()
 
     assert (status.code, status.reason) == (0, "poweroff"), (status, bytes(console.output))
