@@ -14,17 +14,7 @@
  * A faulting store must not write its first part. Also aligned and
  * misaligned AMOs and LR on the same pages.
  */
-#include "rt.h"
-
-#define PTE_V 0x01UL
-#define PTE_R 0x02UL
-#define PTE_W 0x04UL
-#define PTE_X 0x08UL
-#define PTE_U 0x10UL
-#define PTE_A 0x40UL
-#define PTE_D 0x80UL
-#define RWX (PTE_R | PTE_W | PTE_X)
-#define AD (PTE_A | PTE_D)
+#include "pt.h"
 
 #define RAM 0x80000000UL
 #define TB 0x40000000UL /* base of the test mappings */
@@ -49,19 +39,7 @@ static u64 *new_table(void)
     return t;
 }
 
-static u64 pte(u64 pa, u64 flags) { return ((pa >> 12) << 10) | flags; }
-
-static u64 *slot(u64 *root, u64 va, int leaf_level)
-{
-    u64 *t = root;
-    for (int lvl = levels - 1; lvl > leaf_level; lvl--) {
-        u64 *e = &t[(va >> (12 + 9 * lvl)) & 511];
-        if (!(*e & PTE_V))
-            *e = pte((u64)new_table(), PTE_V);
-        t = (u64 *)((*e >> 10) << 12);
-    }
-    return &t[(va >> (12 + 9 * leaf_level)) & 511];
-}
+static u64 *slot(u64 *root, u64 va, int leaf_level) { return pt_slot(root, levels, va, leaf_level, new_table); }
 
 static void map(u64 va, int page, u64 flags)
 {

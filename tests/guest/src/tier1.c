@@ -12,14 +12,8 @@
  *  - a timer interrupt that arrives during a long hot loop is taken once.
  * Everything printed is deterministic (no timer values or interrupt pcs).
  */
-#include "rt.h"
+#include "pt.h"
 
-#define PTE_V 0x01UL
-#define PTE_R 0x02UL
-#define PTE_W 0x04UL
-#define PTE_X 0x08UL
-#define PTE_A 0x40UL
-#define PTE_D 0x80UL
 #define RAM 0x80000000UL
 #define TB 0x40000000UL
 

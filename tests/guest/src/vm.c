@@ -11,18 +11,7 @@
  * fault or set the bit in hardware; QEMU 7.2 sets it, and the transcript
  * prints the PTE afterwards, so pocketvm must do the same to match.
  */
-#include "rt.h"
-
-#define PTE_V 0x01UL
-#define PTE_R 0x02UL
-#define PTE_W 0x04UL
-#define PTE_X 0x08UL
-#define PTE_U 0x10UL
-#define PTE_G 0x20UL
-#define PTE_A 0x40UL
-#define PTE_D 0x80UL
-#define RWX (PTE_R | PTE_W | PTE_X)
-#define AD (PTE_A | PTE_D)
+#include "pt.h"
 
 #define RAM 0x80000000UL
 #define TB 0x40000000UL /* base of the test mappings */
@@ -48,7 +37,6 @@ static u64 *new_table(void)
     return t;
 }
 
-static u64 pte(u64 pa, u64 flags) { return ((pa >> 12) << 10) | flags; }
 static u64 *pte_table(u64 e) { return (u64 *)((e >> 10) << 12); }
 
 /* The PTE slot for va at leaf_level (0 = 4K, 1 = 2M, 2 = 1G, 3 = 512G),
