@@ -181,6 +181,13 @@ sys.exit(main())
 """
 
 
+def _heat_of(hot: np.ndarray | np.int64) -> np.ndarray:
+    """`_heat` of JT_HOT values: a queued block's counter runs on from
+    QUEUED (entries since it was queued); an installed one's counts
+    instructions run from it."""
+    return np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
+
+
 class _ServiceProcess:
     """The translation service in a process of its own, over a socket."""
 
@@ -443,10 +450,7 @@ class Tier1:
 
     def _heat(self, key: int) -> int:
         """How hot a waiting block is now: instructions run from it if installed, else its entries since it was queued."""
-        hot = int(self.table[L.JT_HOT + L.slot_index(key >> 1)])
-        if hot < L.QUEUED // 2:
-            return hot - L.QUEUED
-        return max(hot, 0)
+        return int(_heat_of(self.table[L.JT_HOT + L.slot_index(key >> 1)]))
 
     def _count_on(self, key: int) -> None:
         """A queued block that is not in the cache: compiled once it has had
@@ -470,8 +474,7 @@ class Tier1:
     def _hottest(self, count: int) -> list[int]:
         """The `count` hottest waiting blocks, hottest first (`_heat`, for all at once)."""
         keys = np.fromiter(self._waiting, dtype=np.int64, count=len(self._waiting))
-        hot = self.table[L.JT_HOT + L.slot_indices(keys >> 1)]
-        heat = np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
+        heat = _heat_of(self.table[L.JT_HOT + L.slot_indices(keys >> 1)])
         return [int(k) for k in keys[np.argsort(-heat, kind="stable")[:count]]]
 
     def _bound_waiting(self) -> None:
@@ -491,7 +494,6 @@ class Tier1:
 
     def _look_up_locally(self, keys: list[int], installed: set[int], ram16: np.ndarray) -> list[int]:
         """Install the blocks the cache index has; the keys left for the service."""
-        table = self.table
         index = self._index
         assert index is not None
         ram8 = ram16.view(np.uint8)
