@@ -207,6 +207,7 @@ class VirtualMachine:
         self.bus.add(mm.CLINT_BASE, mm.CLINT_SIZE, self.clint)
         self.bus.add(mm.PLIC_BASE, mm.PLIC_SIZE, self.plic)
         self.bus.add(mm.UART_BASE, mm.UART_SIZE, self.uart)
+        self.uart.attach_to_core(self.sh, mm.UART_BASE)
         self.virtio: list[Any] = []
         from pocketvm.devices.virtio_mmio import VirtioMmio
 
@@ -480,6 +481,8 @@ class VirtualMachine:
                 all_idle = False
                 before = int(sh[S.SH_SLICE_INSNS])
                 reason = hart.run(budget)
+                if sh[S.SH_SINK_LEN]:
+                    self.uart.drain()
                 # A slice that used its whole budget took it in instructions
                 # and traps (each trap counts against the budget, see core.run).
                 executed += budget if reason == S.EXIT_SLICE else int(sh[S.SH_SLICE_INSNS]) - before

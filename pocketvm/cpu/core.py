@@ -65,7 +65,13 @@ from pocketvm.cpu.state import (
     PRIV,
     RAM_BASE,
     RESERVATION,
+    SH_CONST_ADDR,
+    SH_CONST_VALUE,
+    SH_SINK,
+    SH_SINK_ADDR,
+    SH_SINK_LEN,
     SH_SLICE_INSNS,
+    SINK_BYTES,
     TLB,
     TLB_ENTRIES,
     WFI_FLAG,
@@ -232,6 +238,23 @@ def _record_mmio(st, pc, npc, vaddr, paddr, size):
     st[EXIT_VADDR] = vaddr
     st[EXIT_ADDR] = paddr
     st[EXIT_SIZE] = size
+
+
+@core_jit(inline="always")
+def _sink_store(sh, paddr, size, value):
+    """Keep a device store in the sink instead of exiting (see state.SH_SINK_ADDR);
+    False when this store is not one the monitor armed, or the sink is full."""
+    n = sh[SH_SINK_LEN]
+    if paddr != sh[SH_SINK_ADDR] or size != 1 or not 0 <= n < SINK_BYTES or paddr == 0:
+        return False
+    slot = SH_SINK + (n >> 3)
+    shift = (n & 7) * 8
+    if shift == 0:
+        sh[slot] = value & 0xFF
+    else:
+        sh[slot] |= (value & 0xFF) << shift
+    sh[SH_SINK_LEN] = n + 1
+    return True
 
 
 @core_jit
@@ -670,11 +693,14 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                             trap_cause = v
                             trap_tval = tval
                         elif kind == MEM_MMIO:
-                            _record_mmio(st, pc, npc, addr, v, size)
-                            st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
-                            reason = EXIT_MMIO_LOAD
-                            n += 1
-                            break
+                            if v == sh[SH_CONST_ADDR] and size == 1 and v != 0:
+                                v = sh[SH_CONST_VALUE]
+                            else:
+                                _record_mmio(st, pc, npc, addr, v, size)
+                                st[EXIT_RD] = rd | (256 if f3 < 4 else 0)
+                                reason = EXIT_MMIO_LOAD
+                                n += 1
+                                break
                     if f3 == 0:
                         v = ((v & 0xFF) ^ 0x80) - 0x80
                     elif f3 == 1:
@@ -705,7 +731,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                         if kind == MEM_FAULT:
                             trap_cause = pa
                             trap_tval = tval
-                        elif kind == MEM_MMIO:
+                        elif kind == MEM_MMIO and not _sink_store(sh, pa, size, v):
                             _record_mmio(st, pc, npc, addr, pa, size)
                             st[EXIT_VALUE] = v
                             reason = EXIT_MMIO_STORE

@@ -55,6 +55,17 @@ SH_INSN_PER_TICK = 2  # instructions counted as one mtime tick inside a slice
 SH_SLICE_INSNS = 3  # instructions executed in the current slice (all harts)
 SH_NHARTS = 4
 SH_DETERMINISTIC = 5  # 1: mtime derives from instruction count only
+# Device registers the core serves itself, so that a guest writing its console
+# a byte at a time (Linux's printk polls LSR and writes THR for each byte) does
+# not leave run() twice per byte. The monitor arms them while the device's
+# state makes them plain (0 = disarmed; no device sits at address 0) and
+# drains the sink after every run().
+SH_SINK_ADDR = 6  # physical address whose 1-byte stores are appended to the sink
+SH_SINK_LEN = 7  # bytes in the sink
+SH_CONST_ADDR = 8  # physical address whose 1-byte loads read SH_CONST_VALUE
+SH_CONST_VALUE = 9
+SH_SINK = 16  # the sink's bytes, 8 to a slot, little-endian, up to SH_MTIMECMP
+SINK_BYTES = 8 * 48
 SH_MTIMECMP = 64  # mtimecmp[hart] at sh[64 + hart]
 SH_MSIP = 192  # msip[hart] at sh[192 + hart]
 MAX_HARTS = 64

@@ -121,3 +121,69 @@ def test_mtime_interpolation_never_outruns_the_host_clock():
     sh[S.SH_DETERMINISTIC] = 1
     sh[S.SH_MTIME] = 1000
     assert update_mtime(sh, 1_000_000) == 1000 + 1_000_000 // int(sh[S.SH_INSN_PER_TICK])
+
+
+def sb(rs2: int, rs1: int, imm: int) -> int:
+    return (((imm >> 5) & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (0 << 12) | ((imm & 0x1F) << 7) | 0x23
+
+
+def lb(rd: int, rs1: int, imm: int, unsigned: bool = False) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | ((4 if unsigned else 0) << 12) | (rd << 7) | 0x03
+
+
+DEVICE = 0x1000_0000  # outside RAM: every access is an MMIO access
+
+
+def device_hart(code: list[int]) -> Hart:
+    hart = new_hart()
+    for i, word in enumerate(code):
+        put32(hart, S.RAM_BASE + 4 * i, word)
+    hart.pc = S.RAM_BASE
+    hart.set_x(T0, DEVICE)
+    return hart
+
+
+def sink_bytes(sh: np.ndarray) -> bytes:
+    n = int(sh[S.SH_SINK_LEN])
+    return sh[S.SH_SINK : S.SH_SINK + (n + 7) // 8].tobytes()[:n]
+
+
+def test_armed_byte_stores_go_to_the_sink_in_order_without_an_exit():
+    hart = device_hart([sb(A0, T0, 0)] * 20)
+    hart.sh[S.SH_SINK_ADDR] = DEVICE
+    for i in range(20):
+        hart.set_x(A0, 0x41 + i + 0x100)  # only the low byte is stored
+        assert hart.run(1) == S.EXIT_SLICE
+    assert sink_bytes(hart.sh) == bytes(range(0x41, 0x41 + 20))
+    assert hart.pc == S.RAM_BASE + 80
+
+
+def test_a_full_sink_or_another_store_exits_as_before():
+    hart = device_hart([sb(A0, T0, 0), sb(A0, T0, 1), sd(A0, T0, 0)])
+    hart.sh[S.SH_SINK_ADDR] = DEVICE
+    hart.sh[S.SH_SINK_LEN] = S.SINK_BYTES
+    assert hart.run(1) == S.EXIT_MMIO_STORE  # full: the monitor drains, then does this one
+    hart.sh[S.SH_SINK_LEN] = 0
+    assert hart.run(1) == S.EXIT_MMIO_STORE and int(hart.st[S.EXIT_ADDR]) == DEVICE + 1
+    assert hart.run(1) == S.EXIT_MMIO_STORE and int(hart.st[S.EXIT_SIZE]) == 8
+    hart.sh[S.SH_SINK_LEN] = -8  # never trusted
+    hart.pc = S.RAM_BASE
+    assert hart.run(1) == S.EXIT_MMIO_STORE
+    assert int(hart.sh[S.SH_SINK_LEN]) == -8
+
+
+def test_a_disarmed_sink_exits_even_at_address_zero():
+    hart = device_hart([sb(A0, 0, 0)])
+    assert hart.run(1) == S.EXIT_MMIO_STORE and int(hart.st[S.EXIT_ADDR]) == 0
+    assert int(hart.sh[S.SH_SINK_LEN]) == 0
+
+
+def test_armed_byte_loads_read_the_constant_with_the_loads_sign_extension():
+    hart = device_hart([lb(A0, T0, 5), lb(A1 := 11, T0, 5, unsigned=True), lb(A0, T0, 4), ld(A0, T0, 5)])
+    hart.sh[S.SH_CONST_ADDR] = DEVICE + 5
+    hart.sh[S.SH_CONST_VALUE] = 0xE1
+    assert hart.run(2) == S.EXIT_SLICE
+    assert hart.x(A0) == 2**64 - 0x1F  # lb: 0xE1 sign-extended
+    assert hart.x(A1) == 0xE1
+    assert hart.run(1) == S.EXIT_MMIO_LOAD and int(hart.st[S.EXIT_ADDR]) == DEVICE + 4
+    assert hart.run(1) == S.EXIT_MMIO_LOAD and int(hart.st[S.EXIT_SIZE]) == 8

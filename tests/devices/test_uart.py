@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import numpy as np
+
+from pocketvm.cpu import state as S
 from pocketvm.devices import uart as u
 from pocketvm.devices.base import IrqLine
 from pocketvm.devices.uart import Uart16550
@@ -118,3 +121,63 @@ def test_save_load_mid_input():
     assert dev2.read(u.SCR, 1) == 7
     assert bytes(dev2.read(u.RBR_THR_DLL, 1) for _ in range(4)) == b"ello"
     assert not irq2.level
+
+
+def attached() -> tuple[Uart16550, list[bytes], np.ndarray]:
+    dev, out, _ = make()
+    sh = S.new_shared_state(1)
+    dev.attach_to_core(sh, BASE)
+    return dev, out, sh
+
+
+BASE = 0x1000_0000
+
+
+def test_core_serves_thr_only_while_a_write_has_no_side_effect():
+    dev, _, sh = attached()
+    assert sh[S.SH_SINK_ADDR] == BASE + u.RBR_THR_DLL
+    dev.write(u.LCR, 1, 0x83)  # DLAB: THR is the divisor latch
+    assert sh[S.SH_SINK_ADDR] == 0
+    dev.write(u.LCR, 1, 0x03)
+    dev.write(u.IER_DLM, 1, u.IER_THRI)  # a THR write re-arms the THRE interrupt
+    assert sh[S.SH_SINK_ADDR] == 0
+    dev.write(u.IER_DLM, 1, 0)
+    dev.write(u.MCR, 1, u.MCR_LOOP)  # loopback: the byte goes to the receiver
+    assert sh[S.SH_SINK_ADDR] == 0
+    dev.write(u.MCR, 1, 0)
+    assert sh[S.SH_SINK_ADDR] == BASE
+
+
+def test_core_reads_lsr_as_the_device_would():
+    dev, _, sh = attached()
+    assert sh[S.SH_CONST_ADDR] == BASE + u.LSR
+    assert sh[S.SH_CONST_VALUE] == dev.read(u.LSR, 1) == u.LSR_THRE | u.LSR_TEMT
+    dev.feed(b"x")
+    assert sh[S.SH_CONST_VALUE] == dev.read(u.LSR, 1) == u.LSR_THRE | u.LSR_TEMT | u.LSR_DR
+    dev.read(u.RBR_THR_DLL, 1)
+    assert sh[S.SH_CONST_VALUE] == dev.read(u.LSR, 1) == u.LSR_THRE | u.LSR_TEMT
+
+
+def test_drain_sends_the_sinks_bytes_before_a_later_write():
+    dev, out, sh = attached()
+    data = b"0123456789abcdefXYZ"
+    sh[S.SH_SINK : S.SH_SINK + 3] = np.frombuffer(data + bytes(5), dtype=np.int64)
+    sh[S.SH_SINK_LEN] = len(data)
+    dev.drain()
+    dev.write(u.RBR_THR_DLL, 1, ord("!"))
+    assert b"".join(out) == data + b"!"
+    assert sh[S.SH_SINK_LEN] == 0
+    dev.drain()  # empty: nothing more
+    assert b"".join(out) == data + b"!"
+
+
+def test_a_restored_uart_rearms_and_forgets_a_sink_count():
+    dev, _, sh = attached()
+    state = dev.save()
+    state["lcr"] = 0x83
+    sh[S.SH_SINK_LEN] = 1 << 40
+    dev.load(state)
+    assert sh[S.SH_SINK_LEN] == 0 and sh[S.SH_SINK_ADDR] == 0
+    state["lcr"] = 0x03
+    dev.load(state)
+    assert sh[S.SH_SINK_ADDR] == BASE
