@@ -258,6 +258,9 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     # Every restored VM is a new instance: a new generation ID makes the
     # guest reseed its RNG (and, in pocketvm's Debian image, take a new identity).
     vm.vmgenid.new_generation()
+    for hart in vm.harts:
+        if hart.tier1 is not None:  # answer first; the translation service starts meanwhile
+            hart.tier1.wait_for_service = False
 
 
 @dataclass

@@ -107,6 +107,8 @@ MAX_WAITING = 512
 # more, but took a quarter of any core it shared with the hart): code
 # already in the persistent cache does not depend on it (`LocalCache`).
 SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
+# A booting VM's wait for the service to start, at most (seconds).
+SERVICE_START_WAIT = 2.0
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
@@ -212,22 +214,26 @@ class _ServiceProcess:
         # that unblocks the service.
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.send_error: OSError | None = None
-        # This first message is larger than the socket's buffer: sending it
-        # waits for the service to have started, while the VM sets up and
-        # leaves it a core. (Sent from the thread, the niced service started
-        # while the guest already ran, and on a busy host took longer than a
-        # short program's whole run to answer at all.)
-        self.conn.send_bytes(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
+        # The first message is larger than the socket's buffer: its send
+        # ends once the service has started (~0.25 s), which the VM does not
+        # wait for here: it loads its core meanwhile, and a restored VM
+        # answers without waiting at all (see `Tier1.start`).
+        self.started = threading.Event()
+        self._outbox.put(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
         self._sender = threading.Thread(target=self._send_loop, name="tier1-requests", daemon=True)
         self._sender.start()
 
     def _send_loop(self) -> None:
-        while (data := self._outbox.get()) is not None:
-            try:
-                self.conn.send_bytes(data)
-            except OSError as e:
-                self.send_error = e
-                return
+        try:
+            while (data := self._outbox.get()) is not None:
+                try:
+                    self.conn.send_bytes(data)
+                except OSError as e:
+                    self.send_error = e
+                    return
+                self.started.set()
+        finally:
+            self.started.set()
 
     def send(self, req: Request) -> None:
         if self.send_error is not None:
@@ -346,6 +352,11 @@ class Tier1:
         self._local_missed: set[int] = set()  # keys looked up in the local index and not found
         self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
         self._preloaded = False
+        # A booting VM waits at its first instruction until the service has
+        # started: the niced service, started while the guest already ran,
+        # took longer than a short program's whole run to answer at all on a
+        # busy host. A restored VM answers first (`snapshot.restore` says so).
+        self.wait_for_service = True
         self._probe_threshold = int(self.table[L.JT_THRESHOLD])
         if self.background:
             path = cache_path(VERSION)
@@ -397,6 +408,8 @@ class Tier1:
         self._preloaded = True
         if self._index is not None:
             self._preload(ram16)
+        if self._remote is not None and self.wait_for_service:
+            self._remote.started.wait(SERVICE_START_WAIT)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
         """Look newly queued blocks up in the cache index, send what is left to the service.
