@@ -77,6 +77,7 @@ from pocketvm.cpu.state import (
     WFI_FLAG,
 )
 from pocketvm.cpu.tier1.layout import (
+    JT_COUNT,
     JT_FN,
     JT_HOT,
     JT_KEY,
@@ -93,7 +94,7 @@ from pocketvm.cpu.tier1.layout import (
     MODE_ALL,
     QUEUE_SIZE,
     QUEUED,
-    slot_of,
+    set_of,
 )
 from pocketvm.cpu.tier1.native_call import call_block
 from pocketvm.cpu.trap import current_mip, mret, pending_interrupt, sret, take_trap, update_mtime
@@ -571,8 +572,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
         if trap_cause < 0:
             off = pc + fdelta
             if jc != 0:
-                jslot = slot_of(off)
+                jset = set_of(off)
+                jslot = 2 * jset
                 jkey = off * 2 + (1 if dx else 0)
+                if jt[_u(JT_KEY + jslot)] != jkey:
+                    jslot += 1  # the table is 2-way set associative (`layout`)
                 if jt[_u(JT_KEY + jslot)] == jkey:
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
@@ -601,12 +605,12 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     pass  # looking on, not counting
                 else:
                     jc = _after_miss(jc)
-                    hot = jt[_u(JT_HOT + jslot)] + 1
-                    jt[_u(JT_HOT + jslot)] = hot
+                    hot = jt[_u(JT_COUNT + jset)] + 1
+                    jt[_u(JT_COUNT + jset)] = hot
                     if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
                         jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
                         jt[JT_QLEN] += 1
-                        jt[_u(JT_HOT + jslot)] = QUEUED
+                        jt[_u(JT_COUNT + jset)] = QUEUED
                         if jt[JT_MODE] == MODE_ALL:
                             # Translate it now: Hart.run() installs it and calls run() again.
                             jt[JT_LEFT] = budget - n

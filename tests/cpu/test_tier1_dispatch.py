@@ -56,13 +56,13 @@ def same_state(a: Hart, b: Hart) -> bool:
     )
 
 
-def test_the_core_the_host_and_translated_code_agree_on_slots() -> None:
-    slot_of = njit(lambda off: L.slot_of(off))
+def test_the_core_the_host_and_translated_code_agree_on_sets() -> None:
+    set_of = njit(lambda off: L.set_of(off))
     rng = np.random.default_rng(7)
     offs = np.concatenate([np.arange(0, 64, 2), rng.integers(0, 1 << 34, 2000) & ~1]).astype(np.int64)
-    core = [int(slot_of(o)) for o in offs]
-    assert core == [L.slot_index(int(o)) for o in offs] == L.slot_indices(offs).tolist()
-    assert all(0 <= s < L.SLOTS for s in core)
+    core = [int(set_of(o)) for o in offs]
+    assert core == [L.set_index(int(o)) for o in offs] == L.set_indices(offs).tolist()
+    assert all(0 <= s < L.SETS for s in core)
 
 
 def test_blocks_in_two_pages_chain_to_each_other() -> None:
@@ -81,6 +81,49 @@ def test_blocks_in_two_pages_chain_to_each_other() -> None:
     assert int(fast.tier1.table[L.JT_CALLS]) - calls < 2 * (100_000 // 4096 + 2)
 
 
+def test_two_hot_blocks_of_one_set_both_stay_installed() -> None:
+    """Two blocks whose RAM offsets fall in the same set of the table take
+    its two ways and chain to each other; direct mapped, each entry of one
+    evicted the other (a loop over both ran interpreted, installing them by
+    turns)."""
+    other = CODE + 0x10002
+    assert L.set_index(other) == L.set_index(CODE)
+    code = {CODE: [addi(A0, A0, 1), jal(other - CODE - 4)], other: [addi(A1, A1, 1), jal(CODE - other - 4)]}
+    fast = Hart(0, GuestRAM(1 << 17), S.new_shared_state(1), jit="all")
+    plain = Hart(0, GuestRAM(1 << 17), S.new_shared_state(1), jit="off")
+    for hart in (fast, plain):
+        for off, insns in code.items():
+            for i, insn in enumerate(insns):
+                hart.ram.write_int(S.RAM_BASE + off + 4 * i, 4, insn)
+        hart.pc = S.RAM_BASE + CODE
+    table = fast.tier1.table
+    for budget in (1000, 1000, 100_000):
+        native = int(table[L.JT_NATIVE])
+        fast.run(budget)
+        plain.run(budget)
+        assert same_state(fast, plain)
+    assert L.find(table, 2 * CODE) >= 0 and L.find(table, 2 * other) >= 0
+    assert int(table[L.JT_NATIVE]) - native > 0.99 * 100_000
+
+
+def test_a_set_keeps_the_two_blocks_installed_last() -> None:
+    table = L.new_table(L.MODE_ON)
+    offs = np.arange(0, 1 << 20, 2, dtype=np.int64)
+    a, b, c, d = (2 * int(o) for o in offs[L.set_indices(offs) == L.set_index(CODE)][:4])  # four blocks of one set
+    for key, fn in ((a, 10), (b, 20)):
+        L.install(table, key, fn)
+    assert L.find(table, a) >= 0 and L.find(table, b) >= 0
+    L.install(table, c, 30)  # a, the older, goes
+    assert L.find(table, a) < 0 and table[L.JT_FN + L.find(table, b)] == 20 and table[L.JT_FN + L.find(table, c)] == 30
+    L.install(table, b, 21)  # new code for a block replaces its own
+    assert table[L.JT_FN + L.find(table, b)] == 21 and L.find(table, c) >= 0
+    L.install(table, d, 0)  # a place with nothing to run: b, the older, goes
+    assert L.find(table, b) < 0 and L.find(table, c) >= 0 and table[L.JT_FN + L.find(table, d)] == 0
+    L.install(table, a, 11)  # the place with nothing to run goes before a block that runs
+    assert L.find(table, d) < 0 and L.find(table, a) >= 0 and L.find(table, c) >= 0
+    assert L.installed(table, np.array([a, b, c, d])).tolist() == [L.find(table, k) for k in (a, b, c, d)]
+
+
 def test_the_interpreter_finds_a_block_further_on_in_straight_line_code() -> None:
     """Translated code hands back before a CSR instruction; no block starts at
     it or at the next two instructions, one starts after them: the
@@ -96,11 +139,11 @@ def test_the_interpreter_finds_a_block_further_on_in_straight_line_code() -> Non
         hart.run(1)  # ... and the place further on too
         hart.pc = S.RAM_BASE + CODE
     table = fast.tier1.table
-    assert table[L.JT_KEY + L.slot_index(further_on)] == 2 * further_on, "no block further on"
+    assert L.find(table, 2 * further_on) >= 0, "no block further on"
     table[L.JT_THRESHOLD] = 1 << 40  # no new blocks from here on
     for after_csr in (CODE + 4 * 5, CODE + 4 * 6):  # drop the blocks that start right after the CSR instruction
-        slot = L.slot_index(after_csr)
-        if table[L.JT_KEY + slot] == 2 * after_csr:
+        slot = L.find(table, 2 * after_csr)
+        if slot >= 0:
             table[L.JT_KEY + slot] = -1
     native = int(table[L.JT_NATIVE])
     iterations = 1000

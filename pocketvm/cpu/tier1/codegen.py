@@ -36,7 +36,7 @@ from pocketvm.cpu.state import (
 )
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.fpgen import FpGen
-from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SLOT_BITS, SLOTS
+from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SET_BITS, SETS, WAYS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -180,12 +180,14 @@ class BlockCodegen:
         return self.table_slot(off, ok)
 
     def table_slot(self, off: str, ok: str | None) -> tuple[str, str, str]:
-        """(byte offset of the table slot, key wanted there, RAM offset) for the
-        block at RAM offset `off` (`layout.slot_of`); no key matches unless `ok`."""
+        """(byte offset of the first slot of the table's set, key wanted there, RAM
+        offset) for the block at RAM offset `off` (`layout.set_of`); no key
+        matches unless `ok`."""
         v = self.v
-        hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SLOT_BITS + 1}')}")
-        slot_index_v = v(f"and i64 {hashed}, {SLOTS - 1}")
-        slot_off = v(f"shl i64 {v(f'add i64 {slot_index_v}, {JT_KEY}')}, 3")
+        hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SET_BITS + 1}')}")
+        set_index_v = v(f"and i64 {hashed}, {SETS - 1}")
+        first = v(f"mul i64 {set_index_v}, {WAYS}")
+        slot_off = v(f"shl i64 {v(f'add i64 {first}, {JT_KEY}')}, 3")
         key = v(f"add i64 {v(f'shl i64 {off}, 1')}, {1 if self.paged else 0}")
         return slot_off, key if ok is None else v(f"select i1 {ok}, i64 {key}, i64 -2"), off
 
@@ -212,7 +214,11 @@ class BlockCodegen:
             self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         self.fp.store_registers()
         if self.chain and any(e[4] != "-2" for e in self.exits):
-            key_ptr = self.v(f"getelementptr i8, ptr %jt, i64 {slot}")
+            # The set's first way, else its second (`layout`: 2 ways).
+            first_ptr = self.v(f"getelementptr i8, ptr %jt, i64 {slot}")
+            in_first = self.v(f"icmp eq i64 {self.v(f'load i64, ptr {first_ptr}')}, {want}")
+            way = self.v(f"select i1 {in_first}, i64 0, i64 8")
+            key_ptr = self.v(f"getelementptr i8, ptr {first_ptr}, i64 {way}")
             key = self.v(f"load i64, ptr {key_ptr}")
             fn_ptr = self.v(f"getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_FN - JT_KEY)}")
             target = self.v(f"load i64, ptr {fn_ptr}")

@@ -184,10 +184,16 @@ sys.exit(main())
 
 
 def _heat_of(hot: np.ndarray | np.int64) -> np.ndarray:
-    """`_heat` of JT_HOT values: a queued block's counter runs on from
-    QUEUED (entries since it was queued); an installed one's counts
-    instructions run from it."""
+    """`_heat` of counters: a queued block's set count (JT_COUNT) runs on
+    from QUEUED (entries since it was queued); an installed block's JT_HOT
+    counts instructions run from it."""
     return np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
+
+
+def _counters(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Each block's counter: JT_HOT of its slot if installed, else JT_COUNT of its set."""
+    slots = L.installed(table, keys)
+    return np.where(slots >= 0, table[L.JT_HOT + np.maximum(slots, 0)], table[L.JT_COUNT + L.set_indices(keys >> 1)])
 
 
 class _ServiceProcess:
@@ -431,7 +437,7 @@ class Tier1:
             new = list(dict.fromkeys(int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]))
             table[L.JT_QLEN] = 0
             # A block that is installed was queued for running much: asked once to be compiled better.
-            installed = {k for k in new if table[L.JT_KEY + L.slot_index(k >> 1)] == k}
+            installed = {k for k in new if L.find(table, k) >= 0}
             # (A block waiting for the service is looked up again: it may have
             # been waiting to be compiled better when another block took its slot.)
             new = [k for k in new if k not in installed or k not in self._upgrade_asked]
@@ -463,7 +469,7 @@ class Tier1:
 
     def _heat(self, key: int) -> int:
         """How hot a waiting block is now: instructions run from it if installed, else its entries since it was queued."""
-        return int(_heat_of(self.table[L.JT_HOT + L.slot_index(key >> 1)]))
+        return int(_heat_of(_counters(self.table, np.array([key], dtype=np.int64)))[0])
 
     def _count_on(self, key: int) -> None:
         """A queued block that is not in the cache: compiled once it has had
@@ -473,21 +479,21 @@ class Tier1:
         a boot's burst of it was over first)."""
         self._probed.add(key)
         table = self.table
-        slot = L.slot_index(key >> 1)
-        if table[L.JT_KEY + slot] == key or not self._compile_threshold:
+        if L.find(table, key) >= 0 or not self._compile_threshold:
             return
         threshold = int(table[L.JT_THRESHOLD])
         hot = threshold - self._compile_threshold + threshold + self._heat(key)
+        count = L.JT_COUNT + L.set_index(key >> 1)
         if hot >= threshold:
-            table[L.JT_HOT + slot] = L.QUEUED
+            table[count] = L.QUEUED
             self._waiting[key] = None
         else:
-            table[L.JT_HOT + slot] = hot
+            table[count] = hot
 
     def _hottest(self, count: int) -> list[int]:
         """The `count` hottest waiting blocks, hottest first (`_heat`, for all at once)."""
         keys = np.fromiter(self._waiting, dtype=np.int64, count=len(self._waiting))
-        heat = _heat_of(self.table[L.JT_HOT + L.slot_indices(keys >> 1)])
+        heat = _heat_of(_counters(self.table, keys))
         return [int(k) for k in keys[np.argsort(-heat, kind="stable")[:count]]]
 
     def _bound_waiting(self) -> None:
@@ -500,9 +506,8 @@ class Tier1:
         keep = set(self._hottest(MAX_WAITING))
         for k in [k for k in self._waiting if k not in keep]:
             del self._waiting[k]
-            slot = L.slot_index(k >> 1)
-            if table[L.JT_KEY + slot] != k:
-                table[L.JT_HOT + slot] = 0
+            if L.find(table, k) < 0:
+                table[L.JT_COUNT + L.set_index(k >> 1)] = 0
             self._upgrade_asked.discard(k)
 
     def _look_up_locally(self, keys: list[int], installed: set[int], ram16: np.ndarray) -> list[int]:
@@ -595,11 +600,13 @@ class Tier1:
         pages = []
         for page_off, page_keys in by_page.items():
             offs = page_off + self._slots
-            slots = L.slot_indices(offs)
-            seen = (table[L.JT_HOT + slots] != 0) | ((table[L.JT_KEY + slots] >> 1) == offs)
+            sets = L.set_indices(offs)
+            seen = table[L.JT_COUNT + sets] != 0
+            for way in range(L.WAYS):
+                seen |= (table[L.JT_KEY + L.WAYS * sets + way] >> 1) == offs
             code = ram8[page_off : page_off + PAGE].tobytes()
             compile = [
-                not self._compile_threshold or k in self._probed or table[L.JT_KEY + L.slot_index(k >> 1)] == k for k in page_keys
+                not self._compile_threshold or k in self._probed or L.find(table, k) >= 0 for k in page_keys
             ]
             pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
         if self.background:  # what is compiled on request is hot: compile it well
@@ -625,14 +632,14 @@ class Tier1:
         for tkey, name in reply.installs:
             asked.add(tkey)
             # Spare-time work never takes a slot from another block; better code replaces the block's own.
-            current = self.table[L.JT_KEY + L.slot_index(tkey >> 1)]
-            if reply.solicited or current == -1 or (reply.upgrade and current == tkey):
+            there = L.find(self.table, tkey) >= 0
+            if reply.solicited or (reply.upgrade and there) or (not there and L.has_room(self.table, tkey)):
                 self._install(tkey, self._address(name) if name is not None else 0)
         for tkey in reply.cold:
             self._count_on(tkey)
         for batch in reply.batches:  # the rest of a batch is likely to be wanted soon: install it where nothing is
             for name, tkey in batch.functions:
-                if tkey not in asked and self.table[L.JT_KEY + L.slot_index(tkey >> 1)] == -1:
+                if tkey not in asked and L.find(self.table, tkey) < 0 and L.has_room(self.table, tkey):
                     self._install(tkey, self._address(name))
                     s.prefetched += 1
         s.load_seconds += time.perf_counter() - t0
@@ -656,10 +663,7 @@ class Tier1:
         return addr
 
     def _install(self, key: int, fn: int) -> None:
-        slot = L.slot_index(key >> 1)
-        self.table[L.JT_KEY + slot] = key
-        self.table[L.JT_FN + slot] = fn
-        self.table[L.JT_HOT + slot] = 0
+        L.install(self.table, key, fn)
 
     def _fail(self, why: str) -> None:
         """The service is gone: everything stays interpreted from now on."""

@@ -22,11 +22,14 @@ One int64 numpy array, so the numba core takes it as a single argument:
     [JT_KEY + i]     key of the block in slot i: its RAM offset * 2 + 1 if its
                      loads and stores are translated (paging), -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
-    [JT_HOT + i]     entries counted while the slot had no block for them,
-                     then instructions run from the block installed there
+    [JT_HOT + i]     instructions run from the block in slot i
+    [JT_COUNT + s]   entries of blocks of set s that are not installed; a
+                     queued block's count runs on from QUEUED
 
-Slots are direct mapped by a hash of the RAM offset; a new block simply
-replaces the one in its slot.
+The table is 2-way set associative: the blocks of set s (a hash of the RAM
+offset, `set_of`) are in slots 2s and 2s + 1, the one installed last in
+2s. (Direct mapped, two hot blocks that shared a slot took turns in it: a
+guest dd read installed 9-18k blocks, each one a trip through the host.)
 """
 
 from __future__ import annotations
@@ -47,18 +50,21 @@ JT_FP_ENTRY = 8
 JT_UPGRADE = 9
 JT_QUEUE = 10
 QUEUE_SIZE = 64
-SLOT_BITS = 15
-SLOTS = 1 << SLOT_BITS
+SET_BITS = 15
+SETS = 1 << SET_BITS
+WAYS = 2
+SLOTS = WAYS * SETS
 JT_KEY = JT_QUEUE + QUEUE_SIZE
 JT_FN = JT_KEY + SLOTS
 JT_HOT = JT_FN + SLOTS
-TABLE_SIZE = JT_HOT + SLOTS
+JT_COUNT = JT_HOT + SLOTS
+TABLE_SIZE = JT_COUNT + SETS
 
 MODE_OFF = 0
 MODE_ON = 1
 MODE_ALL = 2
 
-QUEUED = -(1 << 40)  # a hot count that cannot reach the threshold again before the slot is filled
+QUEUED = -(1 << 40)  # a count that cannot reach the threshold again before a block of the set is installed
 
 
 def new_table(mode: int = MODE_OFF, threshold: int = 50) -> np.ndarray:
@@ -70,20 +76,68 @@ def new_table(mode: int = MODE_OFF, threshold: int = 50) -> np.ndarray:
 
 
 @core_jit(inline="always")
-def slot_of(off):
-    """Slot index (0..SLOTS-1) of a RAM offset."""
-    return ((off >> 1) ^ (off >> (SLOT_BITS + 1))) & (SLOTS - 1)
+def set_of(off):
+    """Set index (0..SETS-1) of a RAM offset; its ways are slots 2 * set and 2 * set + 1."""
+    return ((off >> 1) ^ (off >> (SET_BITS + 1))) & (SETS - 1)
 
 
 def block_key(off: int, paged: bool) -> int:
     return off * 2 + (1 if paged else 0)
 
 
-def slot_index(off: int) -> int:
-    """`slot_of` for the host side."""
-    return ((off >> 1) ^ (off >> (SLOT_BITS + 1))) & (SLOTS - 1)
+def set_index(off: int) -> int:
+    """`set_of` for the host side."""
+    return ((off >> 1) ^ (off >> (SET_BITS + 1))) & (SETS - 1)
 
 
-def slot_indices(offs: np.ndarray) -> np.ndarray:
-    """`slot_index` of an array of RAM offsets."""
-    return ((offs >> 1) ^ (offs >> (SLOT_BITS + 1))) & (SLOTS - 1)
+def set_indices(offs: np.ndarray) -> np.ndarray:
+    """`set_index` of an array of RAM offsets."""
+    return ((offs >> 1) ^ (offs >> (SET_BITS + 1))) & (SETS - 1)
+
+
+def find(table: np.ndarray, key: int) -> int:
+    """The slot that holds the block `key`, or -1."""
+    first = WAYS * set_index(key >> 1)
+    for slot in range(first, first + WAYS):
+        if table[JT_KEY + slot] == key:
+            return slot
+    return -1
+
+
+def installed(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The slot of each block in `keys` (an array), -1 where it is not installed."""
+    first = WAYS * set_indices(keys >> 1)
+    slot = np.full(keys.shape, -1, dtype=np.int64)
+    for way in range(WAYS - 1, -1, -1):
+        slot = np.where(table[JT_KEY + first + way] == keys, first + way, slot)
+    return slot
+
+
+def has_room(table: np.ndarray, key: int) -> bool:
+    """Whether `key`'s set has an empty way."""
+    first = WAYS * set_index(key >> 1)
+    return bool((table[JT_KEY + first : JT_KEY + first + WAYS] == -1).any())
+
+
+def install(table: np.ndarray, key: int, fn: int) -> None:
+    """Put a block in its set: in place of its older code if it is there; else
+    in the first way, the block there moving to the second unless the second
+    is free or holds a place with nothing to run (whatever was in the second
+    way goes: the set keeps the two blocks installed last)."""
+    s = set_index(key >> 1)
+    slot = find(table, key)
+    if slot < 0:
+        first = WAYS * s
+        slot = first
+        if table[JT_KEY + first] != -1:
+            second = first + 1
+            if table[JT_KEY + second] == -1 or table[JT_FN + second] == 0 or table[JT_FN + first] != 0:
+                table[JT_KEY + second] = table[JT_KEY + first]
+                table[JT_FN + second] = table[JT_FN + first]
+                table[JT_HOT + second] = table[JT_HOT + first]
+            # else the first way holds nothing to run and the second a block: the first way goes.
+    table[JT_KEY + slot] = key
+    table[JT_FN + slot] = fn
+    table[JT_HOT + slot] = 0
+    if table[JT_COUNT + s] < 0:  # queued: the set counts entries afresh
+        table[JT_COUNT + s] = 0
