@@ -13,6 +13,11 @@ sfence.vma for one address drops every entry made from the leaf that maps
 it (the whole superpage) and nothing else: Linux fences single kernel
 addresses (fixmap updates) tens of thousands of times in a boot, and
 flushing the whole TLB each time made the hot kernel pages miss again.
+Looking at every entry for such a fence costs microseconds at 3 x 1024
+entries, so the hart also keeps the range of virtual addresses that its
+superpage entries map (st[TLB_BIG_LO..TLB_BIG_HI], Linux's linear map and
+kernel image): a fence outside it can only concern an entry made from a
+4 KiB leaf, which is in the one slot of each table its address indexes.
 
 Only pages in RAM are entered, so the core's inlined fast path (see
 `pocketvm.cpu.core`) can index RAM with a hit directly; device pages are
@@ -33,6 +38,8 @@ from pocketvm.cpu.state import (
     CSR_MSTATUS,
     CSR_SATP,
     PRIV,
+    TLB_BIG_HI,
+    TLB_BIG_LO,
     RAM_BASE,
     TLB,
     TLB_ENTRIES,
@@ -61,11 +68,20 @@ FAULT_BASE = -1
 def flush_tlb(st):
     for i in range(TLB, TLB + TLB_SIZE):
         st[i] = -1
+    st[TLB_BIG_LO] = 0x7FFF_FFFF_FFFF_FFFF  # no superpage entry
+    st[TLB_BIG_HI] = -0x7FFF_FFFF_FFFF_FFFF - 1
 
 
 @core_jit
 def flush_tlb_page(st, vaddr):
     """sfence.vma for one address: drop the entries made from a leaf PTE that maps `vaddr`."""
+    if vaddr < st[TLB_BIG_LO] or vaddr > st[TLB_BIG_HI]:
+        # No superpage entry maps it: only a 4 KiB one can, in its slot of each table.
+        for acc in range(3):
+            slot = tlb_slot(vaddr, acc)
+            if st[slot] != -1 and ((st[slot] ^ vaddr) >> 12) == 0:
+                st[slot] = -1
+        return
     for e in range(TLB_SIZE // 2):
         tag = st[TLB + 2 * e]
         if tag == -1:
@@ -140,6 +156,13 @@ def translate(st, ram64, ram_size, vaddr, acc):
         st[slot] = tag
         st[slot + 1] = off
         st[TLB_SPAN + ((slot - TLB) >> 1)] = span
+        if span > 12:
+            lo = vaddr & -(1 << span)
+            if lo < st[TLB_BIG_LO]:
+                st[TLB_BIG_LO] = lo
+            hi = vaddr | ((1 << span) - 1)
+            if hi > st[TLB_BIG_HI]:
+                st[TLB_BIG_HI] = hi
     return page | (vaddr & 0xFFF)
 
 

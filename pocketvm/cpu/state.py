@@ -40,13 +40,24 @@ INSN = 79  # last instruction bits (for diagnostics)
 TIME_LAST = 80  # last mtime value this hart observed (time never goes back)
 EXIT_PC = 81  # pc of the instruction that caused an MMIO exit
 EXIT_VADDR = 82  # its virtual address (for an access-fault tval)
+TLB_BIG_LO = 83  # lowest virtual address mapped by a TLB entry made from a superpage (see mmu.flush_tlb_page)
+TLB_BIG_HI = 84  # ...and the highest
 
 TLB_SPAN = 1024  # per TLB entry (st[TLB_SPAN + slot index / 2]): log2 of the page its leaf PTE maps
 CSR = 4096  # csr n at st[CSR + n]
 TLB = 8192  # software TLB, see pocketvm.cpu.mmu
-TLB_ENTRIES = 256  # per access type, direct mapped
+# Per access type, direct mapped. 1024, not 256: Linux's kernel and a user
+# process together touch more pages than 256 entries hold, and every miss
+# is a page walk (after a hand-back from translated code, for tier 1). At
+# most 1024: the spans (TLB_SPAN) of all three tables must end below CSR.
+TLB_ENTRIES = 1024
 TLB_SIZE = 3 * 2 * TLB_ENTRIES
 STATE_SIZE = TLB + TLB_SIZE
+# Sizes of the state array of earlier pocketvm versions whose layout below
+# TLB is this one's (only the TLB was smaller): their snapshots restore,
+# with an empty TLB.
+EARLIER_STATE_SIZES = (TLB + 3 * 2 * 256,)
+assert TLB_SPAN + 3 * TLB_ENTRIES <= CSR and TLB_BIG_HI < TLB_SPAN
 
 # --- machine-wide array `sh` ---------------------------------------------
 SH_MTIME = 0  # current mtime (10 MHz ticks)
@@ -204,6 +215,8 @@ def new_hart_state(hart_id: int) -> np.ndarray:
     # UXL = SXL = 2 (64-bit), read-only.
     st[CSR + CSR_MSTATUS] = (2 << 32) | (2 << 34)
     st[TLB : TLB + TLB_SIZE] = -1
+    st[TLB_BIG_LO] = np.iinfo(np.int64).max  # no superpage entry
+    st[TLB_BIG_HI] = np.iinfo(np.int64).min
     return st
 
 

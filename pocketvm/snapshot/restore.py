@@ -217,7 +217,9 @@ def check_layout(snap: Snapshot) -> None:
     from pocketvm.cpu import state as S
 
     m = snap.manifest
-    if m.state_size != S.STATE_SIZE or m.shared_size != S.SHARED_SIZE:
+    # Earlier versions whose state arrays differ only in the TLB's size
+    # restore too: the TLB is flushed on restore anyway.
+    if m.state_size not in (S.STATE_SIZE, *S.EARLIER_STATE_SIZES) or m.shared_size != S.SHARED_SIZE:
         raise F.SnapshotError(
             f"{F.describe(snap.path)}: saved by a pocketvm with a different CPU state layout; cannot restore it"
         )
@@ -229,14 +231,15 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
 
     where = F.describe(snap.path)
     nharts = snap.manifest.harts
-    harts = snap.cpu[: nharts * S.STATE_SIZE].reshape(nharts, S.STATE_SIZE)
-    shared = snap.cpu[nharts * S.STATE_SIZE :]
+    size = snap.manifest.state_size  # S.STATE_SIZE, or an earlier one (`check_layout`): the same below S.TLB
+    harts = snap.cpu[: nharts * size].reshape(nharts, size)
+    shared = snap.cpu[nharts * size :]
     _check_cpu_state(harts, shared, where)
     ids = [t.device.device_id if t.device is not None else 0 for t in vm.virtio]
     if ids != snap.state["virtio_ids"]:
         raise F.SnapshotError(f"{where}: its virtio devices {snap.state['virtio_ids']} do not match the VM's {ids}")
     for hart, st in zip(vm.harts, harts):
-        hart.st[:] = st
+        hart.st[: S.TLB] = st[: S.TLB]
         _flush_tlb(hart.st)
     vm.sh[:] = shared
     saved = snap.state["devices"]

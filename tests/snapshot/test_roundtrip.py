@@ -198,3 +198,38 @@ def test_save_refuses_to_overwrite_and_leaves_nothing_partial(ticker, tmp_path):
         assert sorted(os.listdir(tmp_path)) == ["empty", "occupied"]  # no temporary leftovers
     finally:
         vm.close()
+
+
+def test_snapshot_with_the_earlier_smaller_tlb_restores(halfway, reference, tmp_path):
+    """Snapshots (image templates among them) saved when the hart state held
+    a 256-entry TLB restore exactly: the state below the TLB is the same, and
+    the TLB, garbage here, is flushed."""
+    import shutil
+
+    import numpy as np
+
+    from pocketvm.cpu import state as S
+
+    path, before, _, _ = halfway
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    m = F.parse_manifest((old / F.MANIFEST).read_bytes(), "test")
+    cpu = np.frombuffer((old / F.CPU_FILE).read_bytes(), dtype="<i8")
+    harts = cpu[: m.harts * S.STATE_SIZE].reshape(m.harts, S.STATE_SIZE)
+    (old_size,) = S.EARLIER_STATE_SIZES
+    old_harts = np.full((m.harts, old_size), 0x1234_5678_9000, dtype="<i8")  # TLB entries that would hit nothing
+    old_harts[:, : S.TLB] = harts[:, : S.TLB]
+    (old / F.CPU_FILE).write_bytes(old_harts.tobytes() + cpu[m.harts * S.STATE_SIZE :].tobytes())
+    digest, size = digest_file(old / F.CPU_FILE)
+    m.files[F.CPU_FILE] = F.FileEntry(size, digest)
+    m.state_size = old_size
+    (old / F.MANIFEST).write_bytes(m.to_json())
+    console = CapturedConsole()
+    restored = restore_vm(old, console, "r-old", tmp_path / "disks")
+    try:
+        assert (restored.vm.harts[0].st[S.TLB : S.TLB + S.TLB_SIZE] == -1).all()
+        finish(restored.vm)
+    finally:
+        restored.vm.close()
+        restored.disks.finish()
+    assert before + bytes(console.output) == reference
