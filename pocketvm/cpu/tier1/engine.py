@@ -469,7 +469,9 @@ class Tier1:
 
     def _heat(self, key: int) -> int:
         """How hot a waiting block is now: instructions run from it if installed, else its entries since it was queued."""
-        return int(_heat_of(_counters(self.table, np.array([key], dtype=np.int64)))[0])
+        slot = L.find(self.table, key)
+        counter = L.JT_HOT + slot if slot >= 0 else L.JT_COUNT + L.set_index(key >> 1)  # as `_counters`, for one
+        return int(_heat_of(self.table[counter]))
 
     def _count_on(self, key: int) -> None:
         """A queued block that is not in the cache: compiled once it has had
