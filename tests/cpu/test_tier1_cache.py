@@ -215,3 +215,19 @@ def test_a_damaged_object_is_not_loaded_by_the_machine_either(jit_cache: Path) -
         assert hart.tier1.stats.cached == 0
     finally:
         hart.tier1.close()
+
+
+def test_a_cache_of_the_earlier_schema_is_dropped_and_objects_come_last(jit_cache: Path) -> None:
+    """Objects are the last column of their rows (reading a column after a
+    long blob reads the blob's whole overflow chain: summing sizes read the
+    whole file); a file with the earlier column order goes."""
+    from pocketvm.cpu.tier1.translator import VERSION
+
+    jit_cache.mkdir(parents=True)
+    earlier = jit_cache / f"tier1-{VERSION}.sqlite"
+    earlier.write_bytes(b"a cache with objects second")
+    run_loop(loop_hart(0x1000))
+    assert not earlier.exists()
+    (db,) = jit_cache.glob("tier1-*.sqlite")
+    columns = [row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(batch)")]
+    assert columns[-1] == "object"
