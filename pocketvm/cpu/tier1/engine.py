@@ -633,7 +633,7 @@ class Tier1:
         asked = set()
         for tkey, name in reply.installs:
             asked.add(tkey)
-            # Spare-time work never takes a slot from another block; better code replaces the block's own.
+            # Spare-time work never evicts a block (it takes an empty way only); better code replaces the block's own.
             there = L.find(self.table, tkey) >= 0
             if reply.solicited or (reply.upgrade and there) or (not there and L.has_room(self.table, tkey)):
                 self._install(tkey, self._address(name) if name is not None else 0)
