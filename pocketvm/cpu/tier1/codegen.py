@@ -75,10 +75,12 @@ def module_text(triple: str, functions: list[str]) -> str:
 class BlockCodegen:
     """The text of one function for the region at RAM offset `off`."""
 
-    def __init__(self, name: str, off: int, paged: bool, region: Region, chain: bool = True):
+    def __init__(self, name: str, off: int, paged: bool, region: Region, chain: bool = True, in_state: bool = False):
         """`paged`: loads and stores are translated (the table keys the block by it too);
-        `chain`: exits jump to the translated block at their target when the table has one.
-        The code holds no host address: the table (%jt) has them."""
+        `chain`: exits jump to the translated block at their target when the table has one;
+        `in_state`: guest registers are read from and written to `st` where
+        they are used (for code compiled quickly, see `translator`) instead
+        of living in allocas. The code holds no host address: the table (%jt) has them."""
         self.name = name
         self.off = off & 0xFFF  # the code depends on its place in the page only: %off is an argument
         self.paged = paged
@@ -88,8 +90,13 @@ class BlockCodegen:
         written = {i.rd for i in self.insns if i.opcode in _WRITES_RD or i.opcode in _FP_OPS}
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
         read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63, 0x2F)}
-        self.written = sorted(written - {0})
-        self.used = sorted((read | written) - {0})
+        self.in_state = in_state
+        # In allocas: every register the region uses, copied in at entry and
+        # the written ones back at every exit. In `st`: none, and what an LLVM
+        # block already loaded or stored is reused within it (`known`).
+        self.written = [] if in_state else sorted(written - {0})
+        self.used = [] if in_state else sorted((read | written) - {0})
+        self.known: dict[int, str] = {}
         self.lines: list[str] = []
         self.n = 0
         self.block = "entry"
@@ -116,16 +123,31 @@ class BlockCodegen:
     def start(self, label: str) -> None:
         self.lines.append(f"{label}:")
         self.block = label
+        self.known.clear()  # values of other blocks would live across blocks: spilled at -O0
 
     def st_ptr(self, index: str | int) -> str:
         return self.v(f"getelementptr i64, ptr %st, i64 {index}")
 
     def get(self, r: int) -> str:
-        return "0" if r == 0 else self.v(f"load i64, ptr %x{r}")
+        if r == 0:
+            return "0"
+        if not self.in_state:
+            return self.v(f"load i64, ptr %x{r}")
+        value = self.known.get(r)
+        if value is None:
+            value = self.known[r] = self.v(f"load i64, ptr {self.st_ptr(r)}")
+        return value
 
     def set(self, r: int, value: str) -> None:
-        if r != 0:
+        if r == 0:
+            return
+        if not self.in_state:
             self.put(f"store i64 {value}, ptr %x{r}")
+            return
+        # Stored at once: an instruction writes its rd after its last reason
+        # to leave, so st holds at every exit what the allocas would.
+        self.put(f"store i64 {value}, ptr {self.st_ptr(r)}")
+        self.known[r] = value
 
     def pc_plus(self, rel: int) -> str:
         return self.v(f"add i64 %pc, {rel}") if rel else "%pc"
@@ -176,7 +198,9 @@ class BlockCodegen:
         page = v(f"load i64, ptr {self.st_ptr(v(f'add i64 {slot}, 1'))}")
         tlb_off = v(f"add i64 {page}, {v(f'and i64 {pc}, 4095')}")
         off = v(f"select i1 {paging}, i64 {tlb_off}, i64 {bare_off}")
-        ok = v(f"select i1 {paging}, i1 {tlb_ok}, i1 {bare_ok}")
+        # (paging and tlb_ok) or (not paging and bare_ok): FastISel cannot select an i1.
+        not_paging = v(f"xor i1 {paging}, true")
+        ok = v(f"or i1 {v(f'and i1 {paging}, {tlb_ok}')}, {v(f'and i1 {not_paging}, {bare_ok}')}")
         return self.table_slot(off, ok)
 
     def table_slot(self, off: str, ok: str | None) -> tuple[str, str, str]:

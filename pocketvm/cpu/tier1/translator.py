@@ -32,12 +32,24 @@ from pocketvm.cpu.tier1.decode import Region
 # instruction selection at -O0 and a minimal pass pipeline: a fifth of the
 # time of -O2), well for code that is hot (LLVM's -O2 pipeline and code
 # generation: 4x the compile time, the hash loop of benchmarks/cpu.py at
-# 2900 instead of 1800 MIPS).
+# 2900 instead of 1800 MIPS). Per tier: code generation's opt level, the IR
+# pipeline, whether guest registers stay in `st` (`BlockCodegen`'s in_state).
+# Quickly compiled code keeps them in `st`: in allocas, the -O0 register
+# allocator spills what SROA promoted at every block boundary anyway, and
+# promoting them was a third of the quick tier's compile time.
 QUICK = 0
 GOOD = 1
 _SETTINGS = {
-    QUICK: (int(os.environ.get("POCKETVM_JIT_CGOPT", "0")), os.environ.get("POCKETVM_JIT_PIPELINE", "min")),
-    GOOD: (int(os.environ.get("POCKETVM_JIT_HOT_CGOPT", "2")), os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "o2")),
+    QUICK: (
+        int(os.environ.get("POCKETVM_JIT_CGOPT", "0")),
+        os.environ.get("POCKETVM_JIT_PIPELINE", "sroa"),
+        os.environ.get("POCKETVM_JIT_IN_STATE", "1") == "1",
+    ),
+    GOOD: (
+        int(os.environ.get("POCKETVM_JIT_HOT_CGOPT", "2")),
+        os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "o2"),
+        os.environ.get("POCKETVM_JIT_HOT_IN_STATE", "0") == "1",
+    ),
 }
 
 # Code for this host's CPU (translations never leave it): FMA instructions
@@ -127,14 +139,19 @@ class ObjectCompiler:
     def __init__(self) -> None:
         init_llvm()
         target = llvm.Target.from_default_triple()
-        self._tm = {tier: target.create_target_machine(cpu=_HOST_CPU, features=_HOST_FEATURES, opt=cg, jit=True) for tier, (cg, _) in _SETTINGS.items()}
+        self._tm = {
+            tier: target.create_target_machine(cpu=_HOST_CPU, features=_HOST_FEATURES, opt=cg, jit=True)
+            for tier, (cg, _, _) in _SETTINGS.items()
+        }
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
         self._pb = llvm.create_pass_builder(self._tm[GOOD], self._pto)
 
     def compile(self, regions: list[tuple[str, int, bool, Region]], times: CompileTimes, tier: int = QUICK) -> bytes:
         """Regions as (function name, RAM offset, paged, region) -> ELF object."""
         t0 = time.thread_time()
-        functions = [BlockCodegen(name, off, paged, region).emit() for name, off, paged, region in regions]
+        functions = [
+            BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2]).emit() for name, off, paged, region in regions
+        ]
         text = module_text(llvm.get_process_triple(), functions)
         t1 = time.thread_time()
         mod = llvm.parse_assembly(text)
@@ -158,8 +175,9 @@ class ObjectCompiler:
         fpm.add_sroa_pass()
         if pipeline == "light":
             fpm.add_instruction_combine_pass()
-        fpm.add_simplify_cfg_pass()
-        fpm.add_dead_code_elimination_pass()
+        if pipeline != "sroa":
+            fpm.add_simplify_cfg_pass()
+            fpm.add_dead_code_elimination_pass()
         for f in mod.functions:
             if not f.is_declaration:
                 fpm.run(f, self._pb)
