@@ -286,6 +286,7 @@ def run(
     With --image, the VM's root disk is a qcow2 overlay of the image's base;
     if the guest wrote to it, it is kept and its path printed at the end.
     """
+    _pause_gc()
     lifetime = Lifetime.of(ttl, user)
     if image is not None:
         from pocketvm.imagevm import run_image
@@ -396,6 +397,23 @@ def run_vm(config: VMConfig, display: Any = None, ttl: Lifetime | None = None) -
             vm.close()
 
 
+def _pause_gc() -> None:
+    """No garbage collection while a VM is set up: start-up makes objects that
+    live as long as the VM (numba's type registries, the compiled core, the
+    devices), and collecting while they were made took 0.1 s of a 0.6 s start."""
+    import gc
+
+    gc.disable()
+
+
+def _resume_gc() -> None:
+    """Collect again for the run, with what start-up made kept out of the way (frozen)."""
+    import gc
+
+    gc.freeze()
+    gc.enable()
+
+
 class _Terminated(BaseException):
     """A termination signal arrived while the VM ran."""
 
@@ -434,6 +452,7 @@ def _attach_and_run(vm: Any, console: Any, server: Any, info: dict[str, Any], wh
     # socket, console mode, a restored VM's disk copies) still happens.
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     timer = ttl.begin(vm) if ttl is not None else None
+    _resume_gc()
     try:
         with console:
             status = vm.run()
@@ -478,6 +497,7 @@ def restore(directory: str, name: str, disk_dir: str | None, discard: bool, disp
     unless --discard says to throw them away too.
     stdin works as for `pocket run`.
     """
+    _pause_gc()
     from pocketvm.web.attach import parse_display
 
     from pocketvm.machine import NicSpec
