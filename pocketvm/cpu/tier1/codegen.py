@@ -97,11 +97,12 @@ class BlockCodegen:
         self.written = [] if in_state else sorted(written - {0})
         self.used = [] if in_state else sorted((read | written) - {0})
         self.known: dict[int, str] = {}
+        self.known_ptr: dict[int, str] = {}
         self.lines: list[str] = []
         self.n = 0
         self.block = "entry"
-        # (from label, npc, total, slot offset, want, RAM offset of the target)
-        self.exits: list[tuple[str, str, str, str, str, str]] = []
+        # (from label, next pc - %pc, retired since %done, RAM offset of the target, i1: chain)
+        self.exits: list[tuple[str, str, str, str, str]] = []
         self.cur: list[Insn] = []
         self.fp = FpGen(self)  # F/D instructions and the F registers
 
@@ -124,6 +125,7 @@ class BlockCodegen:
         self.lines.append(f"{label}:")
         self.block = label
         self.known.clear()  # values of other blocks would live across blocks: spilled at -O0
+        self.known_ptr.clear()
 
     def st_ptr(self, index: str | int) -> str:
         return self.v(f"getelementptr i64, ptr %st, i64 {index}")
@@ -135,8 +137,15 @@ class BlockCodegen:
             return self.v(f"load i64, ptr %x{r}")
         value = self.known.get(r)
         if value is None:
-            value = self.known[r] = self.v(f"load i64, ptr {self.st_ptr(r)}")
+            value = self.known[r] = self.v(f"load i64, ptr {self.reg_ptr(r)}")
         return value
+
+    def reg_ptr(self, r: int) -> str:
+        """Pointer to x`r` in st, made once per LLVM block."""
+        ptr = self.known_ptr.get(r)
+        if ptr is None:
+            ptr = self.known_ptr[r] = self.st_ptr(r)
+        return ptr
 
     def set(self, r: int, value: str) -> None:
         if r == 0:
@@ -146,37 +155,45 @@ class BlockCodegen:
             return
         # Stored at once: an instruction writes its rd after its last reason
         # to leave, so st holds at every exit what the allocas would.
-        self.put(f"store i64 {value}, ptr {self.st_ptr(r)}")
+        self.put(f"store i64 {value}, ptr {self.reg_ptr(r)}")
         self.known[r] = value
 
     def pc_plus(self, rel: int) -> str:
         return self.v(f"add i64 %pc, {rel}") if rel else "%pc"
 
     # --- exits ------------------------------------------------------------------------
+    # Every exit is a branch to the epilogue with four values in its phis:
+    # where to go on (as a distance from %pc: a constant, but for a computed
+    # target), instructions retired since %done was last stored (a constant),
+    # the RAM offset of the block to chain to and whether to look for one
+    # there. The epilogue does the rest once per function: an exit costs
+    # its branch, not ~15 lines of arithmetic, and the IR is what LLVM's
+    # time goes by.
     def exit_block(self, next_pc: str | int, retired: int) -> None:
         """Leave for the interpreter at `next_pc` (block-relative when an int)."""
-        npc = self.pc_plus(next_pc) if isinstance(next_pc, int) else next_pc
-        self._to_epilogue(npc, retired, None)
+        self._to_epilogue(self._delta(next_pc), retired, None)
 
     def exit_to(self, target_rel: int, retired: int) -> None:
         """Like exit_block to block-relative `target_rel`, chaining to the block there if there is one."""
         in_page = 0 <= (self.off & 0xFFF) + target_rel < 0x1000
-        npc = self.pc_plus(target_rel)
         if not self.chain:
-            self._to_epilogue(npc, retired, None)
+            self._to_epilogue(str(target_rel), retired, None)
         elif in_page:  # same physical page: the target's key follows from this block's
-            self._to_epilogue(npc, retired, self.table_slot(self.v(f"add i64 %off, {target_rel}"), None))
+            self._to_epilogue(str(target_rel), retired, (self.v(f"add i64 %off, {target_rel}"), "true"))
         else:
-            self._to_epilogue(npc, retired, self.lookup(npc))
+            self._to_epilogue(str(target_rel), retired, self.lookup(self.pc_plus(target_rel)))
 
     def exit_indirect(self, target: str, retired: int) -> None:
         """Leave for a computed pc (jalr), chaining to the block there if there is one."""
-        self._to_epilogue(target, retired, self.lookup(target) if self.chain else None)
+        self._to_epilogue(self._delta(target), retired, self.lookup(target) if self.chain else None)
+
+    def _delta(self, next_pc: str | int) -> str:
+        return str(next_pc) if isinstance(next_pc, int) else self.v(f"sub i64 {next_pc}, %pc")
 
     def lookup(self, pc: str) -> tuple[str, str]:
-        """(table slot offset, key) of the block at virtual `pc`, found as the
+        """(RAM offset, found) of the block at virtual `pc`, found as the
         interpreter's fetch does: untranslated in M-mode or without paging,
-        else through the fetch TLB (a miss gives a key that never matches)."""
+        else through the fetch TLB (a miss: not found)."""
         v = self.v
         priv = v(f"load i64, ptr {self.st_ptr(PRIV)}")
         satp = v(f"load i64, ptr {self.st_ptr(CSR + CSR_SATP)}")
@@ -187,38 +204,26 @@ class BlockCodegen:
         bare_off = v(f"sub i64 {pc}, {RAM_BASE}")
         bare_ok = v(f"icmp ult i64 {bare_off}, %ram_size")
         index = v(f"and i64 {v(f'lshr i64 {pc}, 11')}, {2 * TLB_ENTRIES - 2}")
-        slot = v(f"add i64 {index}, {TLB}")  # the fetch table comes first
-        tag = v(f"load i64, ptr {self.st_ptr(slot)}")
+        entry = v(f"getelementptr i64, ptr %st, i64 {index}")  # the fetch table comes first
+        tag = v(f"load i64, ptr {v(f'getelementptr i64, ptr {entry}, i64 {TLB}')}")
         sum_bit = v(f"and i64 {v(f'lshr i64 {mstatus}, 17')}, 2")  # SUM (bit 18) -> bit 1
         mxr_bit = v(f"and i64 {v(f'lshr i64 {mstatus}, 19')}, 1")  # MXR (bit 19) -> bit 0
         sum_mxr = v(f"or i64 {sum_bit}, {mxr_bit}")
         mode = v(f"or i64 {v(f'shl i64 {priv}, 2')}, {sum_mxr}")
         want_tag = v(f"or i64 {v(f'and i64 {pc}, -4096')}, {mode}")
         tlb_ok = v(f"icmp eq i64 {tag}, {want_tag}")
-        page = v(f"load i64, ptr {self.st_ptr(v(f'add i64 {slot}, 1'))}")
+        page = v(f"load i64, ptr {v(f'getelementptr i64, ptr {entry}, i64 {TLB + 1}')}")
         tlb_off = v(f"add i64 {page}, {v(f'and i64 {pc}, 4095')}")
         off = v(f"select i1 {paging}, i64 {tlb_off}, i64 {bare_off}")
         # (paging and tlb_ok) or (not paging and bare_ok): FastISel cannot select an i1.
         not_paging = v(f"xor i1 {paging}, true")
         ok = v(f"or i1 {v(f'and i1 {paging}, {tlb_ok}')}, {v(f'and i1 {not_paging}, {bare_ok}')}")
-        return self.table_slot(off, ok)
+        return off, ok
 
-    def table_slot(self, off: str, ok: str | None) -> tuple[str, str, str]:
-        """(byte offset of the first slot of the table's set, key wanted there, RAM
-        offset) for the block at RAM offset `off` (`layout.set_of`); no key
-        matches unless `ok`."""
-        v = self.v
-        hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SET_BITS + 1}')}")
-        set_index_v = v(f"and i64 {hashed}, {SETS - 1}")
-        first = v(f"mul i64 {set_index_v}, {WAYS}")
-        slot_off = v(f"shl i64 {v(f'add i64 {first}, {JT_KEY}')}, 3")
-        key = v(f"add i64 {v(f'shl i64 {off}, 1')}, {1 if self.paged else 0}")
-        return slot_off, key if ok is None else v(f"select i1 {ok}, i64 {key}, i64 -2"), off
-
-    def _to_epilogue(self, npc: str, retired: int, chain: tuple[str, str, str] | None) -> None:
-        total = self.v(f"add i64 {self.v('load i64, ptr %done')}, {retired}")
-        slot, want, off = chain if chain is not None else ("0", "-2", "0")  # -2: a key that never matches
-        self.exits.append((self.block, npc, total, slot, want, off))
+    def _to_epilogue(self, delta: str, retired: int, chain: tuple[str, str] | None) -> None:
+        """`chain`: (RAM offset of the target, i1: look for a block there)."""
+        target_off, look = chain if chain is not None else ("0", "false")
+        self.exits.append((self.block, delta, str(retired), target_off, look))
         self.put("br label %epilogue")
 
     def side_exit_if(self, cond: str, index: int) -> None:
@@ -232,25 +237,36 @@ class BlockCodegen:
     def emit_epilogue(self) -> None:
         """All exits meet here: write the registers back, then chain or return."""
         self.start("epilogue")
-        cols = list(zip(*[[f"[ {e[i]}, %{e[0]} ]" for i in range(1, 6)] for e in self.exits]))
-        npc, total, slot, want, target_off = (self.v("phi i64 " + ", ".join(col)) for col in cols)
+        v = self.v
+        phis = []
+        for col, ty in ((1, "i64"), (2, "i64"), (3, "i64"), (4, "i1")):
+            phis.append(v(f"phi {ty} " + ", ".join(f"[ {e[col]}, %{e[0]} ]" for e in self.exits)))
+        delta, retired, target_off, look = phis
+        npc = v(f"add i64 %pc, {delta}")
+        # %done is stored only where a sub-block goes on to another: at every exit it is the sub-block's start.
+        total = v(f"add i64 {v('load i64, ptr %done')}, {retired}")
         for r in self.written:
-            self.put(f"store i64 {self.v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
+            self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         self.fp.store_registers()
-        if self.chain and any(e[4] != "-2" for e in self.exits):
-            # The set's first way, else its second (`layout`: 2 ways).
-            first_ptr = self.v(f"getelementptr i8, ptr %jt, i64 {slot}")
-            in_first = self.v(f"icmp eq i64 {self.v(f'load i64, ptr {first_ptr}')}, {want}")
-            way = self.v(f"select i1 {in_first}, i64 0, i64 8")
-            key_ptr = self.v(f"getelementptr i8, ptr {first_ptr}, i64 {way}")
-            key = self.v(f"load i64, ptr {key_ptr}")
-            fn_ptr = self.v(f"getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_FN - JT_KEY)}")
-            target = self.v(f"load i64, ptr {fn_ptr}")
-            ok = self.v(f"and i1 {self.v(f'icmp eq i64 {key}, {want}')}, {self.v(f'icmp ne i64 {target}, 0')}")
+        if self.chain and any(e[4] != "false" for e in self.exits):
+            # The table's set for the target (`layout.set_of`): its first way, else its second (2 ways).
+            hashed = v(f"xor i64 {v(f'lshr i64 {target_off}, 1')}, {v(f'lshr i64 {target_off}, {SET_BITS + 1}')}")
+            first = v(f"mul i64 {v(f'and i64 {hashed}, {SETS - 1}')}, {WAYS}")
+            slot = v(f"shl i64 {v(f'add i64 {first}, {JT_KEY}')}, 3")
+            key = v(f"add i64 {v(f'shl i64 {target_off}, 1')}, {1 if self.paged else 0}")
+            want = v(f"select i1 {look}, i64 {key}, i64 -2")  # -2: a key that never matches
+            first_ptr = v(f"getelementptr i8, ptr %jt, i64 {slot}")
+            in_first = v(f"icmp eq i64 {v(f'load i64, ptr {first_ptr}')}, {want}")
+            way = v(f"select i1 {in_first}, i64 0, i64 8")
+            key_ptr = v(f"getelementptr i8, ptr {first_ptr}, i64 {way}")
+            found = v(f"load i64, ptr {key_ptr}")
+            fn_ptr = v(f"getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_FN - JT_KEY)}")
+            target = v(f"load i64, ptr {fn_ptr}")
+            ok = v(f"and i1 {v(f'icmp eq i64 {found}, {want}')}, {v(f'icmp ne i64 {target}, 0')}")
             self.put(f"br i1 {ok}, label %chain, label %plain")
             self.start("chain")
-            callee = self.v(f"inttoptr i64 {target} to ptr")
-            r = self.v(
+            callee = v(f"inttoptr i64 {target} to ptr")
+            r = v(
                 f"musttail call i64 {callee}(ptr %st, ptr %ram, i64 %ram_size, i64 {npc}, i64 %dx, i64 %dtag, "
                 f"i64 %maxn, i64 {total}, ptr %jt, i64 {target_off})"
             )
@@ -352,11 +368,11 @@ class BlockCodegen:
         if self.paged:
             table = TLB + acc * 2 * TLB_ENTRIES
             index = self.v(f"and i64 {self.v(f'lshr i64 {addr}, 11')}, {2 * TLB_ENTRIES - 2}")
-            slot = self.v(f"add i64 {index}, {table}")
-            tag = self.v(f"load i64, ptr {self.st_ptr(slot)}")
+            entry = self.v(f"getelementptr i64, ptr %st, i64 {index}")  # + the table: constant offsets
+            tag = self.v(f"load i64, ptr {self.v(f'getelementptr i64, ptr {entry}, i64 {table}')}")
             want = self.v(f"or i64 {self.v(f'and i64 {addr}, -4096')}, %dtag")
             miss = self.v(f"xor i64 {tag}, {want}")
-            page = self.v(f"load i64, ptr {self.st_ptr(self.v(f'add i64 {slot}, 1'))}")
+            page = self.v(f"load i64, ptr {self.v(f'getelementptr i64, ptr {entry}, i64 {table + 1}')}")
             off = self.v(f"add i64 {page}, {self.v(f'and i64 {addr}, 4095')}")
         else:
             off = self.v(f"sub i64 {addr}, {RAM_BASE}")
