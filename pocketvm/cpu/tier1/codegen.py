@@ -101,8 +101,9 @@ class BlockCodegen:
         self.lines: list[str] = []
         self.n = 0
         self.block = "entry"
-        # (from label, next pc - %pc, retired since %done, RAM offset of the target, i1: chain)
-        self.exits: list[tuple[str, str, str, str, str]] = []
+        # (from label, next pc - %pc, retired since %done, RAM offset of the target in this page,
+        # i1: chain there, i1: chain to the block at the next pc)
+        self.exits: list[tuple[str, str, str, str, str, str]] = []
         self.cur: list[Insn] = []
         self.fp = FpGen(self)  # F/D instructions and the F registers
 
@@ -162,13 +163,14 @@ class BlockCodegen:
         return self.v(f"add i64 %pc, {rel}") if rel else "%pc"
 
     # --- exits ------------------------------------------------------------------------
-    # Every exit is a branch to the epilogue with four values in its phis:
+    # Every exit is a branch to the epilogue with five values in its phis:
     # where to go on (as a distance from %pc: a constant, but for a computed
     # target), instructions retired since %done was last stored (a constant),
-    # the RAM offset of the block to chain to and whether to look for one
-    # there. The epilogue does the rest once per function: an exit costs
-    # its branch, not ~15 lines of arithmetic, and the IR is what LLVM's
-    # time goes by.
+    # the RAM offset of a block in this page to chain to and whether to
+    # look for one there, whether to look for a block at the next pc through
+    # the fetch TLB (a jalr, a jump out of the page). The epilogue does the
+    # rest once per function: an exit costs its branch, not 15-40 lines of
+    # arithmetic, and the IR is what LLVM's time goes by.
     def exit_block(self, next_pc: str | int, retired: int) -> None:
         """Leave for the interpreter at `next_pc` (block-relative when an int)."""
         self._to_epilogue(self._delta(next_pc), retired, None)
@@ -179,13 +181,13 @@ class BlockCodegen:
         if not self.chain:
             self._to_epilogue(str(target_rel), retired, None)
         elif in_page:  # same physical page: the target's key follows from this block's
-            self._to_epilogue(str(target_rel), retired, (self.v(f"add i64 %off, {target_rel}"), "true"))
+            self._to_epilogue(str(target_rel), retired, self.v(f"add i64 %off, {target_rel}"))
         else:
-            self._to_epilogue(str(target_rel), retired, self.lookup(self.pc_plus(target_rel)))
+            self._to_epilogue(str(target_rel), retired, "lookup")
 
     def exit_indirect(self, target: str, retired: int) -> None:
         """Leave for a computed pc (jalr), chaining to the block there if there is one."""
-        self._to_epilogue(self._delta(target), retired, self.lookup(target) if self.chain else None)
+        self._to_epilogue(self._delta(target), retired, "lookup" if self.chain else None)
 
     def _delta(self, next_pc: str | int) -> str:
         return str(next_pc) if isinstance(next_pc, int) else self.v(f"sub i64 {next_pc}, %pc")
@@ -220,10 +222,13 @@ class BlockCodegen:
         ok = v(f"or i1 {v(f'and i1 {paging}, {tlb_ok}')}, {v(f'and i1 {not_paging}, {bare_ok}')}")
         return off, ok
 
-    def _to_epilogue(self, delta: str, retired: int, chain: tuple[str, str] | None) -> None:
-        """`chain`: (RAM offset of the target, i1: look for a block there)."""
-        target_off, look = chain if chain is not None else ("0", "false")
-        self.exits.append((self.block, delta, str(retired), target_off, look))
+    def _to_epilogue(self, delta: str, retired: int, chain: str | None) -> None:
+        """`chain`: the RAM offset of the block in this page to chain to, or
+        "lookup" (the block at the next pc, through the fetch TLB), or None."""
+        in_page = chain is not None and chain != "lookup"
+        self.exits.append(
+            (self.block, delta, str(retired), chain if in_page else "0", str(in_page).lower(), str(chain == "lookup").lower())
+        )
         self.put("br label %epilogue")
 
     def side_exit_if(self, cond: str, index: int) -> None:
@@ -239,16 +244,25 @@ class BlockCodegen:
         self.start("epilogue")
         v = self.v
         phis = []
-        for col, ty in ((1, "i64"), (2, "i64"), (3, "i64"), (4, "i1")):
+        for col, ty in ((1, "i64"), (2, "i64"), (3, "i64"), (4, "i1"), (5, "i1")):
             phis.append(v(f"phi {ty} " + ", ".join(f"[ {e[col]}, %{e[0]} ]" for e in self.exits)))
-        delta, retired, target_off, look = phis
+        delta, retired, target_off, look, indirect = phis
         npc = v(f"add i64 %pc, {delta}")
         # %done is stored only where a sub-block goes on to another: at every exit it is the sub-block's start.
         total = v(f"add i64 {v('load i64, ptr %done')}, {retired}")
         for r in self.written:
             self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         self.fp.store_registers()
-        if self.chain and any(e[4] != "false" for e in self.exits):
+        if self.chain and any(e[5] == "true" for e in self.exits):
+            came = self.block
+            self.put(f"br i1 {indirect}, label %lookup, label %table")
+            self.start("lookup")
+            found_off, found = self.lookup(npc)
+            self.put("br label %table")
+            self.start("table")
+            target_off = v(f"phi i64 [ {target_off}, %{came} ], [ {found_off}, %lookup ]")
+            look = v(f"phi i1 [ {look}, %{came} ], [ {found}, %lookup ]")
+        if self.chain and any(e[4] == "true" or e[5] == "true" for e in self.exits):
             # The table's set for the target (`layout.set_of`): its first way, else its second (2 ways).
             hashed = v(f"xor i64 {v(f'lshr i64 {target_off}, 1')}, {v(f'lshr i64 {target_off}, {SET_BITS + 1}')}")
             first = v(f"mul i64 {v(f'and i64 {hashed}, {SETS - 1}')}, {WAYS}")
