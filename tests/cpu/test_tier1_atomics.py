@@ -148,3 +148,22 @@ def test_an_atomic_that_cannot_run_translated_traps_exactly(insn: int, address: 
         assert int(hart.st[S.CSR + S.CSR_MTVAL]) == address
         assert hart.x(5) == 0  # rd untouched
     assert native_share(fast) > 0.3
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [(0, "sroa", False), (2, "o2", False), (2, "o2", True)],
+    ids=["quick-in-allocas", "hot", "hot-in-state"],
+)
+@pytest.mark.parametrize("paged", [False, True], ids=["bare", "sv39"])
+def test_every_way_to_compile_matches_the_interpreter(settings: tuple, paged: bool, monkeypatch) -> None:
+    """Mode "all" compiles quickly (guest registers in st, -O0); hot code is
+    compiled with the registers in allocas and -O2. Each way of laying out
+    and compiling a region, forced onto every block, gives the interpreter's results."""
+    from pocketvm.cpu.tier1 import translator
+
+    monkeypatch.setenv("POCKETVM_JIT_CACHE", "off")  # objects made with other settings than VERSION says
+    monkeypatch.setitem(translator._SETTINGS, translator.QUICK, settings)
+    for seed in (3, 4):
+        _, fast = run_side_by_side(random_setup(seed, paged))
+        assert native_share(fast) > 0.5
