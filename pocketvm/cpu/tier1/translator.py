@@ -29,14 +29,17 @@ from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
 
 # Two ways to compile (`Tier`): quickly for code that is only warm (fast
-# instruction selection at -O0 and a minimal pass pipeline: a fifth of the
-# time of -O2), well for code that is hot (LLVM's -O2 pipeline and code
-# generation: 4x the compile time, the hash loop of benchmarks/cpu.py at
-# 2900 instead of 1800 MIPS). Per tier: code generation's opt level, the IR
-# pipeline, whether guest registers stay in `st` (`BlockCodegen`'s in_state).
-# Quickly compiled code keeps them in `st`: in allocas, the -O0 register
-# allocator spills what SROA promoted at every block boundary anyway, and
-# promoting them was a third of the quick tier's compile time.
+# instruction selection at -O0 and SROA alone: ~2.4 ms for a region of 40
+# instructions), well for code that is hot (LLVM's -O2 pipeline and code
+# generation: ~40 ms, the hash loop of benchmarks/cpu.py at 2900 instead
+# of 1800 MIPS). Per tier: code generation's opt level, the IR pipeline,
+# whether guest registers stay in `st` (`BlockCodegen`'s in_state).
+# Quickly compiled code keeps them in `st`: in allocas that SROA promotes,
+# the -O0 register allocator spills them again at every block boundary,
+# and the quick tier compiled 15% slower into code that was no faster.
+# Nothing in the quick tier may make FastISel fall back to SelectionDAG
+# (an i1 select did, in every function: half its code generation time);
+# what still does is the chaining tail call and the i128 of mulh.
 QUICK = 0
 GOOD = 1
 _SETTINGS = {
