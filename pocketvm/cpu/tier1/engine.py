@@ -358,10 +358,12 @@ class Tier1:
         self._local_missed: set[int] = set()  # keys looked up in the local index and not found
         self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
         self._preloaded = False
-        # A booting VM waits at its first instruction until the service has
-        # started: the niced service, started while the guest already ran,
-        # took longer than a short program's whole run to answer at all on a
-        # busy host. A restored VM answers first (`snapshot.restore` says so).
+        # A booting VM with nothing in the translation cache waits at its
+        # first instruction until the service has started: the niced service,
+        # started while the guest already ran, took longer than a short
+        # program's whole run to answer at all on a busy host. A VM that
+        # found its code in the cache runs it meanwhile, and a restored VM
+        # answers first (`snapshot.restore` says so).
         self.wait_for_service = True
         self._probe_threshold = int(self.table[L.JT_THRESHOLD])
         if self.background:
@@ -414,7 +416,7 @@ class Tier1:
         self._preloaded = True
         if self._index is not None:
             self._preload(ram16)
-        if self._remote is not None and self.wait_for_service:
+        if self._remote is not None and self.wait_for_service and not self.stats.preloaded:
             self._remote.started.wait(SERVICE_START_WAIT)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
