@@ -13,7 +13,7 @@ console driver uses for every byte (LSR reads and THR writes) without an
 exit, while they have no side effect: THR while neither DLAB, loopback nor
 the THRE interrupt is on, LSR always (its value only changes when the host
 feeds input or the guest reads RBR, and both re-arm it). A Linux boot
-prints ~15k bytes that way: ~30k exits of ~14 us each.
+prints ~15k bytes that way: ~30k exits, ~7 us of Python each.
 """
 
 from __future__ import annotations

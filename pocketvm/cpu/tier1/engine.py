@@ -224,7 +224,7 @@ class _ServiceProcess:
         # ends once the service has started (~0.25 s), which the VM does not
         # wait for here: it loads its core meanwhile, and a restored VM
         # answers without waiting at all (see `Tier1.start`).
-        self.started = threading.Event()
+        self.ready = threading.Event()  # set once the first message is through (or sending failed)
         self._outbox.put(np.ascontiguousarray(ctab, dtype=np.int32).tobytes())
         self._sender = threading.Thread(target=self._send_loop, name="tier1-requests", daemon=True)
         self._sender.start()
@@ -237,9 +237,9 @@ class _ServiceProcess:
                 except OSError as e:
                     self.send_error = e
                     return
-                self.started.set()
+                self.ready.set()
         finally:
-            self.started.set()
+            self.ready.set()
 
     def send(self, req: Request) -> None:
         if self.send_error is not None:
@@ -412,12 +412,13 @@ class Tier1:
 
     def start(self, ram16: np.ndarray) -> None:
         """Before the first run() call (guest RAM loaded): install every cached
-        region whose code is where it was made, such as a kernel booted again."""
+        region whose code is where it was made, such as a kernel booted again;
+        with none, a booting VM waits here for the service (`wait_for_service`)."""
         self._preloaded = True
         if self._index is not None:
             self._preload(ram16)
         if self._remote is not None and self.wait_for_service and not self.stats.preloaded:
-            self._remote.started.wait(SERVICE_START_WAIT)
+            self._remote.ready.wait(SERVICE_START_WAIT)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
         """Look newly queued blocks up in the cache index, send what is left to the service.
