@@ -68,6 +68,7 @@ class HostStream:
         self.writable = True
         self.armed = 0  # epoll mask currently registered (0 after it fired)
         self.closed = False
+        self._poll: select.poll | None = None
 
     def recv(self, n: int) -> bytes | None:
         """Up to `n` bytes; b"" at end of stream; None when nothing is there now.
@@ -86,6 +87,17 @@ class HostStream:
         except (BlockingIOError, InterruptedError):
             self.writable = False
             return 0
+
+    def hung_up(self) -> bool:
+        """The peer closed its end for good, not only its sending side: it
+        will read nothing more. (A Unix stream reports that as POLLHUP at
+        once, even with bytes still queued for us to read.)"""
+        if self.closed:
+            return True
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.fd, 0)  # POLLHUP is reported whatever the mask
+        return any(ev & select.POLLHUP for _, ev in self._poll.poll(0))
 
     def shutdown_write(self) -> None:
         try:

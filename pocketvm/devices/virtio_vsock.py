@@ -109,6 +109,12 @@ class Conn:
     peer_buf_alloc: int = 0
     peer_fwd_cnt: int = 0
     host_eof: bool = False  # the host stream ended: SHUTDOWN(SEND) owed once to_guest is out
+    # The host program closed its end, not just its sending side: it reads
+    # nothing more, and the guest is told so (SHUTDOWN(RCV)) ahead of the
+    # bytes still on their way to it, so that it cannot answer them as if
+    # somebody were listening.
+    host_gone: bool = False
+    sent_rcv_shutdown: bool = False
     sent_shutdown: bool = False
     # guest -> host
     to_host: bytearray = field(default_factory=bytearray)
@@ -139,10 +145,13 @@ class Conn:
     def owes_shutdown(self) -> bool:
         return self.host_eof and not self.sent_shutdown and not self.to_guest and self.state == "open"
 
+    def owes_rcv_shutdown(self) -> bool:
+        return self.host_gone and not self.sent_rcv_shutdown and not self.sent_shutdown and self.state == "open"
+
     def has_output(self) -> bool:
         return (
             self.owe_rst or self.owe_request or self.owe_response or self.owe_credit
-            or self.can_send_data() or self.owes_shutdown()
+            or self.can_send_data() or self.owes_shutdown() or self.owes_rcv_shutdown()
         )  # fmt: skip
 
 
@@ -478,6 +487,12 @@ class VirtioVsock(v.VirtioDevice):
         """Read from the host stream as far as the guest can take it."""
         if conn.state != "open" or conn.host_eof or conn.guest_no_rcv or conn.owe_rst:
             return
+        self._read_host_bytes(conn)
+        if not conn.host_gone and not conn.owe_rst and conn.stream.hung_up():
+            conn.host_gone = True
+            self._mark(conn)
+
+    def _read_host_bytes(self, conn: Conn) -> None:
         while True:
             room = min(conn.guest_credit(), TO_GUEST_MAX) - len(conn.to_guest)
             if room <= 0:
@@ -570,6 +585,9 @@ class VirtioVsock(v.VirtioDevice):
         if conn.owe_response:
             conn.owe_response = False
             return self._header(conn, OP_RESPONSE)
+        if conn.owes_rcv_shutdown() and not conn.owes_shutdown():
+            conn.sent_rcv_shutdown = True
+            return self._header(conn, OP_SHUTDOWN, flags=SHUTDOWN_RCV)
         if conn.can_send_data() and room > 0:
             n = min(room, conn.guest_credit(), len(conn.to_guest), MAX_PAYLOAD)
             end = conn.tx_cnt + n
@@ -582,7 +600,8 @@ class VirtioVsock(v.VirtioDevice):
             return self._header(conn, OP_RW, n) + data
         if conn.owes_shutdown():
             conn.sent_shutdown = True
-            packet = self._header(conn, OP_SHUTDOWN, flags=SHUTDOWN_SEND)
+            flags = SHUTDOWN_SEND | (SHUTDOWN_RCV if conn.host_gone else 0)
+            packet = self._header(conn, OP_SHUTDOWN, flags=flags)
             self._after_host_progress(conn)
             return packet
         if conn.owe_credit:

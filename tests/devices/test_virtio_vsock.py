@@ -195,13 +195,48 @@ def test_host_half_close_and_guest_half_close(guest):
 
 
 def test_host_closing_sends_shutdown_and_guest_reset_ends_it(guest):
+    """A host program that closes (not only half-closes) its stream reads
+    nothing more: the guest hears both flags."""
     guest.start()
     s, conn = accept_host(guest)
     s.close()
-    assert guest.wait_packet(vs.OP_SHUTDOWN).flags == vs.SHUTDOWN_SEND
+    assert guest.wait_packet(vs.OP_SHUTDOWN).flags == vs.SHUTDOWN_SEND | vs.SHUTDOWN_RCV
     guest.send(52, conn.host_port, vs.OP_RST)
     guest.pump()
     assert guest.dev.conns == {}
+
+
+def test_a_host_gone_mid_transfer_is_announced_ahead_of_its_last_bytes(guest):
+    """The host sends more than the guest has room for and closes. The guest
+    hears SHUTDOWN(RCV) before the bytes still held back for it, so an echo
+    of them fails in the guest instead of going nowhere unnoticed; the end
+    of the stream comes after the bytes, as always."""
+    guest.start()
+    s, conn = accept_host(guest)
+    small = 8192
+    guest.send(52, conn.host_port, vs.OP_CREDIT_UPDATE, buf_alloc=small, fwd_cnt=0)
+    payload = bytes(i % 251 for i in range(3 * small))
+    s.sendall(payload)
+    guest.pump(lambda: conn.tx_cnt == small, timeout=10)  # the first buffer-full, then no credit
+    s.close()
+    got = bytearray()
+    order = []
+    fwd = 0
+    while not order or order[-1] != "end":
+        guest.send(52, conn.host_port, vs.OP_CREDIT_UPDATE, buf_alloc=small, fwd_cnt=fwd)
+        guest.pump(lambda: bool(guest.received), timeout=10)
+        for p in guest.received:
+            if p.op == vs.OP_RW:
+                got += p.payload
+                order.append("data")
+            elif p.op == vs.OP_SHUTDOWN:
+                order.append({vs.SHUTDOWN_RCV: "no-rcv", vs.SHUTDOWN_RCV | vs.SHUTDOWN_SEND: "end"}[p.flags])
+            else:
+                assert p.op == vs.OP_CREDIT_UPDATE, p
+        guest.received.clear()
+        fwd = len(got)
+    assert bytes(got) == payload
+    assert order.count("no-rcv") == 1 and order.index("no-rcv") < len(order) - 2  # data came after it
 
 
 def test_guest_writing_to_a_closed_host_is_reset(guest):

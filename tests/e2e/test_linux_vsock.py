@@ -314,12 +314,15 @@ def test_either_end_going_away_mid_transfer(guest):
     guest.wait_for(PROMPT)
     _type_until(guest, "/mnt/vsock_tool echo 5301", rb"LISTENING 5301")
     s, _ = _connect(guest.sock, 5301)
+    # The guest echoes, we never read: send until nothing more goes in for a
+    # while, which is when the guest sits in a write that cannot finish.
     s.setblocking(False)
-    try:
-        while True:  # as much as goes in; the guest echoes, we never read
-            s.send(os.urandom(65536))
-    except BlockingIOError:
-        pass
+    chunk = os.urandom(65536)
+    while select.select([], [s], [], 3)[1]:
+        try:
+            s.send(chunk)
+        except BlockingIOError:
+            pass
     s.close()
     guest.wait_for(rb"(write|read): (Connection reset by peer|Broken pipe)")
 
