@@ -162,6 +162,32 @@ def test_the_translation_service_process_translates_and_ends_with_the_machine(ji
     assert proc.poll() is not None
 
 
+def test_a_service_that_dies_leaves_the_guest_interpreted_with_one_warning(
+    jit_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hart = loop_hart(0x1000, jit="on")
+    tier1 = hart.tier1
+    assert tier1 is not None and tier1._remote is not None
+    tier1.start(hart.ram.u16)
+    assert tier1._remote.ready.wait(30)
+    tier1._remote.proc.kill()
+    tier1._remote.proc.wait()
+    for _ in range(5):
+        tier1._next_poll = 0.0  # poll at every run() call
+        hart.run(250)
+    assert tier1._broken
+    stopped = [r.getMessage() for r in caplog.records if "translation service stopped" in r.getMessage()]
+    assert stopped == ["tier 1: the translation service stopped: it exited; the guest goes on interpreted"]
+    hart.set_x(A0, 0)
+    hart.set_x(A1, 1000)
+    hart.pc = S.RAM_BASE + 0x1000
+    before = int(hart.st[S.CSR + S.CSR_MINSTRET])
+    hart.run(3010)  # right results, interpreted
+    assert hart.x(A0) == 3000 and hart.x(A1) == 0
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) - before == 3010
+    tier1.close()
+
+
 def run_in_slices(hart: Hart, slices: int = 12, size: int = 250) -> None:
     """The loop of `loop_hart` in short run() calls, as a VM runs (between two
     calls tier 1 installs what it found)."""
