@@ -37,6 +37,8 @@ from pocketvm.cpu.state import (
     CSR,
     CSR_MSTATUS,
     CSR_SATP,
+    NO_BIG_HI,
+    NO_BIG_LO,
     PRIV,
     TLB_BIG_HI,
     TLB_BIG_LO,
@@ -68,8 +70,8 @@ FAULT_BASE = -1
 def flush_tlb(st):
     for i in range(TLB, TLB + TLB_SIZE):
         st[i] = -1
-    st[TLB_BIG_LO] = 0x7FFF_FFFF_FFFF_FFFF  # no superpage entry
-    st[TLB_BIG_HI] = -0x7FFF_FFFF_FFFF_FFFF - 1
+    st[TLB_BIG_LO] = NO_BIG_LO
+    st[TLB_BIG_HI] = NO_BIG_HI
 
 
 @core_jit

@@ -42,6 +42,8 @@ EXIT_PC = 81  # pc of the instruction that caused an MMIO exit
 EXIT_VADDR = 82  # its virtual address (for an access-fault tval)
 TLB_BIG_LO = 83  # lowest virtual address mapped by a TLB entry made from a superpage (see mmu.flush_tlb_page)
 TLB_BIG_HI = 84  # ...and the highest
+NO_BIG_LO = 0x7FFF_FFFF_FFFF_FFFF  # the pair while no superpage entry is there: an empty range
+NO_BIG_HI = -0x7FFF_FFFF_FFFF_FFFF - 1
 
 TLB_SPAN = 1024  # per TLB entry (st[TLB_SPAN + slot index / 2]): log2 of the page its leaf PTE maps
 CSR = 4096  # csr n at st[CSR + n]
@@ -215,8 +217,8 @@ def new_hart_state(hart_id: int) -> np.ndarray:
     # UXL = SXL = 2 (64-bit), read-only.
     st[CSR + CSR_MSTATUS] = (2 << 32) | (2 << 34)
     st[TLB : TLB + TLB_SIZE] = -1
-    st[TLB_BIG_LO] = np.iinfo(np.int64).max  # no superpage entry
-    st[TLB_BIG_HI] = np.iinfo(np.int64).min
+    st[TLB_BIG_LO] = NO_BIG_LO
+    st[TLB_BIG_HI] = NO_BIG_HI
     return st
 
 

@@ -177,7 +177,8 @@ def test_a_service_that_dies_leaves_the_guest_interpreted_with_one_warning(
         hart.run(250)
     assert tier1._broken
     stopped = [r.getMessage() for r in caplog.records if "translation service stopped" in r.getMessage()]
-    assert stopped == ["tier 1: the translation service stopped: it exited; the guest goes on interpreted"]
+    # The end or a reset, as the socket saw it: said once, and with a reason.
+    assert len(stopped) == 1 and "stopped: ;" not in stopped[0], stopped
     hart.set_x(A0, 0)
     hart.set_x(A1, 1000)
     hart.pc = S.RAM_BASE + 0x1000
