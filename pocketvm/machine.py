@@ -208,6 +208,7 @@ class VirtualMachine:
         self.bus.add(mm.PLIC_BASE, mm.PLIC_SIZE, self.plic)
         self.bus.add(mm.UART_BASE, mm.UART_SIZE, self.uart)
         self.uart.attach_to_core(self.sh, mm.UART_BASE)
+        self.clint.attach_to_core(mm.CLINT_BASE)
         self.virtio: list[Any] = []
         from pocketvm.devices.virtio_mmio import VirtioMmio
 

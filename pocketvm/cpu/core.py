@@ -61,12 +61,16 @@ from pocketvm.cpu.state import (
     EXIT_VALUE,
     EXIT_WFI,
     F,
+    MAX_HARTS,
     PC,
     PRIV,
     RAM_BASE,
     RESERVATION,
     SH_CONST_ADDR,
     SH_CONST_VALUE,
+    SH_MTIMECMP,
+    SH_MTIMECMP_ADDR,
+    SH_NHARTS,
     SH_SINK,
     SH_SINK_ADDR,
     SH_SINK_LEN,
@@ -255,6 +259,19 @@ def _sink_store(sh, paddr, size, value):
     else:
         sh[slot] |= (value & 0xFF) << shift
     sh[SH_SINK_LEN] = n + 1
+    return True
+
+
+@core_jit(inline="always")
+def _timer_store(sh, paddr, size, value):
+    """Keep a store to a hart's mtimecmp in sh, as the CLINT does (see
+    state.SH_MTIMECMP_ADDR); False for any other store, or while disarmed."""
+    base = sh[SH_MTIMECMP_ADDR]
+    rel = paddr - base
+    harts = min(sh[SH_NHARTS], MAX_HARTS)
+    if base == 0 or size != 8 or rel < 0 or rel >= 8 * harts or (rel & 7) != 0:
+        return False
+    sh[SH_MTIMECMP + (rel >> 3)] = value
     return True
 
 
@@ -735,7 +752,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                         if kind == MEM_FAULT:
                             trap_cause = pa
                             trap_tval = tval
-                        elif kind == MEM_MMIO and not _sink_store(sh, pa, size, v):
+                        elif kind == MEM_MMIO and not _sink_store(sh, pa, size, v) and not _timer_store(sh, pa, size, v):
                             _record_mmio(st, pc, npc, addr, pa, size)
                             st[EXIT_VALUE] = v
                             reason = EXIT_MMIO_STORE

@@ -77,6 +77,10 @@ SH_SINK_ADDR = 6  # physical address whose 1-byte stores are appended to the sin
 SH_SINK_LEN = 7  # bytes in the sink
 SH_CONST_ADDR = 8  # physical address whose 1-byte loads read SH_CONST_VALUE
 SH_CONST_VALUE = 9
+# Physical address of mtimecmp[0]: an aligned 8-byte store to a hart's
+# mtimecmp is kept in SH_MTIMECMP by the core (the kernel sets the next
+# timer event through SBI on every tick: ~2.4 k exits a boot otherwise).
+SH_MTIMECMP_ADDR = 10
 SH_SINK = 16  # the sink's bytes, 8 to a slot, little-endian, up to SH_MTIMECMP
 SINK_BYTES = 8 * 48
 SH_MTIMECMP = 64  # mtimecmp[hart] at sh[64 + hart]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pocketvm.board.memmap import CLINT_MSIP, CLINT_MTIME, CLINT_MTIMECMP
-from pocketvm.cpu.state import SH_MSIP, SH_MTIME, SH_MTIMECMP, SH_NHARTS
+from pocketvm.cpu.state import SH_MSIP, SH_MTIME, SH_MTIMECMP, SH_MTIMECMP_ADDR, SH_NHARTS
 from pocketvm.devices.guestlog import guest_error
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,17 @@ class Clint:
         self.sh = sh
         self.nharts = int(sh[SH_NHARTS])
         self.on_mtime_write = on_mtime_write
+        self._base = 0  # where the guest sees it, once the core serves mtimecmp stores
+
+    def attach_to_core(self, base: int) -> None:
+        """Let the core keep aligned 8-byte mtimecmp stores in `sh` itself
+        (what `write` does with them), without leaving run()."""
+        self._base = base
+        self._arm()
+
+    def _arm(self) -> None:
+        # Set again after a restore: sh then holds whatever the snapshot had.
+        self.sh[SH_MTIMECMP_ADDR] = self._base + CLINT_MTIMECMP if self._base else 0
 
     # --- register map ----------------------------------------------------------
 
@@ -119,3 +130,4 @@ class Clint:
             self.sh[SH_MSIP + hart] = int(v) & 1
         for hart, v in enumerate(state["mtimecmp"][: self.nharts]):
             self.sh[SH_MTIMECMP + hart] = _to_i64(int(v))
+        self._arm()

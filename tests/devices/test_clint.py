@@ -80,3 +80,30 @@ def test_save_load():
     assert clint2.read(MTIMECMP + 8, 8) == 0xFFFF_FFFF_FFFF_FFF0
     assert clint2.read(0, 4) == 1
     assert clint2.read(4, 4) == 0
+
+
+def test_core_keeps_mtimecmp_stores_once_attached_and_after_a_restore():
+    """The core serves aligned 8-byte mtimecmp stores itself, as `write` would
+    do them; a snapshot's value of the arming slot is never trusted."""
+    from pocketvm.cpu import state as S
+    from pocketvm.cpu.hart import Hart
+    from pocketvm.memory import GuestRAM
+
+    base = 0x0200_0000
+    hart = Hart(0, GuestRAM(1 << 16), S.new_shared_state(1))
+    sd_a0_0_t0 = (10 << 20) | (5 << 15) | (3 << 12) | 0x23
+    for at in (0, 4):
+        hart.ram.write_int(S.RAM_BASE + at, 4, sd_a0_0_t0)
+    hart.pc = S.RAM_BASE
+    hart.set_x(5, base + MTIMECMP)
+    clint = Clint(hart.sh)
+    hart.set_x(10, 12345)
+    assert hart.run(1) == S.EXIT_MMIO_STORE  # not attached: an exit, as before
+    clint.attach_to_core(base)
+    assert hart.sh[S.SH_MTIMECMP_ADDR] == base + MTIMECMP
+    assert hart.run(1) == S.EXIT_SLICE
+    assert clint.read(MTIMECMP, 8) == 12345
+    state = clint.save()
+    hart.sh[S.SH_MTIMECMP_ADDR] = 0x1000  # what a hostile snapshot may hold
+    clint.load(state)
+    assert hart.sh[S.SH_MTIMECMP_ADDR] == base + MTIMECMP
