@@ -57,16 +57,16 @@ from pocketvm.cpu.tier1.translator import (
 log = logging.getLogger(__name__)
 
 ENV_VAR = "POCKETVM_JIT"
-# A region shorter than this is left to the interpreter. Single instructions
-# are: calling native code costs more than one saves. Two and three are not
-# (it was four): kernel code returns from a call into a few instructions that
-# make the next call, and translated, they chain the return to the callee
-# without a trip through the interpreter: a guest dd read of 256 MiB made
-# 1.01 M calls from the interpreter instead of 1.31 M and interpreted 14.6 M
-# instructions instead of 15.8 M. (The FPU benchmark, whose short integer
-# fragments were once the reason for four, ran no slower now that FP
-# instructions are translated too.) Mode "all" (testing) translates every region.
-MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "2"))
+# A region shorter than this is left to the interpreter: calling native code
+# and writing registers back costs about what a few instructions save. At two
+# (kernel code returns from a call into a few instructions that make the
+# next call, and translated, the return chains on to the callee) a guest dd
+# read of 256 MiB made 1.01 M calls from the interpreter instead of 1.31 M,
+# no faster measurably, while benchmarks/cpu.py with an empty translation
+# cache ran ~10% slower (500-710 MIPS against 640-680 at four: more small
+# regions for the service to compile first). Mode "all" (testing)
+# translates every region.
+MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # Two thresholds (entries of a block), chosen by measuring Debian boots on
 # this 2-core machine. LLVM takes ~5 ms of CPU for a region of 40
