@@ -71,25 +71,23 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # Two thresholds (entries of a block), chosen by measuring Debian boots on
 # this 2-core machine. LLVM takes ~5 ms of CPU for a region of 40
 # instructions (quickly compiled), which the interpreter runs in ~3 ns each
-# and translated code several times faster. They were 2000 and 20000 while
-# the niced service's CPU was the hart's loss; with the persistent cache,
-# what a boot compiles serves every later boot, and code that runs a
-# thousand times a boot is a sixth of a warm boot's instructions. At 200
-# and 1000 (and 16 for the local look-up), six warm boots each, alternating:
-# 96% of the instructions translated instead of 84%, 2.14-2.37 s to the
-# prompt instead of 2.41-2.53 (VM CPU 1.97-2.19 s against 2.24-2.36); cold
-# boots unchanged (3.62-3.95 s against 3.66-3.88; the service compiles the
-# hotter blocks first either way, 45-51% translated).
+# and translated code several times faster: compiling pays only for code
+# that runs tens of thousands of times, and the compiler's CPU is the hart's
+# loss (a boot with threshold 1000: 1450 regions compiled, 4.2 s of compiler
+# CPU for ~0.3 s saved). A cold boot keeps the service busy whatever the
+# threshold; at 20000 instead of 5000 it compiles half the regions, the
+# hotter ones sooner (40-44% of the boot translated instead of 32-34%), and
+# warm boots install fewer, hotter regions (VM CPU 3.16 s against 3.39 s).
 # Looking a block up in the persistent cache costs next to nothing, so a
 # block is first looked up early (PROBE_THRESHOLD) and compiled only if it
 # gets hot (COMPILE_THRESHOLD).
-DEFAULT_THRESHOLD = 200  # looked up in the translation cache
-DEFAULT_COMPILE_THRESHOLD = 1000  # compiled
+DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
+DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
 # With a cache index in the VM process: entries of a block before it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
 # a miss counts on towards the compile threshold (the service would not
 # find it in the cache either).
-LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "16"))
+LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
 # Instructions run from a translated block's entry after which it is
 # compiled again, well, if it was compiled quickly (as every block is at
 # first, see `service`). Compiling a region well costs the service ~45 ms
