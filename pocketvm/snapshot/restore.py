@@ -262,8 +262,9 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     # guest reseed its RNG (and, in pocketvm's Debian image, take a new identity).
     vm.vmgenid.new_generation()
     for hart in vm.harts:
-        if hart.tier1 is not None:  # answer first; the translation service starts meanwhile
+        if hart.tier1 is not None:  # answer first: the translation service starts, cached code is found, meanwhile
             hart.tier1.wait_for_service = False
+            hart.tier1.preload = False
 
 
 @dataclass

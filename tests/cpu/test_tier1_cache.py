@@ -222,6 +222,23 @@ def test_a_machine_finds_cached_code_loaded_elsewhere_itself(jit_cache: Path) ->
         hart.tier1.close()
 
 
+def test_a_restored_machine_finds_cached_code_as_it_runs_instead_of_preloading_it(jit_cache: Path) -> None:
+    """A restore answers first (`snapshot.restore` turns preloading off: a
+    booted system's RAM matched thousands of regions of a full cache); the
+    code it runs is found in the cache index all the same, and no compiling."""
+    run_loop(loop_hart(0x1000))
+    hart = loop_hart(0x1000, jit="on")
+    assert hart.tier1 is not None
+    hart.tier1.preload = False
+    try:
+        run_in_slices(hart)
+        s = hart.tier1.stats
+        assert s.preloaded == 0 and s.local >= 1 and s.blocks == 0
+        assert int(hart.tier1.table[L.JT_NATIVE]) > 1500
+    finally:
+        hart.tier1.close()
+
+
 def test_changed_code_is_not_preloaded(jit_cache: Path) -> None:
     run_loop(loop_hart(0x1000))
     hart = loop_hart(0x1000, jit="on")

@@ -233,3 +233,22 @@ def test_snapshot_with_the_earlier_smaller_tlb_restores(halfway, reference, tmp_
         restored.vm.close()
         restored.disks.finish()
     assert before + bytes(console.output) == reference
+
+
+def test_a_restore_with_tier_1_answers_first(halfway, reference, tmp_path, monkeypatch):
+    """With the JIT on, a restored VM neither waits for its translation
+    service nor installs cached code before its first instruction (it looks
+    code up as it runs), and it goes on exactly as the interpreter does."""
+    monkeypatch.setenv("POCKETVM_JIT", "on")
+    monkeypatch.setenv("POCKETVM_JIT_CACHE", str(tmp_path / "jit-cache"))
+    path, before, _, _ = halfway
+    console = CapturedConsole()
+    restored = restore_vm(path, console, "r-jit", tmp_path / "disks")
+    try:
+        tier1 = restored.vm.harts[0].tier1
+        assert tier1 is not None and not tier1.wait_for_service and not tier1.preload
+        finish(restored.vm)
+    finally:
+        restored.vm.close()
+        restored.disks.finish()
+    assert before + bytes(console.output) == reference

@@ -380,6 +380,12 @@ class Tier1:
         # found its code in the cache runs it meanwhile, and a restored VM
         # answers first (`snapshot.restore` says so).
         self.wait_for_service = True
+        # Install every cached region found where it was made before the first
+        # instruction (a kernel booted again). A restored VM does not: its RAM
+        # holds a booted system, which matched thousands of regions of a full
+        # cache (0.17 s to load 1000 objects before its first answer); it finds
+        # what it runs in the cache index after LOCAL_THRESHOLD entries instead.
+        self.preload = True
         self._probe_threshold = int(self.table[L.JT_THRESHOLD])
         if self.background:
             path = cache_path(VERSION)
@@ -427,10 +433,11 @@ class Tier1:
 
     def start(self, ram16: np.ndarray) -> None:
         """Before the first run() call (guest RAM loaded): install every cached
-        region whose code is where it was made, such as a kernel booted again;
-        with none, a booting VM waits here for the service (`wait_for_service`)."""
+        region whose code is where it was made, such as a kernel booted again
+        (unless `preload` is off); with none, a booting VM waits here for the
+        service (`wait_for_service`)."""
         self._preloaded = True
-        if self._index is not None:
+        if self._index is not None and self.preload:
             self._preload(ram16)
         if self._remote is not None and self.wait_for_service and not self.stats.preloaded:
             self._remote.ready.wait(SERVICE_START_WAIT)
