@@ -263,8 +263,7 @@ def apply_state(vm: VirtualMachine, snap: Snapshot) -> None:
     vm.vmgenid.new_generation()
     for hart in vm.harts:
         if hart.tier1 is not None:  # answer first: the translation service starts, cached code is found, meanwhile
-            hart.tier1.wait_for_service = False
-            hart.tier1.preload = False
+            hart.tier1.booting = False
 
 
 @dataclass

@@ -246,7 +246,7 @@ def test_a_restore_with_tier_1_answers_first(halfway, reference, tmp_path, monke
     restored = restore_vm(path, console, "r-jit", tmp_path / "disks")
     try:
         tier1 = restored.vm.harts[0].tier1
-        assert tier1 is not None and not tier1.wait_for_service and not tier1.preload
+        assert tier1 is not None and not tier1.booting
         finish(restored.vm)
     finally:
         restored.vm.close()

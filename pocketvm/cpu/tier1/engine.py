@@ -373,19 +373,17 @@ class Tier1:
         self._local_missed: set[int] = set()  # keys looked up in the local index and not found
         self._touched: list[str] = []  # cached batches linked in locally, for the service to mark used
         self._preloaded = False
-        # A booting VM with nothing in the translation cache waits at its
-        # first instruction until the service has started: the niced service,
+        # A booting VM installs every cached region found where it was made
+        # before its first instruction (a kernel booted again) and, with none,
+        # waits there until the service has started: the niced service,
         # started while the guest already ran, took longer than a short
-        # program's whole run to answer at all on a busy host. A VM that
-        # found its code in the cache runs it meanwhile, and a restored VM
-        # answers first (`snapshot.restore` says so).
-        self.wait_for_service = True
-        # Install every cached region found where it was made before the first
-        # instruction (a kernel booted again). A restored VM does not: its RAM
-        # holds a booted system, which matched thousands of regions of a full
-        # cache (0.17 s to load 1000 objects before its first answer); it finds
-        # what it runs in the cache index after LOCAL_THRESHOLD entries instead.
-        self.preload = True
+        # program's whole run to answer at all on a busy host. A restored VM
+        # (`snapshot.restore` turns this off) does neither and answers first:
+        # its RAM holds a booted system, which matched thousands of regions of
+        # a full cache (0.17 s to load 1000 objects before its first answer);
+        # it finds what it runs in the cache index after LOCAL_THRESHOLD
+        # entries instead.
+        self.booting = True
         self._probe_threshold = int(self.table[L.JT_THRESHOLD])
         if self.background:
             path = cache_path(VERSION)
@@ -432,14 +430,15 @@ class Tier1:
         return self._preloaded
 
     def start(self, ram16: np.ndarray) -> None:
-        """Before the first run() call (guest RAM loaded): install every cached
-        region whose code is where it was made, such as a kernel booted again
-        (unless `preload` is off); with none, a booting VM waits here for the
-        service (`wait_for_service`)."""
+        """Before the first run() call (guest RAM loaded), for a booting VM
+        (`booting`): install every cached region whose code is where it was
+        made, such as a kernel booted again; with none, wait for the service."""
         self._preloaded = True
-        if self._index is not None and self.preload:
+        if not self.booting:
+            return
+        if self._index is not None:
             self._preload(ram16)
-        if self._remote is not None and self.wait_for_service and not self.stats.preloaded:
+        if self._remote is not None and not self.stats.preloaded:
             self._remote.ready.wait(SERVICE_START_WAIT)
 
     def _hand_over(self, ram16: np.ndarray, ctab: np.ndarray) -> None:
