@@ -520,6 +520,19 @@ def _fetch_page(st, ram64, ram_size, pc):
 
 
 @core_jit(inline="always")
+def _credit(jt, cset, ckey, ran):
+    """Count `ran` more instructions interpreted from the entry of block `ckey`
+    (of set `cset`, -1: none) and queue it when that makes it hot."""
+    if cset >= 0 and ran > 0:
+        hot = jt[_u(JT_COUNT + cset)] + ran
+        jt[_u(JT_COUNT + cset)] = hot
+        if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
+            jt[_u(JT_QUEUE + jt[JT_QLEN])] = ckey
+            jt[JT_QLEN] += 1
+            jt[_u(JT_COUNT + cset)] = QUEUED
+
+
+@core_jit(inline="always")
 def _after_miss(jc):
     """Where to look next when no block ran at this pc (see `jc` in run())."""
     if jc == 2:
@@ -562,6 +575,13 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
     fdelta = 0  # RAM offset minus virtual address within that page
     trap_cause = -1
     trap_tval = 0
+    # The block whose entry was counted last (its set, its key, n then): the
+    # instructions interpreted from there until the next counted entry or
+    # call of translated code count towards it, so a long body entered
+    # rarely gets as hot as a short one entered often.
+    cset = -1
+    ckey = 0
+    cn = 0
     while True:
         # --- budget, interrupts and time (one compare per instruction) -------
         if n >= limit:
@@ -597,6 +617,8 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                 if jt[_u(JT_KEY + jslot)] == jkey:
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
+                        _credit(jt, cset, ckey, n - cn - 1)
+                        cset = -1
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
                         if r > 0:
@@ -622,6 +644,10 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     pass  # looking on, not counting
                 else:
                     jc = _after_miss(jc)
+                    _credit(jt, cset, ckey, n - cn - 1)
+                    cset = jset
+                    ckey = jkey
+                    cn = n
                     hot = jt[_u(JT_COUNT + jset)] + 1
                     jt[_u(JT_COUNT + jset)] = hot
                     if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:

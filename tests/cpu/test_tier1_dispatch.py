@@ -153,3 +153,28 @@ def test_the_interpreter_finds_a_block_further_on_in_straight_line_code() -> Non
     # Per iteration three instructions are interpreted (the CSR instruction and
     # the two after it), the 25 others run translated.
     assert int(table[L.JT_NATIVE]) - native > 0.85 * iterations * len(loop)
+
+
+def test_a_block_gets_hot_by_the_instructions_run_from_it_not_its_entries() -> None:
+    """A block's count is its entries plus the instructions interpreted after
+    them up to the next block entry: a long body entered a few times is queued
+    for translation, a short one entered as often is not. (Counting entries
+    only, a 1200-instruction body called 2000 times a boot was never compiled.)"""
+
+    def entered_ten_times(body: int) -> Hart:
+        # Ten entries of a straight body (a jump in, a jump back to the loop).
+        loop = [addi(A0, A0, 1), jal(0x800)]
+        block = [addi(A1, A1, 1)] * body + [jal(-0x800 - 4 * body - 4)]
+        hart = hart_with("off", {CODE: loop, CODE + 0x804: block})
+        hart._jt = L.new_table(L.MODE_ON, threshold=1000)
+        hart.run(10 * (body + 3))
+        return hart
+
+    def queued(hart: Hart) -> list[int]:
+        jt = hart._jt
+        return [int(k) >> 1 for k in jt[L.JT_QUEUE : L.JT_QUEUE + jt[L.JT_QLEN]]]
+
+    long_body, short_body = entered_ten_times(150), entered_ten_times(10)
+    assert int(long_body.st[A1]) == 10 * 150 and int(short_body.st[A1]) == 10 * 10
+    assert queued(long_body) == [CODE + 0x804]
+    assert queued(short_body) == []

@@ -68,31 +68,36 @@ ENV_VAR = "POCKETVM_JIT"
 # translates every region.
 MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
-# Two thresholds (entries of a block), chosen by measuring Debian boots on
-# this 2-core machine. LLVM takes ~5 ms of CPU for a region of 40
-# instructions (quickly compiled), which the interpreter runs in ~3 ns each
-# and translated code several times faster: compiling pays only for code
-# that runs tens of thousands of times, and the compiler's CPU is the hart's
-# loss (a boot with threshold 1000: 1450 regions compiled, 4.2 s of compiler
-# CPU for ~0.3 s saved). A cold boot keeps the service busy whatever the
-# threshold; at 20000 instead of 5000 it compiles half the regions, the
-# hotter ones sooner (40-44% of the boot translated instead of 32-34%), and
-# warm boots install fewer, hotter regions (VM CPU 3.16 s against 3.39 s).
+# Two thresholds, chosen by measuring Debian boots on this 2-core machine,
+# on a block's count: the instructions interpreted from its entries (an
+# entry and what follows it up to the next block entry, `layout`). LLVM
+# takes ~5 ms of CPU for a region of 40 instructions (quickly compiled),
+# which the interpreter runs in ~3 ns each and translated code several
+# times faster: compiling pays only for code that runs a few hundred
+# thousand times, and the compiler's CPU is the hart's loss. A cold boot
+# keeps the service busy whatever the threshold; a higher one compiles the
+# hotter regions sooner, and warm boots install fewer, hotter regions.
 # Looking a block up in the persistent cache costs next to nothing, so a
 # block is first looked up early (PROBE_THRESHOLD) and compiled only if it
-# gets hot (COMPILE_THRESHOLD). Tried again at 200 and 1000 (and 16 for the
-# local look-up): boots with a cache several boots filled ran 96% translated
-# instead of 84% and ~5% faster (2.14-2.37 s against 2.41-2.53, six each),
-# but the second boot, whose cache only the first filled, was not faster,
-# and a restore through the launcher took 0.15 s instead of 0.11 with a
-# fresh cache (more regions to match and load before the first instruction).
-DEFAULT_THRESHOLD = 2000  # looked up in the translation cache
-DEFAULT_COMPILE_THRESHOLD = 20000  # compiled
-# With a cache index in the VM process: entries of a block before it is
+# gets hot (COMPILE_THRESHOLD). The counts were entries until 2026-12: a
+# long body entered a few thousand times a boot (blake2s_compress, 1200
+# instructions a call, 2174 calls) was never compiled and stayed
+# interpreted in every boot. Counting instructions, at 8x the entry
+# thresholds that were (2000, 20000, and 64 for the local look-up), boots
+# with a cache that earlier boots filled ran 87-88% translated instead of
+# 84%, 2.36-2.56 s against 2.47-2.88 (VM CPU 2.21-2.39 s against
+# 2.32-2.67, 13 boots each, alternating), cold boots the same. Entry
+# thresholds of 200 and 1000 (and 16 for the local look-up) had given 96%
+# translated and ~5% faster boots once several boots had filled the cache,
+# but the second boot was not faster and a restore through the launcher
+# slower (0.15 s against 0.11: more regions to match and load first).
+DEFAULT_THRESHOLD = 16000  # looked up in the translation cache
+DEFAULT_COMPILE_THRESHOLD = 160000  # compiled
+# With a cache index in the VM process: the count of a block at which it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
 # a miss counts on towards the compile threshold (the service would not
 # find it in the cache either).
-LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "64"))
+LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "512"))
 # Instructions run from a translated block's entry after which it is
 # compiled again, well, if it was compiled quickly (as every block is at
 # first, see `service`). Compiling a region well costs the service ~45 ms
@@ -195,7 +200,7 @@ sys.exit(main())
 
 def _heat_of(hot: np.ndarray | np.int64) -> np.ndarray:
     """`_heat` of counters: a queued block's set count (JT_COUNT) runs on
-    from QUEUED (entries since it was queued); an installed block's JT_HOT
+    from QUEUED (its count since it was queued); an installed block's JT_HOT
     counts instructions run from it."""
     return np.where(hot < L.QUEUED // 2, hot - L.QUEUED, np.maximum(hot, 0))
 
@@ -342,13 +347,13 @@ class Tier1:
         self, mode: int, threshold: int | None = None, ctab: np.ndarray | None = None, compile_threshold: int | None = None
     ):
         init_llvm()
-        if threshold is None:  # entries of a block before it is looked up (tuning knob)
+        if threshold is None:  # count of a block at which it is looked up (tuning knob)
             threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", str(DEFAULT_THRESHOLD)))
         if compile_threshold is None:  # ... and before it is compiled
             compile_threshold = int(os.environ.get("POCKETVM_JIT_COMPILE_THRESHOLD", str(DEFAULT_COMPILE_THRESHOLD)))
         self.table = L.new_table(mode, threshold)
         # A block found cold (not in the cache) is queued again, to be compiled,
-        # once it has had this many entries in all (`_count_on`); 0: at once (mode "all").
+        # once its count is this in all (`_count_on`); 0: at once (mode "all").
         self._compile_threshold = 0 if mode == L.MODE_ALL else max(compile_threshold, int(self.table[L.JT_THRESHOLD]))
         self._probed: set[int] = set()  # keys looked up and found cold once: compile them next time
         self._upgrade_asked: set[int] = set()  # installed blocks asked to be compiled better
@@ -381,8 +386,8 @@ class Tier1:
         # (`snapshot.restore` turns this off) does neither and answers first:
         # its RAM holds a booted system, which matched thousands of regions of
         # a full cache (0.17 s to load 1000 objects before its first answer);
-        # it finds what it runs in the cache index after LOCAL_THRESHOLD
-        # entries instead.
+        # it finds what it runs in the cache index once a block's count
+        # reaches LOCAL_THRESHOLD instead.
         self.booting = True
         self._probe_threshold = int(self.table[L.JT_THRESHOLD])
         if self.background:
@@ -492,14 +497,14 @@ class Tier1:
             self._fail(f"cannot reach the translation service: {e}")
 
     def _heat(self, key: int) -> int:
-        """How hot a waiting block is now: instructions run from it if installed, else its entries since it was queued."""
+        """How hot a waiting block is now: instructions run from it if installed, else its count since it was queued."""
         slot = L.find(self.table, key)
         counter = L.JT_HOT + slot if slot >= 0 else L.JT_COUNT + L.set_index(key >> 1)  # as `_counters`, for one
         return int(_heat_of(self.table[counter]))
 
     def _count_on(self, key: int) -> None:
         """A queued block that is not in the cache: compiled once it has had
-        `_compile_threshold` entries in all, those it had while it waited for
+        a count of `_compile_threshold` in all, what it had while it waited for
         the look-up included (a loop that ran hot while the service was busy
         is compiled at once; before, it counted again from the threshold and
         a boot's burst of it was over first)."""
@@ -524,7 +529,7 @@ class Tier1:
 
     def _bound_waiting(self) -> None:
         """Keep the hottest MAX_WAITING blocks for the service (trimmed when
-        twice as many wait); the others count their entries again and come
+        twice as many wait); the others count again from zero and come
         back if they stay hot."""
         if len(self._waiting) <= 2 * MAX_WAITING:
             return

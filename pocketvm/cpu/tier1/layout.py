@@ -4,7 +4,7 @@ One int64 numpy array, so the numba core takes it as a single argument:
 
     [JT_MODE]        0 = off, 1 = on, 2 = every block (testing: threshold 1,
                      and run() returns as soon as a block is queued)
-    [JT_THRESHOLD]   entries of a block before it is queued
+    [JT_THRESHOLD]   count of a block (below) at which it is queued
     [JT_QLEN]        blocks queued for translation (their keys at JT_QUEUE)
     [JT_STALE]       blocks found stale at entry (their code had changed)
     [JT_NATIVE]      instructions retired in translated code
@@ -23,8 +23,11 @@ One int64 numpy array, so the numba core takes it as a single argument:
                      loads and stores are translated (paging), -1 = empty
     [JT_FN + i]      its native entry address, 0 = nothing to run there
     [JT_HOT + i]     instructions run from the block in slot i
-    [JT_COUNT + s]   entries of blocks of set s that are not installed; a
-                     queued block's count runs on from QUEUED
+    [JT_COUNT + s]   instructions interpreted from the entries of blocks of
+                     set s that are not installed: an entry counts one and
+                     the instructions after it up to the next counted entry
+                     (or call of translated code) the rest; a queued
+                     block's count runs on from QUEUED
 
 The table is 2-way set associative: the blocks of set s (a hash of the RAM
 offset, `set_of`) are in slots 2s and 2s + 1, the one installed last in
@@ -139,5 +142,5 @@ def install(table: np.ndarray, key: int, fn: int) -> None:
     table[JT_KEY + slot] = key
     table[JT_FN + slot] = fn
     table[JT_HOT + slot] = 0
-    if table[JT_COUNT + s] < 0:  # queued: the set counts entries afresh
+    if table[JT_COUNT + s] < 0:  # queued: the set counts afresh
         table[JT_COUNT + s] = 0
