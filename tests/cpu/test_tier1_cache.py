@@ -274,3 +274,56 @@ def test_a_cache_of_the_earlier_schema_is_dropped_and_objects_come_last(jit_cach
     (db,) = jit_cache.glob("tier1-*.sqlite")
     columns = [row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(batch)")]
     assert columns[-1] == "object"
+
+
+def test_the_index_key_read_from_ram_is_the_one_made_from_the_page() -> None:
+    """The VM looks blocks up in the cache index by their first instruction
+    read from RAM (no copy of the page): the key must be the cache's own,
+    for 16- and 32-bit instructions, at a page's end too."""
+    import numpy as np
+
+    from pocketvm.cpu.tier1.translator import entry_key, entry_key_in_ram
+
+    rng = np.random.default_rng(3)
+    ram16 = rng.integers(0, 1 << 16, 2 * 4096, dtype=np.uint16)  # two pages
+    ram16[2047] |= 3  # a 32-bit instruction's first half at the first page's last halfword
+    ram8 = ram16.view(np.uint8)
+    for off in [0, 2, 4094, 4096, 8190, *range(100, 4000, 58)]:
+        page_off = off & ~0xFFF
+        page = ram8[page_off : page_off + 4096].tobytes()
+        for paged in (False, True):
+            assert entry_key_in_ram(ram16, off, paged) == entry_key(off, paged, page)
+
+
+def test_a_warm_block_the_cache_index_lacks_is_compiled_in_spare_time_for_the_next_runs(jit_cache: Path) -> None:
+    """A block the VM's cache index does not have, warm but never hot enough
+    to be compiled on request, is asked of the service once warm, which
+    compiles it when it has nothing else to do: it runs translated soon, and
+    the next machine finds it in the cache. (Without the ask, such a block
+    stayed interpreted in every run.)"""
+    run_loop(loop_hart(0x1000))  # the cache has something: the VM reads its index
+    hart = loop_hart(0x3000, jit="on")
+    tier1 = hart.tier1
+    assert tier1 is not None and tier1._index is not None
+    try:
+        hart.ram.write_int(S.RAM_BASE + 0x3000, 4, addi(A0, A0, 5))  # other code: not in the cache
+        tier1._probe_threshold = 2000
+        tier1._compile_threshold = 1 << 50  # never compiled on request
+        hart.set_x(A1, 1 << 40)
+        deadline = time.monotonic() + 60
+        while int(tier1.table[L.JT_NATIVE]) == 0 and time.monotonic() < deadline:
+            hart.run(5000)
+        assert int(tier1.table[L.JT_NATIVE]) > 0, "the warm block never ran translated"
+        assert tier1.stats.blocks >= 1 and tier1.stats.local == 0
+    finally:
+        tier1.close()
+    again = loop_hart(0x3000, jit="on")
+    again.ram.write_int(S.RAM_BASE + 0x3000, 4, addi(A0, A0, 5))
+    assert again.tier1 is not None
+    again.tier1.booting = False  # found as it runs, not preloaded
+    try:
+        for _ in range(12):
+            again.run(250)
+        assert again.tier1.stats.local >= 1 and int(again.tier1.table[L.JT_NATIVE]) > 0
+    finally:
+        again.tier1.close()

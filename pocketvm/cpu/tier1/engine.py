@@ -51,6 +51,7 @@ from pocketvm.cpu.tier1.translator import (
     VERSION,
     code_matches,
     entry_key,
+    entry_key_in_ram,
     init_llvm,
 )
 
@@ -317,10 +318,10 @@ class LocalCache:
     def __len__(self) -> int:
         return len(self.by_entry)
 
-    def find(self, off: int, paged: bool, page: bytes) -> tuple[str, str, int] | None:
+    def find(self, off: int, paged: bool, page: bytes, entry: int | None = None) -> tuple[str, str, int] | None:
         """(batch, function, tier) of the best cached region entered at RAM offset
-        `off` whose code `page` (its page of RAM now) still holds."""
-        for _, batch, name, code, tier, _ in self.by_entry.get(entry_key(off, paged, page), ()):
+        `off` whose code `page` (its page of RAM now) still holds. (`entry`: its `entry_key`, if known.)"""
+        for _, batch, name, code, tier, _ in self.by_entry.get(entry_key(off, paged, page) if entry is None else entry, ()):
             if batch not in self.bad and code_matches(code, page):
                 return batch, name, tier
         return None
@@ -500,20 +501,25 @@ class Tier1:
         """How hot a waiting block is now: instructions run from it if installed, else its count since it was queued."""
         slot = L.find(self.table, key)
         counter = L.JT_HOT + slot if slot >= 0 else L.JT_COUNT + L.set_index(key >> 1)  # as `_counters`, for one
-        return int(_heat_of(self.table[counter]))
+        hot = int(self.table[counter])
+        return hot - L.QUEUED if hot < L.QUEUED // 2 else max(hot, 0)  # `_heat_of` for one (numpy's where: 4 us)
 
-    def _count_on(self, key: int) -> None:
+    def _count_on(self, key: int, to_probe: bool = False) -> None:
         """A queued block that is not in the cache: compiled once it has had
         a count of `_compile_threshold` in all, what it had while it waited for
         the look-up included (a loop that ran hot while the service was busy
         is compiled at once; before, it counted again from the threshold and
-        a boot's burst of it was over first)."""
-        self._probed.add(key)
+        a boot's burst of it was over first). `to_probe`: the cache index
+        did not have it; asked of the service first, at a count of
+        `_probe_threshold` (see `_look_up_locally`)."""
+        if not to_probe:
+            self._probed.add(key)
         table = self.table
         if L.find(table, key) >= 0 or not self._compile_threshold:
             return
         threshold = int(table[L.JT_THRESHOLD])
-        hot = threshold - self._compile_threshold + threshold + self._heat(key)
+        target = self._probe_threshold if to_probe else self._compile_threshold
+        hot = threshold - target + threshold + self._heat(key)
         count = L.JT_COUNT + L.set_index(key >> 1)
         if hot >= threshold:
             table[count] = L.QUEUED
@@ -554,15 +560,25 @@ class Tier1:
                 rest.append(k)
                 continue
             off = k >> 1
-            page_off = off & ~(PAGE - 1)
-            page = pages.get(page_off)
-            if page is None:
-                page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
-            hit = index.find(off, bool(k & 1), page)
+            # Most blocks looked up are not there (~10 k a boot): known from
+            # their first instruction, without a copy of their page.
+            entry = entry_key_in_ram(ram16, off, bool(k & 1))
+            hit = None
+            if entry in index.by_entry:
+                page_off = off & ~(PAGE - 1)
+                page = pages.get(page_off)
+                if page is None:
+                    page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
+                hit = index.find(off, bool(k & 1), page, entry)
             if hit is None:
-                # Not in the cache (the service would find no more): compiled once hot enough.
+                # Not in the cache. Once warm it is asked of the service, as
+                # without an index: it may have it by now (another VM), and
+                # otherwise compiles it in spare time for the cache (the next
+                # boots find it here) unless it gets hot first. (Counting on
+                # to the compile threshold, a block that was warm in every
+                # boot, and never hot, stayed interpreted in every boot.)
                 self._local_missed.add(k)
-                self._count_on(k)
+                self._count_on(k, to_probe=True)
                 continue
             found.append((k, hit[0], hit[1]))
             self._waiting.pop(k, None)

@@ -109,6 +109,14 @@ def entry_key(off: int, paged: bool, page: bytes) -> int:
     return (at << 33) | (int(paged) << 32) | raw
 
 
+def entry_key_in_ram(ram16: np.ndarray, off: int, paged: bool) -> int:
+    """`entry_key` of the region at RAM offset `off`, read from guest RAM (16-bit view)."""
+    raw = int(ram16[off >> 1])
+    if (raw & 3) == 3 and (off & 0xFFF) + 4 <= 0x1000:
+        raw |= int(ram16[(off >> 1) + 1]) << 16
+    return ((off & 0xFFF) << 33) | (int(paged) << 32) | raw
+
+
 def calls_fpu(signature: bytes, ctab: np.ndarray) -> bool:
     """Whether the region with this signature has FP arithmetic (which calls the FPU)."""
     for _, raw in _SIG.iter_unpack(signature):
