@@ -181,7 +181,8 @@ class HartStats:
 # __init__ (which sets up numba's cache), and the one numba decorator the
 # table layout uses becomes a no-op there.
 _SERVICE_BOOT = """
-import os, sys, types
+import gc, os, sys, types
+gc.disable()  # its imports make no garbage (see pocketvm.main); on again before it serves
 try:
     os.nice(int(sys.argv[2]))  # before anything: even its start-up must not take the hart's core
 except OSError:
@@ -195,6 +196,8 @@ jit = types.ModuleType("pocketvm.cpu.jit")
 jit.core_jit = lambda *args, **kwargs: (lambda f: f)
 sys.modules["pocketvm.cpu.jit"] = jit
 from pocketvm.cpu.tier1.service import main
+gc.freeze()
+gc.enable()
 sys.exit(main())
 """
 
