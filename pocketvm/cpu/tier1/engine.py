@@ -87,13 +87,19 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # thresholds that were (2000, 20000, and 64 for the local look-up), boots
 # with a cache that earlier boots filled ran 87-88% translated instead of
 # 84%, 2.36-2.56 s against 2.47-2.88 (VM CPU 2.21-2.39 s against
-# 2.32-2.67, 13 boots each, alternating), cold boots the same. Entry
+# 2.32-2.67, 13 boots each, alternating), cold boots the same; but with an
+# empty cache a guest dd read's second and third reads took 1.29-1.49 s
+# against 1.15-1.29 (the busy service compiled what the dd loops needed
+# later). At 2x (4000 and 40000, local 512 as at 8x): those reads
+# 1.18-1.39 s, cold boots 3.41-3.59 s against 3.29-4.09 at 8x, second
+# boots 2.37-2.68 against 2.51-2.64, later boots 2.21-2.39 against
+# 2.37-2.45 (alternating, same minutes). Entry
 # thresholds of 200 and 1000 (and 16 for the local look-up) had given 96%
 # translated and ~5% faster boots once several boots had filled the cache,
 # but the second boot was not faster and a restore through the launcher
 # slower (0.15 s against 0.11: more regions to match and load first).
-DEFAULT_THRESHOLD = 16000  # looked up in the translation cache
-DEFAULT_COMPILE_THRESHOLD = 160000  # compiled
+DEFAULT_THRESHOLD = 4000  # looked up in the translation cache
+DEFAULT_COMPILE_THRESHOLD = 40000  # compiled
 # With a cache index in the VM process: the count of a block at which it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
 # a miss counts on towards the compile threshold (the service would not
