@@ -43,7 +43,7 @@ from pocketvm.cpu.alu import (
 from pocketvm.cpu.csr import csr_read, csr_write, fs_off, mark_fs_dirty, retire
 from pocketvm.cpu.fpu import fp_execute
 from pocketvm.cpu.jit import core_jit
-from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, flush_tlb_page, mode_bits, translate
+from pocketvm.cpu.mmu import ACC_FETCH, ACC_LOAD, ACC_STORE, flush_tlb, flush_tlb_page, mode_bits, tlb_slot, translate
 from pocketvm.cpu.state import (
     CSR,
     CSR_MIE,
@@ -515,7 +515,7 @@ def _fetch_fast(st, ram_size, pc):
     calling it each time translated code handed back in another page)."""
     priv = st[PRIV]
     if priv != 3 and (st[CSR + CSR_SATP] >> 60) != 0:
-        slot = TLB + ((pc >> 11) & (2 * TLB_ENTRIES - 2))  # the fetch table comes first
+        slot = tlb_slot(pc, ACC_FETCH)
         if st[_u(slot)] == ((pc & -4096) | mode_bits(priv, st[CSR + CSR_MSTATUS])):
             return st[_u(slot + 1)]
         return -1
@@ -540,7 +540,7 @@ def _fetch_page(st, ram64, ram_size, pc):
 @core_jit(inline="always")
 def _credit(jt, cset, ckey, ran):
     """Count `ran` more instructions interpreted from the entry of block `ckey`
-    (of set `cset`, -1: none) and queue it when that makes it hot."""
+    (of set `cset`, -1: none) and queue it when that makes it hot (True then)."""
     if cset >= 0 and ran > 0:
         hot = jt[_u(JT_COUNT + cset)] + ran
         jt[_u(JT_COUNT + cset)] = hot
@@ -548,6 +548,8 @@ def _credit(jt, cset, ckey, ran):
             jt[_u(JT_QUEUE + jt[JT_QLEN])] = ckey
             jt[JT_QLEN] += 1
             jt[_u(JT_COUNT + cset)] = QUEUED
+            return True
+    return False
 
 
 @core_jit(inline="always")
@@ -668,17 +670,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     cset = jset
                     ckey = jkey
                     cn = n
-                    hot = jt[_u(JT_COUNT + jset)] + 1
-                    jt[_u(JT_COUNT + jset)] = hot
-                    if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
-                        jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
-                        jt[JT_QLEN] += 1
-                        jt[_u(JT_COUNT + jset)] = QUEUED
-                        if jt[JT_MODE] == MODE_ALL:
-                            # Translate it now: Hart.run() installs it and calls run() again.
-                            jt[JT_LEFT] = budget - n
-                            jt[JT_RESUME] = limit - n
-                            break
+                    if _credit(jt, jset, jkey, 1) and jt[JT_MODE] == MODE_ALL:
+                        # Translate it now: Hart.run() installs it and calls run() again.
+                        jt[JT_LEFT] = budget - n
+                        jt[JT_RESUME] = limit - n
+                        break
             insn = np.int64(ram16[_u(off >> 1)])
             if (insn & 3) == 3:
                 if (pc & 0xFFF) == 0xFFE:

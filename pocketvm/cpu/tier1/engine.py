@@ -50,7 +50,6 @@ from pocketvm.cpu.tier1.translator import (
     QUICK,
     VERSION,
     code_matches,
-    entry_key,
     entry_key_in_ram,
     init_llvm,
 )
@@ -74,8 +73,8 @@ MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # entry and what follows it up to the next block entry, `layout`). LLVM
 # takes ~5 ms of CPU for a region of 40 instructions (quickly compiled),
 # which the interpreter runs in ~3 ns each and translated code several
-# times faster: compiling pays only for code that runs a few hundred
-# thousand times, and the compiler's CPU is the hart's loss. A cold boot
+# times faster: compiling pays only for code that runs tens of thousands
+# of instructions, and the compiler's CPU is the hart's loss. A cold boot
 # keeps the service busy whatever the threshold; a higher one compiles the
 # hotter regions sooner, and warm boots install fewer, hotter regions.
 # Looking a block up in the persistent cache costs next to nothing, so a
@@ -102,8 +101,8 @@ DEFAULT_THRESHOLD = 4000  # looked up in the translation cache
 DEFAULT_COMPILE_THRESHOLD = 40000  # compiled
 # With a cache index in the VM process: the count of a block at which it is
 # looked up there (a dictionary look-up on the hart's thread, no request);
-# a miss counts on towards the compile threshold (the service would not
-# find it in the cache either).
+# a miss is asked of the service at the look-up threshold, as without an
+# index (`_look_up_locally`).
 LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "512"))
 # Instructions run from a translated block's entry after which it is
 # compiled again, well, if it was compiled quickly (as every block is at
@@ -327,10 +326,10 @@ class LocalCache:
     def __len__(self) -> int:
         return len(self.by_entry)
 
-    def find(self, off: int, paged: bool, page: bytes, entry: int | None = None) -> tuple[str, str, int] | None:
-        """(batch, function, tier) of the best cached region entered at RAM offset
-        `off` whose code `page` (its page of RAM now) still holds. (`entry`: its `entry_key`, if known.)"""
-        for _, batch, name, code, tier, _ in self.by_entry.get(entry_key(off, paged, page) if entry is None else entry, ()):
+    def find(self, entry: int, page: bytes) -> tuple[str, str, int] | None:
+        """(batch, function, tier) of the best cached region with this `entry_key`
+        whose code `page` (its page of RAM now) still holds."""
+        for _, batch, name, code, tier, _ in self.by_entry.get(entry, ()):
             if batch not in self.bad and code_matches(code, page):
                 return batch, name, tier
         return None
@@ -578,7 +577,7 @@ class Tier1:
                 page = pages.get(page_off)
                 if page is None:
                     page = pages[page_off] = ram8[page_off : page_off + PAGE].tobytes()
-                hit = index.find(off, bool(k & 1), page, entry)
+                hit = index.find(entry, page)
             if hit is None:
                 # Not in the cache. Once warm it is asked of the service, as
                 # without an index: it may have it by now (another VM), and
