@@ -29,6 +29,7 @@ done
 
 debs=(python3-venv qemu-system-misc qemu-user qemu-utils gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
       e2fsprogs device-tree-compiler cpio xz-utils debootstrap
+      binutils  # ld links the prebuilt CPU core (pocketvm/cpu/native.py)
       kmod  # depmod indexes the guest's kernel modules on the host (pocketvm/images/rootfs.py)
       libseccomp2  # the seccomp filter of sandbox VM processes (pocketvm/manager/harden.py)
       novnc chromium)  # the web display's client; the browser its end-to-end test drives
@@ -52,6 +53,10 @@ fi
 # command compiled the sources again (~80 ms of CPU at each start). A stale
 # file is harmless: Python checks the source's time stamp.
 .venv/bin/python -m compileall -q pocketvm
+# The CPU core compiled ahead of time into a shared library (pocketvm/cpu/native.py,
+# ~30 s once, cached under ~/.cache/pocketvm/core): a VM then starts without
+# importing numba or loading its cache, ~0.4 s less at every start.
+.venv/bin/python -m pocketvm.cpu.native || echo "setup.sh: no prebuilt CPU core; pocket uses numba's (slower to start)" >&2
 
 # The boot files (Debian trixie riscv64 kernel, BusyBox initramfs, OpenSBI),
 # then the Debian system on a qcow2 disk with its template.

@@ -13,6 +13,8 @@ and CPU time are all counted. One more row boots with the warm translation
 cache through a launcher (`pocket launcher start`, in a private runtime
 directory, stopped at the end): the ~0.5 s of loading Python, numba and the
 CPU core that the launcher pays once, as a user who keeps it running does.
+With the prebuilt CPU core (`pocketvm.cpu.native`, built by setup.sh) one
+more row boots warm with numba's core instead, in the same minutes.
 
     .venv/bin/python benchmarks/boot.py [--runs N] [--cold]
 """
@@ -126,12 +128,10 @@ def boot_via_launcher(cmd: list[str], env: dict[str, str], work: Path) -> float 
 
 
 def numba_cache_warm() -> bool:
-    import numba
+    from pocketvm.cpu import native, numba_cache_dir
 
-    from pocketvm.cpu import _source_digest  # noqa: F401  (sets the cache dir)
-
-    cache = Path(numba.config.CACHE_DIR)
-    return cache.exists() and any(cache.rglob("*core*.nbi"))
+    cache = numba_cache_dir()
+    return native.library_path().exists() or (cache.exists() and any(cache.rglob("*core*.nbi")))
 
 
 def main() -> int:
@@ -155,11 +155,16 @@ def main() -> int:
     if args.cold:
         tmp = tempfile.TemporaryDirectory()
         env["NUMBA_CACHE_DIR"] = tmp.name
+        env["POCKETVM_NATIVE_CORE"] = "off"  # compiled by numba at start, not the prebuilt one
         warm = False
     else:
         warm = numba_cache_warm()
 
+    from pocketvm.cpu import native
+
+    prebuilt = env.get("POCKETVM_NATIVE_CORE") != "off" and native.library_path().exists()
     p_times, q_times, rss, p_idle, q_idle, j_times, w_times, l_times = [], [], 0, [], [], [], [], []
+    n_times: list[float] = []  # warm, with numba's core instead of the prebuilt one
     stats: dict[str, str] = {}
     for _ in range(args.runs):
         t, r, i = boot_to_prompt(pocket, env, idle=args.idle)
@@ -175,6 +180,9 @@ def main() -> int:
             t, _, _ = boot_to_prompt(pocket_jit, jenv, stderr_to=log)
             w_times.append(t)
             stats["warm"] = tier1_line(log)
+            if prebuilt:
+                t, _, _ = boot_to_prompt(pocket_jit, {**jenv, "POCKETVM_NATIVE_CORE": "off"})
+                n_times.append(t)
             if not args.cold:  # a launcher would compile the core into the temporary numba cache first
                 t_launched = boot_via_launcher(pocket_jit, jenv, Path(jit_cache))
                 if t_launched is not None:
@@ -185,9 +193,12 @@ def main() -> int:
     p, q, j, w = min(p_times), min(q_times), min(j_times), min(w_times)
     print(f"kernel           {img.version}")
     print(f"numba cache      {'warm' if warm else 'cold (compile time included)'}")
+    print(f"CPU core         {'prebuilt (pocketvm.cpu.native)' if prebuilt else 'numba, loaded at start'}")
     print(f"pocketvm         {p:8.2f} s to shell prompt (interpreter)")
     print(f"  --jit on, cold {j:8.2f} s  (empty translation cache; compiling in a second process included)")
     print(f"  --jit on, warm {w:8.2f} s  (second boot: the translation cache the first one filled)")
+    if n_times:
+        print(f"  warm, numba    {min(n_times):8.2f} s  (the same with numba's core instead of the prebuilt one)")
     if l_times:
         print(f"  warm, launcher {min(l_times):8.2f} s  (the same through a running launcher: its start-up paid once)")
     print(f"qemu (TCG)       {q:8.2f} s to shell prompt")

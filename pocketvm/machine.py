@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pocketvm.board import memmap as mm
+from pocketvm.cpu import native
 from pocketvm.cpu import state as S
 from pocketvm.cpu.hart import Hart
 from pocketvm.devices.clint import Clint
@@ -167,6 +168,7 @@ class VirtualMachine:
         self.sh = S.new_shared_state(config.cpus)
         self.sh[S.SH_DETERMINISTIC] = 1 if config.deterministic else 0
         self.harts = [Hart(i, self.ram, self.sh, jit=config.jit) for i in range(config.cpus)]
+        log.info("%s", native.describe())
         self._start_ns = time.monotonic_ns()
         self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
         self._console_tail = b""
@@ -654,11 +656,11 @@ def load_cpu_core(released: bool | None = None) -> None:
     `released`: also load the entry without the GIL, which harts with tier 1
     call (None: when POCKETVM_JIT turns tier 1 on).
     """
-    from pocketvm.cpu.tier1 import engine
+    from pocketvm.cpu.tier1 import layout
 
     try:
         if released is None:
-            released = engine.mode_from_env() != engine.MODES["off"]
+            released = layout.mode_from_env() != layout.MODE_OFF
         ram = GuestRAM(16 * 4096)
         sh = S.new_shared_state(1)
         # Tier 1 off even so: its engine starts a service process and a

@@ -36,6 +36,10 @@ def main() -> None:
         code = launch(argv)
         if code is not None:
             sys.exit(code)
+    # The prebuilt CPU core, if setup.sh built it: then numba is never imported (see pocketvm.cpu.native).
+    from pocketvm.cpu import native
+
+    native.prefer()
     from pocketvm.cli import entry
 
     gc.freeze()

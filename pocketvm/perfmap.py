@@ -70,6 +70,7 @@ def _write_map_when_compiled(out_dir: Path) -> None:
 def main() -> None:
     if not os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pocketvm-perfmap-numba-")
+    os.environ["POCKETVM_NATIVE_CORE"] = "off"  # the map names numba's functions: the prebuilt core has none
     out_dir = Path(tempfile.mkdtemp(prefix="pocketvm-perfmap-objects-"))
     threading.Thread(target=_write_map_when_compiled, args=(out_dir,), daemon=True).start()
     from pocketvm.main import main as pocket

@@ -5,27 +5,39 @@ change in a helper module would leave a stale compiled core behind. The cache
 directory is therefore named after a digest of every module in this package
 and of the sub-package modules the core compiles in (not the translator
 itself, which runs on the host side: changing it needs no recompilation).
-Modules the core never compiles (`hart`, this file) are left out too, so
-editing them does not send every user of the tree through a recompile.
+Modules the core never compiles (`hart`, `native`, this file) are left out
+too, so editing them does not send every user of the tree through a
+recompile. Nothing here imports numba: a VM that runs the prebuilt core
+(`native`) never does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
-import numba
-
 from pocketvm.paths import cache_dir
 
-
 _COMPILED_SUBMODULES = ("tier1/layout.py", "tier1/native_call.py", "tier1/fp_helper.py")
-_HOST_SIDE = ("__init__.py", "hart.py")
+_HOST_SIDE = ("__init__.py", "hart.py", "native.py")
 
 
-def _source_digest() -> str:
-    h = hashlib.sha256(numba.__version__.encode())
+def numba_version() -> bytes:
+    """numba's version file, read without importing numba (~0.2 s)."""
+    spec = importlib.util.find_spec("numba")
+    if spec is None or not spec.submodule_search_locations:
+        return b"no numba"
+    try:
+        return (Path(list(spec.submodule_search_locations)[0]) / "_version.py").read_bytes()
+    except OSError:
+        return b"numba version unknown"
+
+
+def source_digest() -> str:
+    """Digest of numba's version and every module the compiled core is made from."""
+    h = hashlib.sha256(numba_version())
     here = Path(__file__).parent
     compiled = [p for p in sorted(here.glob("*.py")) if p.name not in _HOST_SIDE]
     for path in compiled + [here / name for name in _COMPILED_SUBMODULES]:
@@ -34,14 +46,7 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-if not os.environ.get("NUMBA_CACHE_DIR"):
-    numba.config.CACHE_DIR = str(cache_dir() / "numba" / _source_digest())
-
-
-if numba.config.DISABLE_JIT:
-    # Interpreted for debugging, the core's int64 arithmetic runs on numpy
-    # scalars, where RISC-V's intended two's-complement wrap-around would
-    # otherwise warn on every overflowing add or multiply.
-    import numpy
-
-    numpy.seterr(over="ignore")
+def numba_cache_dir() -> Path:
+    """Where numba caches the core (and `rvc` its expansion table): $NUMBA_CACHE_DIR, else per digest."""
+    given = os.environ.get("NUMBA_CACHE_DIR")
+    return Path(given) if given else cache_dir() / "numba" / source_digest()

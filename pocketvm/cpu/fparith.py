@@ -10,7 +10,7 @@ results are always the canonical NaN.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 from pocketvm.cpu.fpround import (
     CLS_INF,

@@ -8,7 +8,7 @@ results are returned as int64 (32-bit results already sign-extended).
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 from pocketvm.cpu.fpround import (
     CLS_INF,

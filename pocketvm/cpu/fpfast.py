@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 from pocketvm.cpu.fpround import NX
 from pocketvm.cpu.state import CSR, CSR_MSTATUS, F, MSTATUS_FS, MSTATUS_SD

@@ -16,7 +16,7 @@ intermediate values stay below 2**63 so nothing ever wraps.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 INT64_MIN = -0x8000_0000_0000_0000
 INT64_MAX = 0x7FFF_FFFF_FFFF_FFFF

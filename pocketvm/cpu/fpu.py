@@ -31,7 +31,7 @@ single results are written NaN-boxed.
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 from pocketvm.cpu.fparith import fp_add, fp_div, fp_fma, fp_mul, fp_sqrt
 from pocketvm.cpu.fpconv import (

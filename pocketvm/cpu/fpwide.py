@@ -8,7 +8,7 @@ then agree bit for bit).
 
 from __future__ import annotations
 
-from numba import njit
+from pocketvm.cpu.jit import njit
 
 from pocketvm.cpu.fpround import bitlen
 

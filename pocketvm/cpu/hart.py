@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from pocketvm.cpu import native
 from pocketvm.cpu import state as S
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
@@ -16,8 +16,6 @@ class Hart:
         self, hart_id: int, ram: GuestRAM, sh: np.ndarray, st: np.ndarray | None = None, jit: str | None = None
     ):
         """`jit`: "off", "on" or "all" (every block, for testing); None = $POCKETVM_JIT, default off."""
-        from pocketvm.cpu.tier1 import engine
-
         self.id = hart_id
         self.ram = ram
         self.sh = sh
@@ -27,31 +25,58 @@ class Hart:
         self._ram32 = ram.u32
         self._ram64 = ram.u8.view(np.int64)
         self._ctab = expansion_table()
-        mode = engine.mode_from_env() if jit is None else engine.MODES[jit]
-        if numba.config.DISABLE_JIT:
-            mode = 0  # interpreted core (debugging): it cannot call native code
-        self.tier1 = engine.tier1_for(ram, mode) if mode != 0 else None
-        self._jt = self.tier1.table if self.tier1 is not None else engine.OFF_TABLE
+        mode = L.mode_from_env() if jit is None else L.MODES[jit]
+        self._native = native.loaded()
+        if self._native is None:
+            from pocketvm.cpu.jit import numba
 
-    def _core(self, entry, budget: int) -> int:  # type: ignore[no-untyped-def]
-        return int(
-            entry(
-                self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
-                self._ctab, budget, self._jt,
+            if numba().config.DISABLE_JIT:
+                mode = 0  # interpreted core (debugging): it cannot call native code
+        self.tier1 = None
+        if mode != L.MODE_OFF:  # (the engine imports the translator and llvmlite: only when needed)
+            from pocketvm.cpu.tier1 import engine
+
+            self.tier1 = engine.tier1_for(ram, mode)
+        self._jt = self.tier1.table if self.tier1 is not None else L.OFF_TABLE
+        self._bound: tuple[np.ndarray, ...] = ()  # the arrays the prebuilt core's arguments point into
+        self._args: tuple[int, ...] = ()
+
+    def _core(self, released: bool, budget: int) -> int:
+        """One run() of the core: the prebuilt one (`native`) if loaded, else numba's."""
+        core = self._native
+        if core is None:
+            from pocketvm.cpu.core import run, run_released
+
+            return int(
+                (run_released if released else run)(
+                    self.st, self._f64, self._f32, self.sh, self.ram.u8, self.ram.u16, self._ram32, self._ram64,
+                    self._ctab, budget, self._jt,
+                )
             )
-        )
+        b = self._bound
+        if not b or b[0] is not self.st or b[1] is not self.sh or b[2] is not self.ram.u8 or b[4] is not self._jt:
+            self._bind()
+        return int((core.run_released if released else core.run)(*self._args, budget))
+
+    def _bind(self) -> None:
+        """The prebuilt core's arguments: the arrays' addresses and lengths, checked (it indexes them unchecked)."""
+        st, sh, ram, ctab, jt = self.st, self.sh, self.ram.u8, self._ctab, self._jt
+        for a, dtype in ((st, np.int64), (sh, np.int64), (ram, np.uint8), (ctab, np.int32), (jt, np.int64)):
+            if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous:
+                raise ValueError(f"the CPU core cannot take a {a.dtype} array of shape {a.shape} there")
+        if st.shape[0] != S.STATE_SIZE or ctab.shape[0] != 65536 or jt.shape[0] != L.TABLE_SIZE or ram.shape[0] % 8:
+            raise ValueError("the CPU core's arrays do not have the sizes it was built for")
+        self._bound = (st, sh, ram, ctab, jt)
+        self._args = (st.ctypes.data, sh.ctypes.data, sh.shape[0], ram.ctypes.data, ram.shape[0],
+                      ctab.ctypes.data, jt.ctypes.data)
 
     def run_released(self, budget: int) -> int:
         """The core's entry that lets go of the GIL, without tier 1's servicing (for preloading it)."""
-        from pocketvm.cpu.core import run_released
-
-        return self._core(run_released, budget)
+        return self._core(True, budget)
 
     def run(self, budget: int) -> int:
-        from pocketvm.cpu.core import run, run_released
-
         if self.tier1 is None:
-            return self._core(run, budget)
+            return self._core(False, budget)
         # With tier 1 the core lets go of the GIL, so the compiler thread works meanwhile.
         jt = self._jt
         tier1 = self.tier1
@@ -60,7 +85,7 @@ class Hart:
         left = budget
         while True:
             before = int(self.sh[S.SH_SLICE_INSNS])
-            reason = self._core(run_released, left)
+            reason = self._core(True, left)
             tier1.hart_stats.retired += int(self.sh[S.SH_SLICE_INSNS]) - before
             tier1.service(self.ram.u16, self._ctab)
             left = int(jt[L.JT_LEFT])

@@ -243,9 +243,7 @@ def expansion_table() -> np.ndarray:
 
 
 def _table_path() -> Path | None:
-    import numba
+    from pocketvm.cpu import numba_cache_dir, numba_version
 
-    if not numba.config.CACHE_DIR:
-        return None
-    digest = hashlib.sha256(numba.__version__.encode() + Path(__file__).read_bytes()).hexdigest()[:16]
-    return Path(numba.config.CACHE_DIR) / f"rvc-expansion-{digest}.npy"
+    digest = hashlib.sha256(numba_version() + Path(__file__).read_bytes()).hexdigest()[:16]
+    return numba_cache_dir() / f"rvc-expansion-{digest}.npy"

@@ -38,9 +38,10 @@ from pocketvm.launcher.client import RLIMITS
 from pocketvm.launcher.protocol import LineReader, send, socket_path
 
 # Environment variables that change how code already loaded here behaves
-# (numba reads its settings at import): a request with other values is
+# (numba reads its settings at import; the prebuilt core is chosen at
+# start): a request with other values is
 # declined and runs in its own process instead.
-_FROZEN_ENV_PREFIXES = ("NUMBA_", "PYTHON")
+_FROZEN_ENV_PREFIXES = ("NUMBA_", "PYTHON", "POCKETVM_NATIVE_CORE")
 _EX_SOFTWARE = 70
 REQUEST_TIMEOUT = 2.0  # seconds a client has to send its request: one stuck client must not hold up the others
 
@@ -73,6 +74,9 @@ def frozen_env(env: dict[str, str]) -> dict[str, str]:
 
 def warm_up() -> None:
     """Import what a VM needs and load the compiled CPU core."""
+    from pocketvm.cpu import native
+
+    native.prefer()  # the prebuilt core, if built: then neither the launcher nor its VMs load numba
     import pocketvm.cli  # noqa: F401
     import pocketvm.console  # noqa: F401
     import pocketvm.control  # noqa: F401

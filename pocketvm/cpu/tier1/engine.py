@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 import numpy as np
 
+from pocketvm.cpu import native
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
 from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path
@@ -56,7 +57,6 @@ from pocketvm.cpu.tier1.translator import (
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "POCKETVM_JIT"
 # A region shorter than this is left to the interpreter: calling native code
 # and writing registers back costs about what a few instructions save. At two
 # (kernel code returns from a call into a few instructions that make the
@@ -67,7 +67,6 @@ ENV_VAR = "POCKETVM_JIT"
 # regions for the service to compile first). Mode "all" (testing)
 # translates every region.
 MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
-MODES = {"off": L.MODE_OFF, "on": L.MODE_ON, "all": L.MODE_ALL}
 # Two thresholds, chosen by measuring Debian boots on this 2-core machine,
 # on a block's count: the instructions interpreted from its entries (an
 # entry and what follows it up to the next block entry, `layout`). LLVM
@@ -132,14 +131,6 @@ SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
 SERVICE_START_WAIT = 2.0
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
-
-
-def mode_from_env(default: str = "off") -> int:
-    """The tier-1 mode named by POCKETVM_JIT (off | on | all), or `default`."""
-    name = os.environ.get(ENV_VAR, default).strip().lower() or default
-    if name not in MODES:
-        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(MODES)}")
-    return MODES[name]
 
 
 @dataclass
@@ -673,10 +664,14 @@ class Tier1:
         s = self.stats
         t0 = time.perf_counter()
         if reply.fpu and not self.table[L.JT_FP_ENTRY]:
-            # Loading the FPU as a C function takes 0.1 s: only once code needs it.
-            from pocketvm.cpu.tier1.fp_helper import fp_entry_address
+            # Loading the FPU as a C function takes 0.1 s: only once code needs it (the prebuilt core has it).
+            core = native.loaded()
+            if core is not None:
+                self.table[L.JT_FP_ENTRY] = core.fp_entry
+            else:
+                from pocketvm.cpu.tier1.fp_helper import fp_entry_address
 
-            self.table[L.JT_FP_ENTRY] = fp_entry_address()
+                self.table[L.JT_FP_ENTRY] = fp_entry_address()
         fresh = [b for b in reply.batches if b.id not in self._loaded]  # a batch also found locally comes once
         for batch in fresh:
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(batch.obj))
@@ -764,5 +759,3 @@ def tier1_for(ram: object, mode: int) -> Tier1:
         _shared[ram] = t
     return t
 
-
-OFF_TABLE = L.new_table(L.MODE_OFF)

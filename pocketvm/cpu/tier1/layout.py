@@ -37,6 +37,8 @@ guest dd read installed 9-18k blocks, each one a trip through the host.)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from pocketvm.cpu.jit import core_jit
@@ -66,6 +68,18 @@ TABLE_SIZE = JT_COUNT + SETS
 MODE_OFF = 0
 MODE_ON = 1
 MODE_ALL = 2
+
+ENV_VAR = "POCKETVM_JIT"
+MODES = {"off": MODE_OFF, "on": MODE_ON, "all": MODE_ALL}
+
+
+def mode_from_env(default: str = "off") -> int:
+    """The tier-1 mode named by POCKETVM_JIT (off | on | all), or `default`."""
+    name = os.environ.get(ENV_VAR, default).strip().lower() or default
+    if name not in MODES:
+        raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(MODES)}")
+    return MODES[name]
+
 
 QUEUED = -(1 << 40)  # a count that cannot reach the threshold again before a block of the set is installed
 
@@ -144,3 +158,7 @@ def install(table: np.ndarray, key: int, fn: int) -> None:
     table[JT_HOT + slot] = 0
     if table[JT_COUNT + s] < 0:  # queued: the set counts afresh
         table[JT_COUNT + s] = 0
+
+
+# The table of every hart without tier 1 (mode off: the core never looks at the rest).
+OFF_TABLE = new_table(MODE_OFF)

@@ -1,0 +1,97 @@
+"""The prebuilt CPU core (`pocketvm.cpu.native`) runs guests exactly as
+numba's core does, and `pocket` runs it without importing numba."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocketvm.cpu import native, numba_cache_dir
+from pocketvm.cpu import state as S
+
+GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
+
+
+def _build_guest(name: str) -> Path:
+    spec = importlib.util.spec_from_file_location("guest_build_for_native", GUEST_BUILD)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build.build_all([name])[name]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return native.build(tmp_path_factory.mktemp("core") / "core.so")
+
+
+def _run(elf: Path, jit: str, core: native.NativeCore | None) -> tuple:
+    from pocketvm.console import CapturedConsole
+    from pocketvm.machine import VirtualMachine, VMConfig
+
+    console = CapturedConsole()
+    vm = VirtualMachine(VMConfig(memory=64 << 20, kernel=elf, bios=None, rng=False, deterministic=True, jit=jit), console)
+    try:
+        for hart in vm.harts:
+            hart._native = core
+        vm.load_boot_files()
+        status = vm.run(max_instructions=200_000_000)
+    finally:
+        vm.close()
+    hart = vm.harts[0]
+    return (
+        status.code,
+        bytes(console.output),
+        int(hart.st[S.CSR + S.CSR_MINSTRET]),
+        int(vm.sh[S.SH_MTIME]),
+        np.array(hart.st[: S.PC + 1]).tobytes(),  # (not RAM: the device tree holds a random seed)
+    )
+
+
+@pytest.mark.parametrize("jit", ["off", "all"])
+@pytest.mark.parametrize("name", ["cprog", "priv", "tier1"])
+def test_a_guest_runs_the_same_on_the_prebuilt_core(name: str, jit: str, library: Path) -> None:
+    elf = _build_guest(name)
+    core = native.NativeCore(ctypes.CDLL(str(library)), library)
+    numba_run = _run(elf, jit, None)
+    prebuilt_run = _run(elf, jit, core)
+    assert prebuilt_run[:3] == numba_run[:3]  # exit, console output, instructions: the readable part first
+    assert prebuilt_run == numba_run
+
+
+def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Path, monkeypatch) -> None:
+    elf = _build_guest("cprog")
+    tables = numba_cache_dir()  # the instruction-expansion table is cached there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = native.library_path()
+    path.parent.mkdir(parents=True)
+    shutil.copy(library, path)
+    env = {**os.environ, "POCKETVM_LAUNCHER": "off", "NUMBA_CACHE_DIR": str(tables)}
+    env.pop("POCKETVM_NATIVE_CORE", None)
+    cmd = [sys.executable, "-X", "importtime", "-m", "pocketvm", "-v", "run", "--bios", "none", "--kernel", str(elf),
+           "--memory", "64M", "--vsock", "none"]
+    outputs = {}
+    for core in ("prebuilt", "numba"):
+        if core == "numba":
+            env["POCKETVM_NATIVE_CORE"] = "off"
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+        err = done.stderr.decode(errors="replace")
+        assert done.returncode == 0, err[-2000:]
+        imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
+        if core == "prebuilt":
+            assert f"CPU core: prebuilt ({path})" in err
+            assert not [m for m in imported if m.split(".")[0] == "numba"]
+        else:
+            assert "CPU core: numba's" in err
+            assert "numba" in imported
+        outputs[core] = done.stdout
+    assert b"sorted" in outputs["prebuilt"]
+    assert outputs["prebuilt"] == outputs["numba"]
