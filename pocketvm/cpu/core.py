@@ -88,6 +88,7 @@ from pocketvm.cpu.tier1.layout import (
     JT_LEFT,
     JT_MODE,
     JT_NATIVE,
+    JT_PROBE,
     JT_CALLS,
     JT_QLEN,
     JT_QUEUE,
@@ -98,6 +99,7 @@ from pocketvm.cpu.tier1.layout import (
     MODE_ALL,
     QUEUE_SIZE,
     QUEUED,
+    may_be_cached,
     set_of,
 )
 from pocketvm.cpu.tier1.native_call import call_block
@@ -538,13 +540,18 @@ def _fetch_page(st, ram64, ram_size, pc):
 
 
 @core_jit(inline="always")
-def _credit(jt, cset, ckey, ran):
+def _credit(jt, ram16, cset, ckey, ran):
     """Count `ran` more instructions interpreted from the entry of block `ckey`
-    (of set `cset`, -1: none) and queue it when that makes it hot (True then)."""
+    (of set `cset`, -1: none) and queue it when that makes it hot (True then):
+    at JT_THRESHOLD if the cache index may have it, else at JT_PROBE (`layout`)."""
     if cset >= 0 and ran > 0:
         hot = jt[_u(JT_COUNT + cset)] + ran
         jt[_u(JT_COUNT + cset)] = hot
-        if hot >= jt[JT_THRESHOLD] and jt[JT_QLEN] < QUEUE_SIZE:
+        if (
+            hot >= jt[JT_THRESHOLD]
+            and jt[JT_QLEN] < QUEUE_SIZE
+            and (hot >= jt[JT_PROBE] or may_be_cached(jt, ram16, ckey))
+        ):
             jt[_u(JT_QUEUE + jt[JT_QLEN])] = ckey
             jt[JT_QLEN] += 1
             jt[_u(JT_COUNT + cset)] = QUEUED
@@ -639,7 +646,7 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                 if jt[_u(JT_KEY + jslot)] == jkey:
                     jfn = jt[_u(JT_FN + jslot)]
                     if jfn != 0:
-                        _credit(jt, cset, ckey, n - cn - 1)
+                        _credit(jt, ram16, cset, ckey, n - cn - 1)
                         cset = -1
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
@@ -666,11 +673,11 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                     pass  # looking on, not counting
                 else:
                     jc = _after_miss(jc)
-                    _credit(jt, cset, ckey, n - cn - 1)
+                    _credit(jt, ram16, cset, ckey, n - cn - 1)
                     cset = jset
                     ckey = jkey
                     cn = n
-                    if _credit(jt, jset, jkey, 1) and jt[JT_MODE] == MODE_ALL:
+                    if _credit(jt, ram16, jset, jkey, 1) and jt[JT_MODE] == MODE_ALL:
                         # Translate it now: Hart.run() installs it and calls run() again.
                         jt[JT_LEFT] = budget - n
                         jt[JT_RESUME] = limit - n

@@ -4,7 +4,6 @@ numba's core does, and `pocket` runs it without importing numba."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,15 +16,7 @@ import pytest
 from pocketvm.cpu import native, numba_cache_dir
 from pocketvm.cpu import state as S
 
-GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
-
-
-def _build_guest(name: str) -> Path:
-    spec = importlib.util.spec_from_file_location("guest_build_for_native", GUEST_BUILD)
-    assert spec is not None and spec.loader is not None
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    return build.build_all([name])[name]
+from test_tier1 import _build_guest
 
 
 @pytest.fixture(scope="module")

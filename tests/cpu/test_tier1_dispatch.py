@@ -178,3 +178,29 @@ def test_a_block_gets_hot_by_the_instructions_run_from_it_not_its_entries() -> N
     assert int(long_body.st[A1]) == 10 * 150 and int(short_body.st[A1]) == 10 * 10
     assert queued(long_body) == [CODE + 0x804]
     assert queued(short_body) == []
+
+
+def test_a_block_the_cache_index_cannot_have_counts_on_to_the_probe_count() -> None:
+    """With a cache index, a block is queued for a look-up there at the table's
+    threshold only if the index's filter may have its entry key; one it rules
+    out counts on to the probe count (where the service is asked) without a
+    trip through the host."""
+    from pocketvm.cpu.tier1.translator import entry_key_in_ram
+
+    body = 150
+    loop = [addi(A0, A0, 1), jal(0x800)]
+    block = [addi(A1, A1, 1)] * body + [jal(-0x800 - 4 * body - 4)]
+
+    def queued_after(entries: int, in_index: bool) -> list[int]:
+        hart = hart_with("off", {CODE: loop, CODE + 0x804: block})
+        hart._jt = jt = L.new_table(L.MODE_ON, threshold=1000)
+        off = CODE + 0x804
+        # (else the index has another block: the one after it)
+        cached = [entry_key_in_ram(hart.ram.u16, off if in_index else off + 4, False)]
+        L.set_filter(jt, np.array(cached, dtype=np.int64), probe=4000)
+        hart.run(entries * (body + 3))
+        return [int(k) >> 1 for k in jt[L.JT_QUEUE : L.JT_QUEUE + jt[L.JT_QLEN]]]
+
+    assert queued_after(10, in_index=True) == [CODE + 0x804]  # 1500 instructions: looked up
+    assert queued_after(10, in_index=False) == []  # ruled out: counting on
+    assert queued_after(30, in_index=False) == [CODE + 0x804]  # 4500: the service is asked

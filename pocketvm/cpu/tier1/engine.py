@@ -396,6 +396,9 @@ class Tier1:
                 self._index = LocalCache(path)
                 if len(self._index):  # looked up early; misses go on to the compile threshold
                     self.table[L.JT_THRESHOLD] = min(LOCAL_THRESHOLD, self._probe_threshold)
+                    # What the index cannot have is not looked up there: queued at the probe count.
+                    entries = np.fromiter(self._index.by_entry, dtype=np.int64, count=len(self._index))
+                    L.set_filter(self.table, entries, self._probe_threshold)
                 else:
                     self._index.close()
                     self._index = None
