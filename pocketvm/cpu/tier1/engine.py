@@ -173,24 +173,17 @@ class HartStats:
 
 # The service only writes IR text and calls LLVM: it needs neither numba nor
 # the compiled core, and importing numba would cost it half a second before
-# its first translation. So the CPU package is entered without running its
-# __init__ (which sets up numba's cache), and the one numba decorator the
-# table layout uses becomes a no-op there.
+# its first translation. So the core's functions it sees (the table layout's)
+# stay plain Python (`jit.use_plain`), and numba is never imported.
 _SERVICE_BOOT = """
-import gc, os, sys, types
+import gc, os, sys
 gc.disable()  # its imports make no garbage (see pocketvm.main); on again before it serves
 try:
     os.nice(int(sys.argv[2]))  # before anything: even its start-up must not take the hart's core
 except OSError:
     pass
-from pathlib import Path
-import pocketvm
-cpu = types.ModuleType("pocketvm.cpu")
-cpu.__path__ = [str(Path(pocketvm.__file__).parent / "cpu")]
-sys.modules["pocketvm.cpu"] = cpu
-jit = types.ModuleType("pocketvm.cpu.jit")
-jit.core_jit = lambda *args, **kwargs: (lambda f: f)
-sys.modules["pocketvm.cpu.jit"] = jit
+from pocketvm.cpu import jit
+jit.use_plain()
 from pocketvm.cpu.tier1.service import main
 gc.freeze()
 gc.enable()
