@@ -131,7 +131,7 @@ def numba_cache_warm() -> bool:
     from pocketvm.cpu import native, numba_cache_dir
 
     cache = numba_cache_dir()
-    return native.library_path().exists() or (cache.exists() and any(cache.rglob("*core*.nbi")))
+    return native.available() or (cache.exists() and any(cache.rglob("*core*.nbi")))
 
 
 def main() -> int:
@@ -162,7 +162,7 @@ def main() -> int:
 
     from pocketvm.cpu import native
 
-    prebuilt = env.get("POCKETVM_NATIVE_CORE") != "off" and native.library_path().exists()
+    prebuilt = env.get("POCKETVM_NATIVE_CORE") != "off" and native.available()
     p_times, q_times, rss, p_idle, q_idle, j_times, w_times, l_times = [], [], 0, [], [], [], [], []
     n_times: list[float] = []  # warm again, with numba's core instead of the prebuilt one
     a_times: list[float] = []  # ...and with the prebuilt one, in the same minutes

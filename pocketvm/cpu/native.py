@@ -97,7 +97,7 @@ def prefer() -> bool:
     if any(name.startswith("pocketvm.cpu.") and name not in (__name__, "pocketvm.cpu.jit") for name in sys.modules):
         return False
     path = library_path()
-    if not path.exists():
+    if not _intact(path):
         return False
     try:
         core = NativeCore(ctypes.CDLL(str(path)), path)
@@ -108,6 +108,27 @@ def prefer() -> bool:
     jit.use_plain()
     _loaded = core
     return True
+
+
+def digest_path(path: Path) -> Path:
+    """Where the library's SHA-256 is kept (written last by `build`)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def available() -> bool:
+    """Whether an intact library for these sources is built (`prefer` would load it)."""
+    return _intact(library_path())
+
+
+def _intact(path: Path) -> bool:
+    """Whether the library is there as built: loading a damaged one (a truncated
+    copy, a disk error) can kill the process with SIGBUS instead of failing."""
+    try:
+        data = path.read_bytes()
+        want = digest_path(path).read_text().strip()
+    except OSError:
+        return False
+    return hashlib.sha256(data).hexdigest() == want
 
 
 def describe() -> str:
@@ -183,7 +204,10 @@ def build(path: Path | None = None) -> Path:
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise BuildError(f"linking the CPU core failed: {done.stderr.strip()}")
+        digest = Path(tmp) / "core.so.sha256"
+        digest.write_text(hashlib.sha256(out.read_bytes()).hexdigest() + "\n")
         os.replace(out, path)
+        os.replace(digest, digest_path(path))  # last: the library counts as built from here on
     return path
 
 
@@ -201,7 +225,7 @@ def _trap_stubs(module) -> str:  # type: ignore[no-untyped-def]
 def main() -> int:
     """`python -m pocketvm.cpu.native`: build the library unless it is there (`--force`: build it again)."""
     path = library_path()
-    if path.exists() and "--force" not in sys.argv[1:]:
+    if _intact(path) and "--force" not in sys.argv[1:]:
         print(f"CPU core: {path} (up to date)")
         return 0
     try:

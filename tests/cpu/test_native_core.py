@@ -59,30 +59,37 @@ def test_a_guest_runs_the_same_on_the_prebuilt_core(name: str, jit: str, library
 
 
 def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Path, monkeypatch) -> None:
+    """... and numba's where it is turned off or the library is damaged (a one-line note at -v, same output)."""
     elf = _build_guest("cprog")
     tables = numba_cache_dir()  # the instruction-expansion table is cached there
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = native.library_path()
     path.parent.mkdir(parents=True)
-    shutil.copy(library, path)
     env = {**os.environ, "POCKETVM_LAUNCHER": "off", "NUMBA_CACHE_DIR": str(tables)}
     env.pop("POCKETVM_NATIVE_CORE", None)
     cmd = [sys.executable, "-X", "importtime", "-m", "pocketvm", "-v", "run", "--bios", "none", "--kernel", str(elf),
            "--memory", "64M", "--vsock", "none"]
     outputs = {}
-    for core in ("prebuilt", "numba"):
-        if core == "numba":
+    for case in ("prebuilt", "turned off", "damaged"):
+        if case == "prebuilt":
+            shutil.copy(library, path)
+            shutil.copy(native.digest_path(library), native.digest_path(path))
+        elif case == "turned off":
             env["POCKETVM_NATIVE_CORE"] = "off"
+        else:
+            del env["POCKETVM_NATIVE_CORE"]
+            path.write_bytes(library.read_bytes()[:4096])  # a truncated copy: loading it would be a SIGBUS
         done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
         err = done.stderr.decode(errors="replace")
         assert done.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
         imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
-        if core == "prebuilt":
+        if case == "prebuilt":
             assert f"CPU core: prebuilt ({path})" in err
             assert not [m for m in imported if m.split(".")[0] == "numba"]
         else:
             assert "CPU core: numba's" in err
             assert "numba" in imported
-        outputs[core] = done.stdout
+        outputs[case] = done.stdout
     assert b"sorted" in outputs["prebuilt"]
-    assert outputs["prebuilt"] == outputs["numba"]
+    assert outputs["prebuilt"] == outputs["turned off"] == outputs["damaged"]
