@@ -154,9 +154,9 @@ def build(path: Path | None = None) -> Path:
     from numba import carray, cfunc, types
 
     from pocketvm.cpu.core import run
-    from pocketvm.cpu.fpu import fp_execute
     from pocketvm.cpu.rvc import expansion_table
     from pocketvm.cpu.state import STATE_SIZE
+    from pocketvm.cpu.tier1.fp_helper import FP_ENTRY_SIG, fp_entry_body
     from pocketvm.cpu.tier1.layout import TABLE_SIZE
 
     path = path or library_path()
@@ -177,10 +177,8 @@ def build(path: Path | None = None) -> Path:
                    ram.view(np.uint16), ram.view(np.uint32), ram.view(np.int64), carray(ctabp, (65536,)),
                    budget, carray(jtp, (TABLE_SIZE,)))
 
-    @cfunc(types.int64(p64, types.int64), error_model="numpy")
-    def fp_entry(stp, insn):  # type: ignore[no-untyped-def]
-        st = carray(stp, (STATE_SIZE,))
-        return fp_execute(st, st.view(np.float64), st.view(np.float32), insn)
+    # A cfunc of its own: the cached one's library holds no IR to link in.
+    fp_entry = cfunc(FP_ENTRY_SIG, error_model="numpy")(fp_entry_body)
 
     module = ll.parse_assembly(str(core_entry._library._final_module))
     module.get_function(core_entry.native_name).name = RUN_SYMBOL

@@ -219,30 +219,28 @@ def expansion_table() -> np.ndarray:
     after a digest of this file.
     """
     path = _table_path()
-    if path is not None:
-        try:
-            table = np.load(path)
-            if table.dtype == np.int32 and table.shape == (65536,):
-                table.flags.writeable = False
-                return table
-        except (OSError, ValueError):
-            pass
+    try:
+        table = np.load(path)
+        if table.dtype == np.int32 and table.shape == (65536,):
+            table.flags.writeable = False
+            return table
+    except (OSError, ValueError):
+        pass
     table = np.zeros(65536, dtype=np.int32)
     _fill_table(table)
     table.flags.writeable = False
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, table)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache only costs the rebuild
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, table)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the rebuild
     return table
 
 
-def _table_path() -> Path | None:
+def _table_path() -> Path:
     from pocketvm.cpu import numba_cache_dir, numba_version
 
     digest = hashlib.sha256(numba_version() + Path(__file__).read_bytes()).hexdigest()[:16]

@@ -18,10 +18,16 @@ from pocketvm.cpu.fpu import fp_execute
 from pocketvm.cpu.state import STATE_SIZE
 
 
-@cfunc(types.int64(types.CPointer(types.int64), types.int64), cache=True)
-def fp_entry(stp, insn):
+FP_ENTRY_SIG = types.int64(types.CPointer(types.int64), types.int64)
+
+
+def fp_entry_body(stp, insn):  # type: ignore[no-untyped-def]
+    """`fp_entry` before compiling (the prebuilt core, `cpu.native`, compiles it too)."""
     st = carray(stp, (STATE_SIZE,))
     return fp_execute(st, st.view(np.float64), st.view(np.float32), insn)
+
+
+fp_entry = cfunc(FP_ENTRY_SIG, cache=True)(fp_entry_body)
 
 
 def fp_entry_address() -> int:
