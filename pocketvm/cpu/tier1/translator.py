@@ -147,7 +147,10 @@ class CompileTimes:
 class ObjectCompiler:
     """LLVM, set up once: a batch of regions in, an object file out."""
 
-    def __init__(self) -> None:
+    def __init__(self, verify: bool = True) -> None:
+        """`verify`: check each module's IR before compiling it (a few percent
+        of the time; the tests, which run the translator in-process, do)."""
+        self._verify = verify
         init_llvm()
         target = llvm.Target.from_default_triple()
         self._tm = {
@@ -166,7 +169,8 @@ class ObjectCompiler:
         text = module_text(llvm.get_process_triple(), functions)
         t1 = time.thread_time()
         mod = llvm.parse_assembly(text)
-        mod.verify()
+        if self._verify:
+            mod.verify()
         self._optimise(mod, _SETTINGS[tier][1])
         t2 = time.thread_time()
         obj = self._tm[tier].emit_object(mod)
