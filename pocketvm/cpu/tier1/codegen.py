@@ -99,7 +99,8 @@ class BlockCodegen:
         self.known: dict[int, str] = {}
         self.known_ptr: dict[int, str] = {}
         self.lines: list[str] = []
-        self.n = 0
+        self.n = 0  # for labels
+        self.values = 0
         self.block = "entry"
         # (from label, next pc - %pc, retired since %done, RAM offset of the target in this page,
         # i1: chain there, i1: chain to the block at the next pc)
@@ -109,9 +110,13 @@ class BlockCodegen:
 
     # --- text helpers ---------------------------------------------------------------
     def v(self, text: str) -> str:
-        """Emit `%tN = text` and return %tN."""
-        self.n += 1
-        name = f"%t{self.n}"
+        """Emit `%N = text` and return %N.
+
+        Unnamed (numbered) values: LLVM's parser keeps no name for them,
+        which took a third of its time (their numbers must be in order of
+        definition, as the lines are emitted)."""
+        name = f"%{self.values}"
+        self.values += 1
         self.lines.append(f"  {name} = {text}")
         return name
 

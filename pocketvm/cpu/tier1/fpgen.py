@@ -107,7 +107,7 @@ class FpMath:
     """Value-level IR of the fast paths; each returns (result, ok, inexact) as IR names.
 
     `ok` (i1) says the result is the correctly rounded one in RNE and
-    `inexact` its NX; only `v` (emit `%tN = text`, return %tN) is needed, so
+    `inexact` its NX; only `v` (emit `%N = text`, return %N) is needed, so
     tests can wrap these in functions of their own."""
 
     def __init__(self, v: Callable[[str], str]):
