@@ -50,6 +50,10 @@ _NAN_BOX = -(1 << 32)
 _BRANCH = {0: "eq", 1: "ne", 4: "slt", 5: "sge", 6: "ult", 7: "uge"}
 _AMO_ARITH = {0x00: "add", 0x04: "xor", 0x0C: "and", 0x08: "or"}  # by funct5
 _AMO_KEEP_OLD = {0x10: "slt", 0x14: "sgt", 0x18: "ult", 0x1C: "ugt"}  # min, max, minu, maxu: old wins when
+# An exit's code (see `BlockCodegen._to_epilogue`): instructions retired in
+# the bits below _IN_PAGE, then its way to chain on.
+_IN_PAGE = 1 << 16
+_LOOKUP = 1 << 17
 _ARGS = (
     "ptr noalias %st, ptr noalias %ram, i64 %ram_size, i64 %pc, i64 %dx, i64 %dtag, i64 %maxn, i64 %done_in, "
     "ptr noalias %jt, i64 %off"
@@ -102,9 +106,8 @@ class BlockCodegen:
         self.n = 0  # for labels
         self.values = 0
         self.block = "entry"
-        # (from label, next pc - %pc, retired since %done, RAM offset of the target in this page,
-        # i1: chain there, i1: chain to the block at the next pc)
-        self.exits: list[tuple[str, str, str, str, str, str]] = []
+        # (from label, next pc - %pc, `_exit_code`)
+        self.exits: list[tuple[str, str, int]] = []
         self.cur: list[Insn] = []
         self.fp = FpGen(self)  # F/D instructions and the F registers
 
@@ -168,14 +171,17 @@ class BlockCodegen:
         return self.v(f"add i64 %pc, {rel}") if rel else "%pc"
 
     # --- exits ------------------------------------------------------------------------
-    # Every exit is a branch to the epilogue with five values in its phis:
+    # Every exit is a branch to the epilogue with two values in its phis:
     # where to go on (as a distance from %pc: a constant, but for a computed
-    # target), instructions retired since %done was last stored (a constant),
-    # the RAM offset of a block in this page to chain to and whether to
-    # look for one there, whether to look for a block at the next pc through
-    # the fetch TLB (a jalr, a jump out of the page). The epilogue does the
-    # rest once per function: an exit costs its branch, not 15-40 lines of
-    # arithmetic, and the IR is what LLVM's time goes by.
+    # target), and a constant (`_exit_code`) that holds the instructions
+    # retired since %done was last stored, whether to chain to the block at
+    # that distance in this page (%off + the distance) and whether to look
+    # for a block at the next pc through the fetch TLB (a jalr, a jump out
+    # of the page). The epilogue does the rest once per function: an exit
+    # costs its branch, not 15-40 lines of arithmetic, and the IR is what
+    # LLVM's time goes by. (Each phi costs every exit a copy, spilled at
+    # -O0: with five phis, as there were, the quick tier's code generation
+    # took ~10% longer.)
     def exit_block(self, next_pc: str | int, retired: int) -> None:
         """Leave for the interpreter at `next_pc` (block-relative when an int)."""
         self._to_epilogue(self._delta(next_pc), retired, None)
@@ -186,7 +192,7 @@ class BlockCodegen:
         if not self.chain:
             self._to_epilogue(str(target_rel), retired, None)
         elif in_page:  # same physical page: the target's key follows from this block's
-            self._to_epilogue(str(target_rel), retired, self.v(f"add i64 %off, {target_rel}"))
+            self._to_epilogue(str(target_rel), retired, "page")
         else:
             self._to_epilogue(str(target_rel), retired, "lookup")
 
@@ -228,12 +234,11 @@ class BlockCodegen:
         return off, ok
 
     def _to_epilogue(self, delta: str, retired: int, chain: str | None) -> None:
-        """`chain`: the RAM offset of the block in this page to chain to, or
+        """`chain`: "page" (the block at %off + `delta`, in this page), or
         "lookup" (the block at the next pc, through the fetch TLB), or None."""
-        in_page = chain is not None and chain != "lookup"
-        self.exits.append(
-            (self.block, delta, str(retired), chain if in_page else "0", str(in_page).lower(), str(chain == "lookup").lower())
-        )
+        assert 0 <= retired < _IN_PAGE
+        code = retired | (_IN_PAGE if chain == "page" else 0) | (_LOOKUP if chain == "lookup" else 0)
+        self.exits.append((self.block, delta, code))
         self.put("br label %epilogue")
 
     def side_exit_if(self, cond: str, index: int) -> None:
@@ -248,17 +253,22 @@ class BlockCodegen:
         """All exits meet here: write the registers back, then chain or return."""
         self.start("epilogue")
         v = self.v
-        phis = []
-        for col, ty in ((1, "i64"), (2, "i64"), (3, "i64"), (4, "i1"), (5, "i1")):
-            phis.append(v(f"phi {ty} " + ", ".join(f"[ {e[col]}, %{e[0]} ]" for e in self.exits)))
-        delta, retired, target_off, look, indirect = phis
+        delta = v("phi i64 " + ", ".join(f"[ {e[1]}, %{e[0]} ]" for e in self.exits))
+        code = v("phi i64 " + ", ".join(f"[ {e[2]}, %{e[0]} ]" for e in self.exits))
+        retired = v(f"and i64 {code}, {_IN_PAGE - 1}")
         npc = v(f"add i64 %pc, {delta}")
         # %done is stored only where a sub-block goes on to another: at every exit it is the sub-block's start.
         total = v(f"add i64 {v('load i64, ptr %done')}, {retired}")
         for r in self.written:
             self.put(f"store i64 {v(f'load i64, ptr %x{r}')}, ptr {self.st_ptr(r)}")
         self.fp.store_registers()
-        if self.chain and any(e[5] == "true" for e in self.exits):
+        in_page = any(e[2] & _IN_PAGE for e in self.exits)
+        lookup = any(e[2] & _LOOKUP for e in self.exits)
+        if in_page or lookup:
+            target_off = v(f"add i64 %off, {delta}")
+            look = v(f"icmp ne i64 {v(f'and i64 {code}, {_IN_PAGE}')}, 0")
+        if lookup:
+            indirect = v(f"icmp ne i64 {v(f'and i64 {code}, {_LOOKUP}')}, 0")
             came = self.block
             self.put(f"br i1 {indirect}, label %lookup, label %table")
             self.start("lookup")
@@ -267,7 +277,7 @@ class BlockCodegen:
             self.start("table")
             target_off = v(f"phi i64 [ {target_off}, %{came} ], [ {found_off}, %lookup ]")
             look = v(f"phi i1 [ {look}, %{came} ], [ {found}, %lookup ]")
-        if self.chain and any(e[4] == "true" or e[5] == "true" for e in self.exits):
+        if in_page or lookup:
             # The table's set for the target (`layout.set_of`): its first way, else its second (2 ways).
             hashed = v(f"xor i64 {v(f'lshr i64 {target_off}, 1')}, {v(f'lshr i64 {target_off}, {SET_BITS + 1}')}")
             first = v(f"mul i64 {v(f'and i64 {hashed}, {SETS - 1}')}, {WAYS}")
