@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/cpu.py [--scale N] [--only NAME ...] [--no-compile-time]
 
 Each program in benchmarks/guest/ is built with riscv64-linux-gnu-gcc, run
-in pocketvm (in-process, warm numba cache) and in QEMU (`-M virt -bios none`),
+in pocketvm (in-process, on the CPU core `pocket` runs: the prebuilt one
+if setup.sh built it, else numba's from its warm cache) and in QEMU (`-M virt -bios none`),
 and must print the same `result` line in both. pocketvm runs each three
 times: interpreter only, with tier 1 (`--jit on`) and an empty translation
 cache, then with tier 1 again and the cache the first run filled. Printed
@@ -192,10 +193,15 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found")
 
+    from pocketvm.cpu import native
+
+    # As `pocket` does: the prebuilt core if setup.sh built it (POCKETVM_NATIVE_CORE=off: numba's).
+    prebuilt = native.prefer()
     names = args.only or list(PROGRAMS)
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     print(f"host: {cores} cores, load average {load:.1f}" + ("  (busy: wall times are skewed)" if load > 0.5 * cores else ""))
+    print(f"CPU core: {'prebuilt (pocketvm.cpu.native), as pocket runs it' if prebuilt else 'numba'}")
     with tempfile.TemporaryDirectory(prefix="pocketvm-bench-") as tmp:
         out = Path(tmp)
         empty = build("empty", 1, out)

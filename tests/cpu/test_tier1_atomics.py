@@ -152,13 +152,14 @@ def test_an_atomic_that_cannot_run_translated_traps_exactly(insn: int, address: 
 
 @pytest.mark.parametrize(
     "settings",
-    [(0, "sroa", False), (2, "o2", False), (2, "o2", True)],
-    ids=["quick-in-allocas", "hot", "hot-in-state"],
+    [(0, "sroa", False), (2, "gvn", False), (2, "gvn", True), (2, "o2", False)],
+    ids=["quick-in-allocas", "hot", "hot-in-state", "hot-o2"],
 )
 @pytest.mark.parametrize("paged", [False, True], ids=["bare", "sv39"])
 def test_every_way_to_compile_matches_the_interpreter(settings: tuple, paged: bool, monkeypatch) -> None:
     """Mode "all" compiles quickly (guest registers in st, -O0); hot code is
-    compiled with the registers in allocas and -O2. Each way of laying out
+    compiled with the registers in allocas, GVN and -O2 code generation
+    (or LLVM's whole -O2 pipeline: POCKETVM_JIT_HOT_PIPELINE=o2). Each way of laying out
     and compiling a region, forced onto every block, gives the interpreter's results."""
     from pocketvm.cpu.tier1 import translator
 

@@ -234,7 +234,7 @@ def _math_functions():
     import llvmlite.binding as llvm
 
     from pocketvm.cpu.tier1.fpgen import FpMath
-    from pocketvm.cpu.tier1.translator import GOOD, ObjectCompiler, init_llvm
+    from pocketvm.cpu.tier1.translator import _SETTINGS, GOOD, ObjectCompiler, init_llvm
 
     def text(name: str, nargs: int, body, single: bool) -> str:
         lines: list[str] = []
@@ -265,7 +265,9 @@ def _math_functions():
     mod = llvm.parse_assembly("".join(text(k, n, body, s) for k, (n, body, s) in fns.items()))
     mod.verify()
     compiler = ObjectCompiler()
-    compiler._optimise(mod, "o2")  # as hot code is compiled: the transformations must survive LLVM's -O2
+    # As hot code is compiled, with LLVM's -O2 passes added: the transformations must survive both.
+    compiler._optimise(mod, _SETTINGS[GOOD][1])
+    compiler._optimise(mod, "o2")
     engine = llvm.create_mcjit_compiler(mod, compiler._tm[GOOD])
     engine.finalize_object()
     out = np.zeros(3, dtype=np.uint64)

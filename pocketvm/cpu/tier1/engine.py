@@ -105,9 +105,9 @@ DEFAULT_COMPILE_THRESHOLD = 40000  # compiled
 LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "512"))
 # Instructions run from a translated block's entry after which it is
 # compiled again, well, if it was compiled quickly (as every block is at
-# first, see `service`). Compiling a region well costs the service ~45 ms
-# and saves ~0.2 ns per instruction (the hash loop of benchmarks/cpu.py:
-# 2900 instead of 1800 MIPS), so only the hottest code is worth it; kept in
+# first, see `service`). Compiling a region well costs the service ~23 ms
+# and saves ~0.25 ns per instruction (the hash loop of benchmarks/cpu.py:
+# 3500 instead of 1800 MIPS), so only the hottest code is worth it; kept in
 # the persistent cache, it serves the next runs too. (Counted in calls, as
 # it was, a loop that stays inside its block for thousands of instructions
 # a call was hardly ever compiled well.)

@@ -162,7 +162,7 @@ class TranslationService:
         # little else to do (a program's hot loop) are compiled well at once;
         # in a burst (a boot), or when the request waited for a busy service,
         # they are compiled quickly: compiling well takes LLVM 8x the time
-        # (~45 ms for a region of 40 instructions, against ~5), and while the
+        # (~23 ms for a region of 40 instructions, against ~3), and while the
         # service compiles well the boot's next hot blocks wait (compiling
         # a burst's blocks well again in spare time eight at a time, as it
         # did, and the first 16 of a boot well at once, took most of a cold

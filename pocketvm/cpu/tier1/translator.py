@@ -30,10 +30,16 @@ from pocketvm.cpu.tier1.decode import Region
 
 # Two ways to compile (`Tier`): quickly for code that is only warm (fast
 # instruction selection at -O0 and SROA alone: ~2.4 ms for a region of 40
-# instructions), well for code that is hot (LLVM's -O2 pipeline and code
-# generation: ~40 ms, the hash loop of benchmarks/cpu.py at 2900 instead
-# of 1800 MIPS). Per tier: code generation's opt level, the IR pipeline,
-# whether guest registers stay in `st` (`BlockCodegen`'s in_state).
+# instructions), well for code that is hot (SROA, instcombine, CFG
+# simplification and GVN, then -O2 code generation: ~23 ms, the hash loop of
+# benchmarks/cpu.py at 3500 instead of 1800 MIPS). LLVM's whole -O2 pipeline
+# took ~38 ms (its passes 21 ms of it, against 6.5) for objects of the same
+# size (150 regions of a boot), and the code it made ran no faster: the
+# programs of benchmarks/cpu.py with a warm cache, 4x their work, two runs
+# each: hash 3500-3505 MIPS against 3198-3669, sort 1040-1171 against
+# 1202-1224, vm 1201-1259 against 1323-1389. Per tier: code generation's
+# opt level, the IR pipeline, whether guest registers stay in `st`
+# (`BlockCodegen`'s in_state).
 # Quickly compiled code keeps them in `st`: in allocas that SROA promotes,
 # the -O0 register allocator spills them again at every block boundary,
 # and the quick tier compiled 15% slower into code that was no faster.
@@ -50,7 +56,7 @@ _SETTINGS = {
     ),
     GOOD: (
         int(os.environ.get("POCKETVM_JIT_HOT_CGOPT", "2")),
-        os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "o2"),
+        os.environ.get("POCKETVM_JIT_HOT_PIPELINE", "gvn"),
         os.environ.get("POCKETVM_JIT_HOT_IN_STATE", "0") == "1",
     ),
 }
@@ -181,6 +187,8 @@ class ObjectCompiler:
         return bytes(obj)
 
     def _optimise(self, mod: llvm.ModuleRef, pipeline: str) -> None:
+        """`pipeline`: "sroa", "light" (and instcombine, CFG simplification),
+        "gvn" (and GVN), "o2" (LLVM's), "none"."""
         if pipeline == "o2":
             self._pb.getModulePassManager().run(mod, self._pb)
             return
@@ -188,10 +196,13 @@ class ObjectCompiler:
             return
         fpm = llvm.create_new_function_pass_manager()
         fpm.add_sroa_pass()
-        if pipeline == "light":
+        if pipeline in ("light", "gvn"):
+            fpm.add_instruction_combine_pass()
+            fpm.add_simplify_cfg_pass()
+        if pipeline == "gvn":
+            fpm.add_new_gvn_pass()
             fpm.add_instruction_combine_pass()
         if pipeline != "sroa":
-            fpm.add_simplify_cfg_pass()
             fpm.add_dead_code_elimination_pass()
         for f in mod.functions:
             if not f.is_declaration:
