@@ -41,7 +41,7 @@ def read_all(image) -> bytes:
 
 
 def test_backing_chain_of_three_with_relative_and_absolute_paths(tmp_path):
-    base = raw_file(tmp_path / "base.raw", SIZE, {0: pattern(3 * MiB, 1), 10 * MiB: pattern(100_000, 2)})
+    raw_file(tmp_path / "base.raw", SIZE, {0: pattern(3 * MiB, 1), 10 * MiB: pattern(100_000, 2)})
     (tmp_path / "sub").mkdir()
     mid = tmp_path / "sub" / "mid.qcow2"
     top = tmp_path / "top.qcow2"
