@@ -36,15 +36,27 @@ def main() -> None:
         code = launch(argv)
         if code is not None:
             sys.exit(code)
-    # The prebuilt CPU core, if setup.sh built it: then numba is never imported (see pocketvm.cpu.native).
+    # The prebuilt CPU core: then numba is never imported (see pocketvm.cpu.native).
+    # A command that runs a VM builds it first if it is missing or stale.
     from pocketvm.cpu import native
 
-    native.prefer()
+    if runs_a_vm(argv):
+        native.ensure(lambda line: print(line, file=sys.stderr, flush=True))
+    else:
+        native.prefer()
     from pocketvm.cli import entry
 
     gc.freeze()
     gc.enable()
     entry()
+
+
+def runs_a_vm(argv: list[str]) -> bool:
+    """Whether `pocket ARGV` runs a VM in this process (or in a launcher it starts)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return False
+    return words[0] in ("run", "restore", "launcher", "serve") or words[:2] == ["image", "build"]
 
 
 if __name__ == "__main__":

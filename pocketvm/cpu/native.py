@@ -10,9 +10,12 @@ under ~/.cache/pocketvm/core/, named after the digest of the core's sources,
 numba's version and this host's CPU (the code uses its instruction set).
 `setup.sh` builds it. `prefer()`, called by `pocket` before it imports the
 core, loads it when it is there and up to date; a VM then calls it through
-ctypes and never imports numba. Without it (not built, sources changed,
-POCKETVM_NATIVE_CORE=off, NUMBA_DISABLE_JIT=1) everything runs through
-numba as before.
+ctypes and never imports numba. A `pocket` command that runs a VM calls
+`ensure()` instead, which first builds a missing, stale or damaged library
+(after an update, say): numba's core would otherwise compile at the
+guest's first instruction, for as long, in silence. Without it
+(POCKETVM_NATIVE_CORE=off, NUMBA_DISABLE_JIT=1, no linker, a failed
+build) everything runs through numba as before.
 
 The library has no entry points of numba's runtime: the core never
 allocates, raises or takes the GIL (`jit.core_jit`), and the few runtime
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +98,7 @@ def prefer() -> bool:
         return True
     if os.environ.get("POCKETVM_NATIVE_CORE", "on") == "off" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
         return False
-    if any(name.startswith("pocketvm.cpu.") and name not in (__name__, "pocketvm.cpu.jit") for name in sys.modules):
+    if _core_imported():
         return False
     path = library_path()
     if not _intact(path):
@@ -108,6 +112,35 @@ def prefer() -> bool:
     jit.use_plain()
     _loaded = core
     return True
+
+
+def ensure(notice: Callable[[str], None]) -> bool:
+    """`prefer()`, after building the library if it is missing, stale or
+    damaged; `notice` gets a line to show the user before a build and if it
+    fails. The build runs in a process of its own: it imports the core
+    under numba, which `prefer` must find not imported."""
+    if prefer():
+        return True
+    if os.environ.get("POCKETVM_NATIVE_CORE", "on") == "off" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        return False
+    if _core_imported():
+        return False
+    if shutil.which("ld") is None:
+        notice("pocket: no prebuilt CPU core, and no linker to build one (ld, Debian package binutils): "
+               "numba compiles the core at the first instruction (about 30 s)")
+        return False
+    notice("pocket: building the CPU core for this host, once (about 30 s; setup.sh does it ahead)...")
+    done = subprocess.run([sys.executable, "-m", "pocketvm.cpu.native"], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        notice(f"pocket: the CPU core could not be built ({why}): numba's runs instead")
+        return False
+    return prefer()
+
+
+def _core_imported() -> bool:
+    return any(name.startswith("pocketvm.cpu.") and name not in (__name__, "pocketvm.cpu.jit") for name in sys.modules)
 
 
 def digest_path(path: Path) -> Path:
@@ -222,15 +255,21 @@ def _trap_stubs(module) -> str:  # type: ignore[no-untyped-def]
 
 def main() -> int:
     """`python -m pocketvm.cpu.native`: build the library unless it is there (`--force`: build it again)."""
+    import fcntl
+
     path = library_path()
-    if _intact(path) and "--force" not in sys.argv[1:]:
-        print(f"CPU core: {path} (up to date)")
-        return 0
-    try:
-        build(path)
-    except BuildError as e:
-        print(f"pocketvm: {e}", file=sys.stderr)
-        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time: VMs started together wait for the first one's build.
+    with open(path.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _intact(path) and "--force" not in sys.argv[1:]:
+            print(f"CPU core: {path} (up to date)")
+            return 0
+        try:
+            build(path)
+        except BuildError as e:
+            print(f"pocketvm: {e}", file=sys.stderr)
+            return 1
     print(f"CPU core: {path}")
     return 0
 

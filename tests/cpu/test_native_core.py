@@ -59,7 +59,8 @@ def test_a_guest_runs_the_same_on_the_prebuilt_core(name: str, jit: str, library
 
 
 def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Path, monkeypatch) -> None:
-    """... and numba's where it is turned off or the library is damaged (a one-line note at -v, same output)."""
+    """... and numba's where it is turned off or cannot be built (a one-line note at -v, same output);
+    a damaged (or missing, or stale) library is built again first, with a line saying so."""
     elf = _build_guest("cprog")
     tables = numba_cache_dir()  # the instruction-expansion table is cached there
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -69,27 +70,52 @@ def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Pa
     env.pop("POCKETVM_NATIVE_CORE", None)
     cmd = [sys.executable, "-X", "importtime", "-m", "pocketvm", "-v", "run", "--bios", "none", "--kernel", str(elf),
            "--memory", "64M", "--vsock", "none"]
+    no_linker = tmp_path / "bin"  # a PATH without ld
+    no_linker.mkdir()
     outputs = {}
-    for case in ("prebuilt", "turned off", "damaged"):
+    for case in ("prebuilt", "turned off", "no linker", "damaged"):
+        run_env = dict(env)
         if case == "prebuilt":
             shutil.copy(library, path)
             shutil.copy(native.digest_path(library), native.digest_path(path))
         elif case == "turned off":
-            env["POCKETVM_NATIVE_CORE"] = "off"
+            run_env["POCKETVM_NATIVE_CORE"] = "off"
         else:
-            del env["POCKETVM_NATIVE_CORE"]
             path.write_bytes(library.read_bytes()[:4096])  # a truncated copy: loading it would be a SIGBUS
-        done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+            if case == "no linker":
+                run_env["PATH"] = str(no_linker)
+        done = subprocess.run(cmd, env=run_env, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
         err = done.stderr.decode(errors="replace")
         assert done.returncode == 0, err[-2000:]
         assert "Traceback" not in err
         imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
-        if case == "prebuilt":
+        if case in ("prebuilt", "damaged"):
             assert f"CPU core: prebuilt ({path})" in err
             assert not [m for m in imported if m.split(".")[0] == "numba"]
+            assert ("building the CPU core" in err) == (case == "damaged")
         else:
             assert "CPU core: numba's" in err
             assert "numba" in imported
+            assert ("no linker to build one" in err) == (case == "no linker")
         outputs[case] = done.stdout
+    assert native._intact(path)  # built again, whole
     assert b"sorted" in outputs["prebuilt"]
-    assert outputs["prebuilt"] == outputs["turned off"] == outputs["damaged"]
+    assert outputs["prebuilt"] == outputs["turned off"] == outputs["no linker"] == outputs["damaged"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "runs"),
+    [
+        (["run"], True),
+        (["-v", "restore", "snap"], True),
+        (["image", "build", "debian"], True),
+        (["image", "ls"], False),
+        (["disk", "info", "x.qcow2"], False),
+        (["--help"], False),
+        ([], False),
+    ],
+)
+def test_only_commands_that_run_a_vm_build_a_missing_core(argv: list[str], runs: bool) -> None:
+    from pocketvm.main import runs_a_vm
+
+    assert runs_a_vm(argv) is runs
