@@ -52,11 +52,13 @@ def main() -> None:
 
 
 def runs_a_vm(argv: list[str]) -> bool:
-    """Whether `pocket ARGV` runs a VM in this process (or in a launcher it starts)."""
-    words = [a for a in argv if not a.startswith("-")]
-    if not words:
+    """Whether `pocket ARGV` is about running VMs here (or in a launcher or manager it starts).
+    (`image build` is not counted: it fails early for many reasons, and a
+    build of the core would be a wait before a one-line error.)"""
+    if "-h" in argv or "--help" in argv:
         return False
-    return words[0] in ("run", "restore", "launcher", "serve") or words[:2] == ["image", "build"]
+    words = [a for a in argv if not a.startswith("-")]
+    return bool(words) and words[0] in ("run", "restore", "launcher", "serve")
 
 
 if __name__ == "__main__":

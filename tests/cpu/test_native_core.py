@@ -108,7 +108,8 @@ def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Pa
     [
         (["run"], True),
         (["-v", "restore", "snap"], True),
-        (["image", "build", "debian"], True),
+        (["image", "build", "debian"], False),
+        (["run", "--help"], False),
         (["image", "ls"], False),
         (["disk", "info", "x.qcow2"], False),
         (["--help"], False),
