@@ -58,7 +58,7 @@ def runs_a_vm(argv: list[str]) -> bool:
     if "-h" in argv or "--help" in argv:
         return False
     words = [a for a in argv if not a.startswith("-")]
-    return bool(words) and words[0] in ("run", "restore", "launcher", "serve")
+    return bool(words) and (words[0] in ("run", "restore", "serve") or words[:2] == ["launcher", "start"])
 
 
 if __name__ == "__main__":

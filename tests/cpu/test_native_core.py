@@ -110,6 +110,8 @@ def test_pocket_runs_the_prebuilt_core_without_numba(library: Path, tmp_path: Pa
         (["-v", "restore", "snap"], True),
         (["image", "build", "debian"], False),
         (["run", "--help"], False),
+        (["launcher", "start"], True),
+        (["launcher", "stop"], False),
         (["image", "ls"], False),
         (["disk", "info", "x.qcow2"], False),
         (["--help"], False),
