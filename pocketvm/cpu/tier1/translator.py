@@ -29,7 +29,7 @@ from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
 
 # Two ways to compile (`Tier`): quickly for code that is only warm (fast
-# instruction selection at -O0 and SROA alone: ~2.4 ms for a region of 40
+# instruction selection at -O0 and SROA alone: ~2.3 ms for a region of 40
 # instructions), well for code that is hot (SROA, instcombine, CFG
 # simplification and GVN, then -O2 code generation: ~23 ms, the hash loop of
 # benchmarks/cpu.py at 3500 instead of 1800 MIPS). LLVM's whole -O2 pipeline
