@@ -195,8 +195,8 @@ def main() -> None:
 
     from pocketvm.cpu import native
 
-    # As `pocket` does: the prebuilt core if setup.sh built it (POCKETVM_NATIVE_CORE=off: numba's).
-    prebuilt = native.prefer()
+    # As `pocket run` does: the prebuilt core, built first if it is missing (POCKETVM_NATIVE_CORE=off: numba's).
+    prebuilt = native.ensure(print)
     names = args.only or list(PROGRAMS)
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
