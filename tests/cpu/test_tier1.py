@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tier1_diff import branch
 
 from pocketvm.cpu import state as S
 from pocketvm.cpu.hart import Hart
@@ -69,6 +70,48 @@ def test_budget_is_never_overrun(budget: int) -> None:
         fast.run(budget)
         assert fast.pc == plain.pc and fast.x(A0) == plain.x(A0)
         assert int(fast.st[S.CSR + S.CSR_MINSTRET]) == int(plain.st[S.CSR + S.CSR_MINSTRET])
+
+
+# A loop with a branch forward inside it (x10 counts, x11/x12 alternate the path):
+#  0: addi a0, a0, 1      4: addi a1, a1, 1     8: bne a1, a2, +8 (to 16)
+# 12: addi a3, a3, 1     16: addi a4, a4, 1    20: bne a4, x0, -20 (to 0)
+BRANCHY = [addi(10, 10, 1), addi(11, 11, 1), branch(1, 11, 12, 8), addi(13, 13, 1), addi(14, 14, 1),
+           branch(1, 14, 0, -20)]
+
+
+def test_a_region_checks_its_budget_only_where_a_loop_may_come_back() -> None:
+    """At its entry and at the targets of jumps back, each for the longest way
+    forward from there (0 -> 12 -> 16: 3 + 1 + 2 instructions)."""
+    from pocketvm.cpu.rvc import expansion_table
+    from pocketvm.cpu.tier1.codegen import BlockCodegen
+    from pocketvm.cpu.tier1.decode import decode_region
+
+    page = np.zeros(2048, dtype=np.uint16)
+    page[: 2 * len(BRANCHY)] = np.array(BRANCHY, dtype=np.uint32).view(np.uint16)
+    region = decode_region(page, expansion_table(), 0)
+    assert sorted(region.blocks) == [0, 12, 16]
+    assert BlockCodegen("f", 0, False, region).budget_checks() == {0: 6}
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 6, 7, 13, 1000])
+def test_a_branchy_loop_never_overruns_its_budget(budget: int) -> None:
+    harts = []
+    for jit in ("off", "all"):
+        hart = Hart(0, GuestRAM(1 << 16), S.new_shared_state(1), jit=jit)
+        for i, insn in enumerate(BRANCHY):
+            hart.ram.write_int(S.RAM_BASE + 0x1000 + 4 * i, 4, insn)
+        hart.set_x(12, 3)
+        hart.set_x(14, 1)
+        hart.pc = S.RAM_BASE + 0x1000
+        harts.append(hart)
+    plain, fast = harts
+    for _ in range(30):
+        plain.run(budget)
+        fast.run(budget)
+        assert fast.pc == plain.pc and [fast.x(r) for r in range(10, 15)] == [plain.x(r) for r in range(10, 15)]
+        assert int(fast.st[S.CSR + S.CSR_MINSTRET]) == int(plain.st[S.CSR + S.CSR_MINSTRET])
+    if budget == 1000:
+        assert int(fast.tier1.table[L.JT_NATIVE]) > 20000, "the loop did not run translated"
 
 
 def _build_guest(name: str) -> Path:
