@@ -165,7 +165,7 @@ def main() -> int:
     if env.get("POCKETVM_NATIVE_CORE") != "off" and not native.available():
         # As pocket would at its first VM (not inside a measured boot): build it now.
         print("building the prebuilt CPU core first ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pocketvm.cpu.native"], env=env, check=False, stdout=subprocess.DEVNULL)
+        native.build_elsewhere(env)
     prebuilt = env.get("POCKETVM_NATIVE_CORE") != "off" and native.available()
     p_times, q_times, rss, p_idle, q_idle, j_times, w_times, l_times = [], [], 0, [], [], [], [], []
     n_times: list[float] = []  # warm again, with numba's core instead of the prebuilt one

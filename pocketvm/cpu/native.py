@@ -96,9 +96,7 @@ def prefer() -> bool:
     global _loaded
     if _loaded is not None:
         return True
-    if os.environ.get("POCKETVM_NATIVE_CORE", "on") == "off" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
-        return False
-    if _core_imported():
+    if not _may_load():
         return False
     path = library_path()
     if not _intact(path):
@@ -121,26 +119,36 @@ def ensure(notice: Callable[[str], None]) -> bool:
     under numba, which `prefer` must find not imported."""
     if prefer():
         return True
-    if os.environ.get("POCKETVM_NATIVE_CORE", "on") == "off" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
-        return False
-    if _core_imported():
+    if not _may_load():
         return False
     if shutil.which("ld") is None:
         notice("pocket: no prebuilt CPU core, and no linker to build one (ld, Debian package binutils): "
                "numba compiles the core at the first instruction (about 30 s)")
         return False
     notice("pocket: building the CPU core for this host, once (about 30 s; setup.sh does it ahead)...")
-    done = subprocess.run([sys.executable, "-m", "pocketvm.cpu.native"], capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+    why = build_elsewhere()
+    if why is not None:
         notice(f"pocket: the CPU core could not be built ({why}): numba's runs instead")
         return False
     return prefer()
 
 
-def _core_imported() -> bool:
-    return any(name.startswith("pocketvm.cpu.") and name not in (__name__, "pocketvm.cpu.jit") for name in sys.modules)
+def build_elsewhere(env: dict[str, str] | None = None) -> str | None:
+    """`build()` in a process of its own (`main`): None once the library is
+    there, else why not (its last line of errors)."""
+    done = subprocess.run([sys.executable, "-m", "pocketvm.cpu.native"], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, env=env)
+    if done.returncode == 0:
+        return None
+    return (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+
+
+def _may_load() -> bool:
+    """Whether this process may still run the prebuilt core: it is not turned
+    off, and no module of the core is imported yet (under numba)."""
+    if os.environ.get("POCKETVM_NATIVE_CORE", "on") == "off" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        return False
+    return not any(name.startswith("pocketvm.cpu.") and name not in (__name__, "pocketvm.cpu.jit") for name in sys.modules)
 
 
 def digest_path(path: Path) -> Path:
