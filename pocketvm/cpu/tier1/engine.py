@@ -71,8 +71,8 @@ MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 # on a block's count: the instructions interpreted from its entries (an
 # entry and what follows it up to the next block entry, `layout`). The
 # service takes ~3.5 ms of CPU for a region of 40 instructions (quickly
-# compiled; LLVM ~2.3 of it), which the interpreter runs in ~3 ns each and translated code several
-# times faster: compiling pays only for code that runs tens of thousands
+# compiled; LLVM ~2.3 of it), which the interpreter runs in ~3 ns each
+# and translated code several times faster: compiling pays only for code that runs tens of thousands
 # of instructions, and the compiler's CPU is the hart's loss. A cold boot
 # keeps the service busy whatever the threshold; a higher one compiles the
 # hotter regions sooner, and warm boots install fewer, hotter regions.

@@ -130,8 +130,7 @@ class TranslationService:
             self.cache.touch(req.touched)
         misses: list[tuple[int, int, Region]] = []  # (entry key, table key, region)
         for page in req.pages:
-            words = _PageWords(page.page_off, page.code, req.ram_size)
-            taken_bits = np.unpackbits(np.frombuffer(page.taken, dtype=np.uint8))
+            code = _PageCode(page, req.ram_size)
             for tkey, may_compile in zip(page.keys, page.compile):
                 entry = entry_key(tkey >> 1, bool(tkey & 1), page.code)
                 hit = self.cache.lookup(entry, lambda sig, code=page.code: code_matches(sig, code), req.min_region)
@@ -141,17 +140,17 @@ class TranslationService:
                     reply.cached += 1
                     reply.fpu = reply.fpu or calls_fpu(hit[2], self._ctab)
                     if hit[3] < req.tier and may_compile:  # hot now, compiled quickly before
-                        region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
+                        region = code.region(off, self._ctab)
                         if region.blocks:
                             self.upgrades[tkey] = (entry, region)
                     continue
                 if not may_compile:
                     reply.cold.append(tkey)
-                    self.backlog[tkey] = _Warm(entry, words, taken_bits, page.page_off, req.min_region)
+                    self.backlog[tkey] = _Warm(entry, code, req.min_region)
                     if len(self.backlog) > MAX_BACKLOG:
                         del self.backlog[next(iter(self.backlog))]
                     continue
-                region = decode_region(words, self._ctab, off, taken=_taken(taken_bits, off, page.page_off))  # type: ignore[arg-type]
+                region = code.region(off, self._ctab)
                 if not region.blocks or region.size < req.min_region:
                     reply.installs.append((tkey, None))
                     reply.empty += 1
@@ -204,8 +203,8 @@ class TranslationService:
             tier = QUICK
             for tkey in list(self.backlog)[:8]:
                 warm = self.backlog.pop(tkey)
-                region = warm.decode(tkey >> 1, self._ctab)
-                if region is not None:
+                region = warm.code.region(tkey >> 1, self._ctab)
+                if region.blocks and region.size >= warm.min_region:
                     work.append((warm.entry, tkey, region))
         self._compile(work, reply, tier)
         reply.cpu_seconds = time.thread_time() - t0
@@ -251,28 +250,32 @@ class TranslationService:
         self.cache.close()
 
 
+class _PageCode:
+    """A requested page as `decode_region` reads it: its code, and where the
+    interpreter saw control arrive."""
+
+    def __init__(self, page: PageWork, ram_size: int):
+        self.page_off = page.page_off
+        self.words = _PageWords(page.page_off, page.code, ram_size)
+        self.taken_bits = np.unpackbits(np.frombuffer(page.taken, dtype=np.uint8))
+
+    def region(self, off: int, ctab: np.ndarray) -> Region:
+        """The region entered at RAM offset `off` (in this page)."""
+
+        def taken(rel: int) -> bool:
+            at = off + rel - self.page_off
+            return 0 <= at < PAGE and bool(self.taken_bits[at >> 1])
+
+        return decode_region(self.words, ctab, off, taken=taken)  # type: ignore[arg-type]
+
+
 @dataclass
 class _Warm:
-    """A block asked about before it was hot: what its decode needs."""
+    """A block asked about before it was hot, kept for spare time undecoded."""
 
     entry: int
-    words: _PageWords
-    taken_bits: np.ndarray
-    page_off: int
+    code: _PageCode
     min_region: int
-
-    def decode(self, off: int, ctab: np.ndarray) -> Region | None:
-        """Its region, or None if not worth translating."""
-        region = decode_region(self.words, ctab, off, taken=_taken(self.taken_bits, off, self.page_off))  # type: ignore[arg-type]
-        return region if region.blocks and region.size >= self.min_region else None
-
-
-def _taken(bits: np.ndarray, off: int, page_off: int):
-    def taken(rel: int) -> bool:
-        at = off + rel - page_off
-        return 0 <= at < PAGE and bool(bits[at >> 1])
-
-    return taken
 
 
 def main() -> int:
