@@ -147,7 +147,7 @@ def main() -> int:
     files = ["--kernel", str(img.kernel), "--initrd", str(img.initrd), "--bios", str(img.bios), "--append", APPEND]
     qemu = ["qemu-system-riscv64", "-M", "virt", "-m", "512M", "-smp", "1", "-nographic", "-monitor", "none",
             "-bios", str(img.bios), "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", APPEND]
-    pocket = [sys.executable, "-m", "pocketvm", "run", "--memory", "512M", *files]
+    pocket = [sys.executable, "-m", "pocketvm", "run", "--memory", "512M", *files, "--jit", "off"]
     pocket_jit = [sys.executable, "-m", "pocketvm", "-v", "run", "--memory", "512M", *files, "--jit", "on"]
 
     env = {**os.environ, "POCKETVM_LAUNCHER": "off"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketvm.console import CapturedConsole
+from pocketvm.cpu.tier1 import layout
 from pocketvm.machine import MiB, VirtualMachine, VMConfig
 
 
@@ -29,7 +30,11 @@ def run_elf(
     input_data: bytes = b"",
     jit: str | None = None,
 ) -> BareMetalResult:
-    """`jit`: tier 1 "off", "on" or "all" (every block translated at once); None = $POCKETVM_JIT or off."""
+    """`jit`: tier 1 "off", "on" or "all" (every block translated at once);
+    None = $POCKETVM_JIT or off (as a bare `Hart`: the tests' runs stay
+    interpreted unless they ask, while `pocket run` has it on by default)."""
+    if jit is None:
+        jit = layout.MODE_NAMES[layout.mode_from_env()]
     console = CapturedConsole(input_data)
     cfg = VMConfig(memory=memory, cpus=cpus, kernel=Path(path), bios=None, rng=False, deterministic=True, jit=jit)
     vm = VirtualMachine(cfg, console)

@@ -27,6 +27,7 @@ from pocketvm.board import memmap as mm
 from pocketvm.cpu import native
 from pocketvm.cpu import state as S
 from pocketvm.cpu.hart import Hart
+from pocketvm.cpu.tier1 import layout
 from pocketvm.devices.clint import Clint
 from pocketvm.devices.guestlog import guest_error
 from pocketvm.devices.plic import Plic, hart_irq_setter
@@ -112,7 +113,7 @@ class VMConfig:
     rng: bool = True
     deterministic: bool = False
     name: str = ""
-    jit: str | None = None  # tier 1: "off" | "on" | "all"; None = $POCKETVM_JIT, else off
+    jit: str | None = None  # tier 1: "off" | "on" | "all"; None = `layout.vm_default_mode()`
 
 
 @dataclass
@@ -167,7 +168,11 @@ class VirtualMachine:
         self.ram_file_ranges: list[tuple[int, int]] = []
         self.sh = S.new_shared_state(config.cpus)
         self.sh[S.SH_DETERMINISTIC] = 1 if config.deterministic else 0
-        self.harts = [Hart(i, self.ram, self.sh, jit=config.jit) for i in range(config.cpus)]
+        try:
+            jit = config.jit if config.jit is not None else layout.MODE_NAMES[layout.vm_default_mode()]
+        except ValueError as e:  # a misspelt $POCKETVM_JIT
+            raise VMError(str(e)) from None
+        self.harts = [Hart(i, self.ram, self.sh, jit=jit) for i in range(config.cpus)]
         log.info("%s", native.describe())
         self._start_ns = time.monotonic_ns()
         self._tick_offset = 0  # added to host-derived ticks (keeps time monotonic across restore)
@@ -654,13 +659,11 @@ def load_cpu_core(released: bool | None = None) -> None:
     with arrays of exactly the types a real VM passes, so the real VM finds
     the code loaded. Failures are left for the real run to report.
     `released`: also load the entry without the GIL, which harts with tier 1
-    call (None: when POCKETVM_JIT turns tier 1 on).
+    call (None: when VMs have tier 1 on by default, `layout.vm_default_mode`).
     """
-    from pocketvm.cpu.tier1 import layout
-
     try:
         if released is None:
-            released = layout.mode_from_env() != layout.MODE_OFF
+            released = layout.vm_default_mode() != layout.MODE_OFF
         ram = GuestRAM(16 * 4096)
         sh = S.new_shared_state(1)
         # Tier 1 off even so: its engine starts a service process and a

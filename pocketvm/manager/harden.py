@@ -31,6 +31,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENV = "POCKETVM_HARDEN"
+JIT_ENV = "POCKETVM_JIT"  # `pocketvm.cpu.tier1.layout.ENV_VAR` (not imported: this runs before numpy is needed)
 PR_SET_NO_NEW_PRIVS = 38
 DENIED = (
     "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
@@ -56,6 +57,9 @@ def harden() -> list[str]:
     try:
         _load_filter()
         applied.append("seccomp")
+        # It can no longer start programs, so not tier 1's translation service
+        # either: its VMs are interpreted unless $POCKETVM_JIT asks otherwise.
+        os.environ.setdefault(JIT_ENV, "off")
     except OSError as e:  # no libseccomp on this host: no filter, said in the log
         log.warning("no seccomp filter: %s", e)
     return applied

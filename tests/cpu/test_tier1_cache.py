@@ -327,3 +327,44 @@ def test_a_warm_block_the_cache_index_lacks_is_compiled_in_spare_time_for_the_ne
         assert again.tier1.stats.local >= 1 and int(again.tier1.table[L.JT_NATIVE]) > 0
     finally:
         again.tier1.close()
+
+
+def test_an_idle_service_is_stopped_and_started_again_when_code_gets_hot(
+    jit_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pocketvm.cpu.tier1 import engine
+
+    hart = loop_hart(0x1000, jit="on")
+    tier1 = hart.tier1
+    assert tier1 is not None
+    tier1.table[L.JT_THRESHOLD] = 5  # compile at once: no probing first
+    hart.set_x(A1, 1 << 40)  # a loop that keeps going, translated: it asks for nothing more
+    first = tier1._remote
+    assert first is not None
+    deadline = time.monotonic() + 60
+    while int(tier1.table[L.JT_NATIVE]) == 0 and time.monotonic() < deadline:
+        hart.run(200_000)
+    assert int(tier1.table[L.JT_NATIVE]) > 0 and tier1.stats.idle_stops == 0
+    monkeypatch.setattr(engine, "SERVICE_IDLE_EXIT", 0.3)
+    while tier1.stats.idle_stops == 0 and time.monotonic() < deadline:
+        hart.run(200_000)
+    assert tier1.stats.idle_stops == 1 and tier1._remote is None
+    first.proc.wait(10)  # it ended (reaped by a thread: the hart did not wait for it)
+    # New code gets hot: a service starts again and translates it.
+    base = S.RAM_BASE + 0x5000
+    for i, insn in enumerate([addi(A0, A0, 5), addi(A1, A1, -1), bne_back(A1, 0, 8), 0x0000006F]):
+        hart.ram.write_int(base + 4 * i, 4, insn)
+    hart.pc = base
+    compiled = tier1.stats.blocks
+    while tier1.stats.blocks == compiled and time.monotonic() < deadline:
+        hart.run(200_000)
+    assert tier1.stats.blocks > compiled and tier1.stats.starts == 2
+    hart.pc = base  # and it runs exactly
+    hart.set_x(A0, 0)
+    hart.set_x(A1, 1000)
+    before = int(hart.st[S.CSR + S.CSR_MINSTRET])
+    hart.run(3010)
+    assert hart.x(A0) == 5000 and hart.x(A1) == 0
+    assert int(hart.st[S.CSR + S.CSR_MINSTRET]) - before == 3010
+    assert "service started 2x, stopped when idle 1x" in tier1.report()
+    tier1.close()

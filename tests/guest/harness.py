@@ -127,11 +127,13 @@ def _run_elf_api():
 
 def run_pocketvm(elf: Path, max_instructions: int = MAX_INSTRUCTIONS, jit: str | None = None) -> RunResult:
     """Run an ELF under pocketvm (in-process by default). `jit`: tier 1 mode
-    ("off", "on", "all"); None leaves it to $POCKETVM_JIT (default off)."""
+    ("off", "on", "all"); None leaves it to $POCKETVM_JIT (default off, as
+    `run_elf`; `pocket run` alone would have it on)."""
     if os.environ.get(RUNNER_ENV, "api") == "cli":
         cmd = [sys.executable, "-m", "pocketvm", "run", "--bios", "none", "--kernel", str(elf)]
-        if jit == "on":
-            cmd += ["--jit", "on"]
+        mode = jit or os.environ.get("POCKETVM_JIT", "").strip() or "off"
+        if mode != "all":  # ("all" has no flag: $POCKETVM_JIT=all reaches the process)
+            cmd += ["--jit", mode]
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
         except subprocess.TimeoutExpired:

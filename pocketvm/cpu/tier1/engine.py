@@ -127,8 +127,16 @@ MAX_WAITING = 512
 # more, but took a quarter of any core it shared with the hart): code
 # already in the persistent cache does not depend on it (`LocalCache`).
 SERVICE_NICE = int(os.environ.get("POCKETVM_JIT_SERVICE_NICE", "15"))
-# A booting VM's wait for the service to start, at most (seconds).
-SERVICE_START_WAIT = 2.0
+# A booting VM's wait for the service to start, at most (seconds). On an
+# idle host it waits 0.05-0.13 s (its own start-up overlaps the service's);
+# on a busy one the niced service took up to 1.1 s to start, all of it the
+# boot's loss (with two busy loops on this 2-core host, a cold boot took
+# 7-15% longer than interpreted).
+SERVICE_START_WAIT = 0.4
+# A service that has had nothing to do for this long (seconds) is stopped,
+# and started again when the VM has blocks for it: after a boot it holds
+# ~90 MiB (PSS), and an idle guest at a shell prompt asks for nothing.
+SERVICE_IDLE_EXIT = float(os.environ.get("POCKETVM_JIT_SERVICE_IDLE", "20"))
 # How often the hart looks for finished translations (a look is a system call).
 POLL_INTERVAL = 0.0005
 
@@ -150,6 +158,8 @@ class Stats:
     load_seconds: float = 0.0  # the hart's thread linking objects in
     requests: int = 0
     cache_bytes: int = 0
+    starts: int = 0  # service processes started
+    idle_stops: int = 0  # ... and stopped because they had nothing to do
 
     def summary(self, stale: int) -> str:
         return (
@@ -158,7 +168,7 @@ class Stats:
             f"{self.prefetched} prefetched, {self.empty} not worth it; "
             f"{self.batches} objects loaded in {self.load_seconds:.3f} s; service CPU {self.compile_seconds:.2f} s "
             f"(IR {self.ir_seconds:.2f}, optimisation {self.opt_seconds:.2f}, code {self.codegen_seconds:.2f}); "
-            f"{stale} invalidated"
+            f"{stale} invalidated; service started {self.starts}x, stopped when idle {self.idle_stops}x"
         )
 
 
@@ -273,7 +283,10 @@ class _ServiceProcess:
             raise OSError("unexpected reply from the translation service")
         return reply
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End the service. `wait=False`: its exit is waited for (reaped) by
+        a thread of its own, so the hart's thread never blocks on a process
+        that a busy host lets exit slowly."""
         self._outbox.put(None)
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -285,6 +298,12 @@ class _ServiceProcess:
                 closable.close()
             except OSError:
                 pass
+        if wait:
+            self._reap()
+        else:
+            threading.Thread(target=self._reap, name="tier1-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -364,6 +383,7 @@ class Tier1:
         self._remote: _ServiceProcess | None = None
         self._in_flight = 0
         self._next_poll = 0.0
+        self._heard = 0.0  # when the service last answered, or was started
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
         self._waiting: dict[int, None] = {}  # blocks for the service, which has not taken them yet
@@ -397,7 +417,7 @@ class Tier1:
                     self._index = None
         if self.background:  # it takes a few tenths of a second to start: while the VM sets up
             try:
-                self._remote = _ServiceProcess(ctab if ctab is not None else expansion_table())
+                self._start_service(ctab if ctab is not None else expansion_table())
             except OSError as e:
                 self._fail(f"cannot start the translation service: {e}")
 
@@ -417,11 +437,18 @@ class Tier1:
             try:
                 while remote.poll():
                     reply = remote.receive()
+                    self._heard = now
                     if reply.solicited:
                         self._in_flight -= 1
                     self._apply(reply)
             except (EOFError, OSError) as e:
                 self._fail(f"the translation service stopped: {str(e) or 'it exited'}")
+            if not self._in_flight and not self._waiting and now - self._heard > SERVICE_IDLE_EXIT:
+                # Nothing asked, nothing coming back for a while: it has compiled all it
+                # had (spare-time work answers every few milliseconds). Started again on demand.
+                remote.close(wait=False)
+                self._remote = None
+                self.stats.idle_stops += 1
         if self.table[L.JT_QLEN] or (self._waiting and self._in_flight < MAX_IN_FLIGHT):
             self._hand_over(ram16, ctab)
         h.service_seconds += time.perf_counter() - now
@@ -486,11 +513,17 @@ class Tier1:
             return
         try:
             if remote is None:
-                remote = self._remote = _ServiceProcess(ctab)
+                remote = self._start_service(ctab)
             remote.send(req)
             self._in_flight += 1
         except OSError as e:
             self._fail(f"cannot reach the translation service: {e}")
+
+    def _start_service(self, ctab: np.ndarray) -> _ServiceProcess:
+        remote = self._remote = _ServiceProcess(ctab)
+        self._heard = time.perf_counter()
+        self.stats.starts += 1
+        return remote
 
     def _heat(self, key: int) -> int:
         """How hot a waiting block is now: instructions run from it if installed, else its count since it was queued."""

@@ -85,6 +85,7 @@ MODE_ALL = 2
 
 ENV_VAR = "POCKETVM_JIT"
 MODES = {"off": MODE_OFF, "on": MODE_ON, "all": MODE_ALL}
+MODE_NAMES = {mode: name for name, mode in MODES.items()}
 
 
 def mode_from_env(default: str = "off") -> int:
@@ -93,6 +94,21 @@ def mode_from_env(default: str = "off") -> int:
     if name not in MODES:
         raise ValueError(f"{ENV_VAR}={name!r}: expected one of {', '.join(MODES)}")
     return MODES[name]
+
+
+def vm_default_mode() -> int:
+    """Tier 1 for a VM that does not say: $POCKETVM_JIT if set, else on
+    where the host gives this process a second CPU for the translation
+    service (the harts of a VM all run on one thread), else off: with one
+    CPU the niced service gets ~3% of it and the guest stays interpreted.
+    (A bare `Hart` keeps $POCKETVM_JIT or off: tests and tools build many.)"""
+    if os.environ.get(ENV_VAR, "").strip():
+        return mode_from_env()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return MODE_ON if cpus >= 2 else MODE_OFF
 
 
 QUEUED = -(1 << 40)  # a count that cannot reach the threshold again before a block of the set is installed

@@ -93,8 +93,8 @@ class Reply:
     times: CompileTimes = field(default_factory=CompileTimes)
     cache_bytes: int = -1
     fpu: bool = False  # some of its code calls the FPU
-    solicited: bool = True
-    upgrade: bool = False  # better code for blocks the VM has: replaces theirs  # False: spare-time work (see `compile_backlog`), not the answer to a request
+    solicited: bool = True  # False: spare-time work (`TranslationService.spare_time`), not the answer to a request
+    upgrade: bool = False  # better code for blocks the VM has: replaces theirs
 
 
 class _PageWords:
