@@ -7,8 +7,9 @@ installs whatever code has arrived and sends what is queued to the
 translation service (`service`): in mode "on" a process of its own, so the
 hart never waits for a compiler and never competes with one for the GIL;
 in mode "all" (tests) in-process, at once. The service answers with object
-files (from the persistent cache or freshly compiled), which are linked
-into this process by llvmlite's MCJIT. Code already in the persistent cache
+files (from the persistent cache or freshly compiled), whose code is
+copied into executable memory (`codeheap`; MCJIT links an object that
+needs more). Code already in the persistent cache
 does not wait for the service (whose process gets little CPU on a busy
 host): the VM reads the cache's index itself (`LocalCache`), installs at
 once whatever matches guest RAM when it starts (a kernel is where it was
@@ -38,6 +39,7 @@ import numpy as np
 from pocketvm.cpu import native
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import layout as L
+from pocketvm.cpu.tier1.codeheap import CodeHeap, UnsupportedObject
 from pocketvm.cpu.tier1.objcache import ObjectCache, cache_path
 from pocketvm.cpu.tier1.service import (
     PAGE,
@@ -375,7 +377,8 @@ class Tier1:
         self.hart_stats = HartStats()
         self._born = time.perf_counter()
         self._born_cpu = time.process_time()
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), llvm.Target.from_default_triple().create_target_machine(jit=True))
+        self._heap = CodeHeap()  # where translated code is copied in
+        self._mcjit: llvm.ExecutionEngine | None = None  # links what the heap cannot take (created if needed)
         self._addresses: dict[str, int] = {}  # loaded functions
         self._loaded: set[str] = set()  # batches linked in
         self.background = mode == L.MODE_ON
@@ -642,20 +645,18 @@ class Tier1:
         index = self._index
         assert index is not None
         t0 = time.perf_counter()
-        added = False
+        objects = []
         for batch in dict.fromkeys(b for _, b, _ in found):
             if batch in self._loaded:
                 continue
             obj = index.load(batch)
             if obj is None:
                 continue
-            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            objects.append(obj)
             self._loaded.add(batch)
             self._touched.append(batch)
             self.stats.batches += 1
-            added = True
-        if added:
-            self._engine.finalize_object()
+        self._link(objects)
         for k, batch, name in found:
             if batch in self._loaded:
                 self._install(k, self._address(name))
@@ -702,11 +703,8 @@ class Tier1:
 
                 self.table[L.JT_FP_ENTRY] = fp_entry_address()
         fresh = [b for b in reply.batches if b.id not in self._loaded]  # a batch also found locally comes once
-        for batch in fresh:
-            self._engine.add_object_file(llvm.ObjectFileRef.from_data(batch.obj))
-            self._loaded.add(batch.id)
-        if fresh:
-            self._engine.finalize_object()
+        self._link([batch.obj for batch in fresh])
+        self._loaded.update(batch.id for batch in fresh)
         asked = set()
         for tkey, name in reply.installs:
             asked.add(tkey)
@@ -735,10 +733,28 @@ class Tier1:
         if reply.cache_bytes >= 0:
             s.cache_bytes = reply.cache_bytes
 
+    def _link(self, objects: list[bytes]) -> None:
+        """Make these objects' functions callable (`_address`): copied into
+        the code heap, or linked by MCJIT if they need linking."""
+        linked = False
+        for obj in objects:
+            try:
+                self._addresses.update(self._heap.load(obj))
+            except UnsupportedObject as e:
+                if self._mcjit is None:
+                    log.debug("tier 1: MCJIT links an object the code heap cannot take: %s", e)
+                    target = llvm.Target.from_default_triple().create_target_machine(jit=True)
+                    self._mcjit = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target)
+                self._mcjit.add_object_file(llvm.ObjectFileRef.from_data(obj))
+                linked = True
+        if linked:
+            assert self._mcjit is not None
+            self._mcjit.finalize_object()
+
     def _address(self, name: str) -> int:
         addr = self._addresses.get(name)
         if addr is None:
-            addr = self._addresses[name] = int(self._engine.get_function_address(name))
+            addr = self._addresses[name] = int(self._mcjit.get_function_address(name)) if self._mcjit else 0
         return addr
 
     def _install(self, key: int, fn: int) -> None:
@@ -757,6 +773,7 @@ class Tier1:
         h = self.hart_stats
         return (
             self.stats.summary(int(t[L.JT_STALE]))
+            + f"; {self._heap.bytes >> 10} KiB of code loaded" + (" (and some linked by MCJIT)" if self._mcjit else "")
             + f"; {int(t[L.JT_NATIVE])} of {h.retired} instructions in translated code"
             f" ({100 * int(t[L.JT_NATIVE]) / max(h.retired, 1):.0f}%), {int(t[L.JT_CALLS])} calls from the interpreter"
             + f"; hart: {h.runs} run() calls, {h.service_seconds:.3f} s servicing them; VM process "
