@@ -368,3 +368,39 @@ def test_an_idle_service_is_stopped_and_started_again_when_code_gets_hot(
     assert int(hart.st[S.CSR + S.CSR_MINSTRET]) - before == 3010
     assert "service started 2x, stopped when idle 1x" in tier1.report()
     tier1.close()
+
+
+def test_code_compiled_quickly_counts_what_it_runs_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its budget checks (at entry and at the loop's head) add up what they
+    checked in its slot's JT_HOT, as the interpreter adds what each call of it
+    ran: so a block entered only by chaining gets hot too."""
+    monkeypatch.setenv("POCKETVM_JIT_CACHE", "off")
+    hart = loop_hart(0x1000)  # mode "all": compiled quickly, at once
+    run_loop(hart)
+    table = hart.tier1.table
+    slot = L.find(table, L.block_key(0x1000, False))
+    native = int(table[L.JT_NATIVE])
+    assert slot >= 0 and native > 2900
+    # The interpreter's calls credit `native`; the code itself about as much again.
+    assert int(table[L.JT_HOT + slot]) > 1.8 * native, (int(table[L.JT_HOT + slot]), native)
+
+
+def test_a_block_hot_by_its_own_count_is_asked_to_be_compiled_well_once(jit_cache: Path) -> None:
+    hart = loop_hart(0x1000, jit="on")
+    tier1 = hart.tier1
+    assert tier1 is not None
+    key = L.block_key(0x1000, False)
+    L.install(tier1.table, key, 0x1234)  # (never called here)
+    tier1.table[L.JT_HOT + L.find(tier1.table, key)] = engine_upgrade_instructions()
+    tier1._ask_for_upgrades()
+    assert key in tier1._waiting and key in tier1._upgrade_asked
+    del tier1._waiting[key]
+    tier1._ask_for_upgrades()  # once
+    assert key not in tier1._waiting
+    tier1.close()
+
+
+def engine_upgrade_instructions() -> int:
+    from pocketvm.cpu.tier1 import engine
+
+    return engine.UPGRADE_INSTRUCTIONS

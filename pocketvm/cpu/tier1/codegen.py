@@ -36,7 +36,7 @@ from pocketvm.cpu.state import (
 )
 from pocketvm.cpu.tier1.decode import Insn, Region, ends_block, successors
 from pocketvm.cpu.tier1.fpgen import FpGen
-from pocketvm.cpu.tier1.layout import JT_FN, JT_KEY, SET_BITS, SETS, WAYS
+from pocketvm.cpu.tier1.layout import JT_FN, JT_HOT, JT_KEY, SET_BITS, SETS, WAYS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
@@ -79,12 +79,19 @@ def module_text(triple: str, functions: list[str]) -> str:
 class BlockCodegen:
     """The text of one function for the region at RAM offset `off`."""
 
-    def __init__(self, name: str, off: int, paged: bool, region: Region, chain: bool = True, in_state: bool = False):
+    def __init__(
+        self, name: str, off: int, paged: bool, region: Region, chain: bool = True, in_state: bool = False,
+        count: bool = False,
+    ):
         """`paged`: loads and stores are translated (the table keys the block by it too);
         `chain`: exits jump to the translated block at their target when the table has one;
         `in_state`: guest registers are read from and written to `st` where
         they are used (for code compiled quickly, see `translator`) instead
-        of living in allocas. The code holds no host address: the table (%jt) has them."""
+        of living in allocas; `count`: each budget check (at entry and where
+        a loop comes back) adds what it checked to the slot's JT_HOT, chained
+        entries too (code compiled quickly: the VM has it compiled well once
+        that is high, see `engine.UPGRADE_INSTRUCTIONS`). The code
+        holds no host address: the table (%jt) has them."""
         self.name = name
         self.off = off & 0xFFF  # the code depends on its place in the page only: %off is an argument
         self.paged = paged
@@ -95,6 +102,7 @@ class BlockCodegen:
         read = {i.rs1 for i in self.insns if i.opcode not in (0x37, 0x17, 0x6F)}
         read |= {i.rs2 for i in self.insns if i.opcode in (0x33, 0x3B, 0x23, 0x63, 0x2F)}
         self.in_state = in_state
+        self.count = count
         # In allocas: every register the region uses, copied in at entry and
         # the written ones back at every exit. In `st`: none, and what an LLVM
         # block already loaded or stored is reused within it (`known`).
@@ -278,16 +286,9 @@ class BlockCodegen:
             target_off = v(f"phi i64 [ {target_off}, %{came} ], [ {found_off}, %lookup ]")
             look = v(f"phi i1 [ {look}, %{came} ], [ {found}, %lookup ]")
         if in_page or lookup:
-            # The table's set for the target (`layout.set_of`): its first way, else its second (2 ways).
-            hashed = v(f"xor i64 {v(f'lshr i64 {target_off}, 1')}, {v(f'lshr i64 {target_off}, {SET_BITS + 1}')}")
-            first = v(f"mul i64 {v(f'and i64 {hashed}, {SETS - 1}')}, {WAYS}")
-            slot = v(f"shl i64 {v(f'add i64 {first}, {JT_KEY}')}, 3")
             key = v(f"add i64 {v(f'shl i64 {target_off}, 1')}, {1 if self.paged else 0}")
             want = v(f"select i1 {look}, i64 {key}, i64 -2")  # -2: a key that never matches
-            first_ptr = v(f"getelementptr i8, ptr %jt, i64 {slot}")
-            in_first = v(f"icmp eq i64 {v(f'load i64, ptr {first_ptr}')}, {want}")
-            way = v(f"select i1 {in_first}, i64 0, i64 8")
-            key_ptr = v(f"getelementptr i8, ptr {first_ptr}, i64 {way}")
+            key_ptr = self.table_slot(target_off, want)
             found = v(f"load i64, ptr {key_ptr}")
             fn_ptr = v(f"getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_FN - JT_KEY)}")
             target = v(f"load i64, ptr {fn_ptr}")
@@ -303,6 +304,24 @@ class BlockCodegen:
             self.start("plain")
         self.put(f"store i64 {npc}, ptr {self.st_ptr(PC)}")
         self.put(f"ret i64 {total}")
+
+    def table_slot(self, off: str, key: str) -> str:
+        """A pointer to JT_KEY of `key`'s slot if its set (`layout.set_of` of RAM
+        offset `off`) has it in its first way, else of the second way (2 ways)."""
+        v = self.v
+        hashed = v(f"xor i64 {v(f'lshr i64 {off}, 1')}, {v(f'lshr i64 {off}, {SET_BITS + 1}')}")
+        first = v(f"mul i64 {v(f'and i64 {hashed}, {SETS - 1}')}, {WAYS}")
+        slot = v(f"shl i64 {v(f'add i64 {first}, {JT_KEY}')}, 3")
+        first_ptr = v(f"getelementptr i8, ptr %jt, i64 {slot}")
+        in_first = v(f"icmp eq i64 {v(f'load i64, ptr {first_ptr}')}, {key}")
+        return v(f"getelementptr i8, ptr {first_ptr}, i64 {v(f'select i1 {in_first}, i64 0, i64 8')}")
+
+    def hot_counter(self) -> None:
+        """%hot: JT_HOT of this block's slot (its key is there: it was called
+        or chained to through it), where each budget check adds what it checked."""
+        v = self.v
+        key_ptr = self.table_slot("%off", v(f"add i64 {v('shl i64 %off, 1')}, {1 if self.paged else 0}"))
+        self.put(f"%hot = getelementptr i8, ptr {key_ptr}, i64 {8 * (JT_HOT - JT_KEY)}")
 
     # --- the function ----------------------------------------------------------------
     def emit(self) -> str:
@@ -336,6 +355,8 @@ class BlockCodegen:
         first = self.v("icmp eq i64 %done_in, 0")
         self.put(f"ret i64 {self.v(f'select i1 {first}, i64 -1, i64 %done_in')}")
         self.start("fresh")
+        if self.count:
+            self.hot_counter()
         for r in self.used:
             self.put(f"store i64 {self.v(f'load i64, ptr {self.st_ptr(r)}')}, ptr %x{r}")
         self.fp.load_registers()
@@ -356,6 +377,9 @@ class BlockCodegen:
                 self.start(stop)
                 self.exit_block(start, 0)
                 self.start(go)
+                if self.count:  # (what may run up to the next check: loops inside count by iteration)
+                    count = self.v(f"add i64 {self.v(f'load i64, ptr %hot')}, {checks[start]}")
+                    self.put(f"store i64 {count}, ptr %hot")
             for i, insn in enumerate(sub.insns):
                 if not self.emit_insn(i, insn):
                     break  # a jump or branch ended the sub-block

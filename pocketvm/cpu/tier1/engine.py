@@ -114,6 +114,13 @@ LOCAL_THRESHOLD = int(os.environ.get("POCKETVM_JIT_LOCAL_THRESHOLD", "512"))
 # it was, a loop that stays inside its block for thousands of instructions
 # a call was hardly ever compiled well.)
 UPGRADE_INSTRUCTIONS = int(os.environ.get("POCKETVM_JIT_UPGRADE", "1000000"))
+# Code compiled quickly counts its own entries, chained ones too (the
+# interpreter sees only the calls it makes itself); the table is looked
+# over this often (seconds) for blocks that have run that much since. In a
+# guest `dd` read three quarters of the time in translated code was in code
+# compiled quickly, found by the VM in the cache index and never asked of
+# the service again: compiled well, the read took 1.2-1.3 s instead of 1.8-2.2.
+HOT_SCAN_INTERVAL = 0.1
 # Blocks in flight to the service at most: a burst of hot code (a boot)
 # queues faster than it compiles; beyond this the hart keeps interpreting
 # and the table's queue simply fills (later hot blocks are asked for later).
@@ -386,6 +393,7 @@ class Tier1:
         self._remote: _ServiceProcess | None = None
         self._in_flight = 0
         self._next_poll = 0.0
+        self._next_scan = 0.0
         self._heard = 0.0  # when the service last answered, or was started
         self._broken = False
         self._slots = np.arange(0, PAGE, 2, dtype=np.int64)  # halfword offsets in a page
@@ -452,6 +460,9 @@ class Tier1:
                 remote.close(wait=False)
                 self._remote = None
                 self.stats.idle_stops += 1
+        if self.background and now >= self._next_scan and not self._broken:
+            self._next_scan = now + HOT_SCAN_INTERVAL
+            self._ask_for_upgrades()
         if self.table[L.JT_QLEN] or (self._waiting and self._in_flight < MAX_IN_FLIGHT):
             self._hand_over(ram16, ctab)
         h.service_seconds += time.perf_counter() - now
@@ -521,6 +532,19 @@ class Tier1:
             self._in_flight += 1
         except OSError as e:
             self._fail(f"cannot reach the translation service: {e}")
+
+    def _ask_for_upgrades(self) -> None:
+        """Installed blocks that ran UPGRADE_INSTRUCTIONS (counted by the code
+        compiled quickly itself, or by the interpreter's calls) go to the
+        service once: it compiles them well unless the cache has them so."""
+        hot = self.table[L.JT_HOT : L.JT_HOT + L.SLOTS]
+        slots = np.flatnonzero(hot >= UPGRADE_INSTRUCTIONS)
+        if not len(slots):
+            return
+        slots = slots[self.table[L.JT_FN + slots] != 0]
+        keys = [int(k) for k in self.table[L.JT_KEY + slots] if k not in self._upgrade_asked]
+        self._upgrade_asked.update(keys)
+        self._waiting.update(dict.fromkeys(keys))
 
     def _start_service(self, ctab: np.ndarray) -> _ServiceProcess:
         remote = self._remote = _ServiceProcess(ctab)

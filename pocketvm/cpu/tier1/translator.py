@@ -170,7 +170,8 @@ class ObjectCompiler:
         """Regions as (function name, RAM offset, paged, region) -> ELF object."""
         t0 = time.thread_time()
         functions = [
-            BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2]).emit() for name, off, paged, region in regions
+            BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2], count=tier == QUICK).emit()
+            for name, off, paged, region in regions
         ]
         text = module_text(llvm.get_process_triple(), functions)
         t1 = time.thread_time()
