@@ -378,7 +378,7 @@ class BlockCodegen:
                 self.exit_block(start, 0)
                 self.start(go)
                 if self.count:  # (what may run up to the next check: loops inside count by iteration)
-                    count = self.v(f"add i64 {self.v(f'load i64, ptr %hot')}, {checks[start]}")
+                    count = self.v(f"add i64 {self.v('load i64, ptr %hot')}, {checks[start]}")
                     self.put(f"store i64 {count}, ptr %hot")
             for i, insn in enumerate(sub.insns):
                 if not self.emit_insn(i, insn):
