@@ -131,7 +131,9 @@ def run_pocketvm(elf: Path, max_instructions: int = MAX_INSTRUCTIONS, jit: str |
     `run_elf`; `pocket run` alone would have it on)."""
     if os.environ.get(RUNNER_ENV, "api") == "cli":
         cmd = [sys.executable, "-m", "pocketvm", "run", "--bios", "none", "--kernel", str(elf)]
-        mode = jit or os.environ.get("POCKETVM_JIT", "").strip() or "off"
+        from pocketvm.cpu.tier1 import layout  # (as run_elf resolves None)
+
+        mode = jit or layout.MODE_NAMES[layout.mode_from_env()]
         if mode != "all":  # ("all" has no flag: $POCKETVM_JIT=all reaches the process)
             cmd += ["--jit", mode]
         try:
