@@ -95,7 +95,6 @@ from pocketvm.cpu.tier1.layout import (
     JT_RESUME,
     JT_STALE,
     JT_THRESHOLD,
-    JT_UPGRADE,
     MODE_ALL,
     QUEUE_SIZE,
     QUEUED,
@@ -651,14 +650,9 @@ def run(st, stf64, stf32, sh, ram, ram16, ram32, ram64, ctab, budget, jt):
                         r = call_block(jfn, st, ram, ram_size, pc, 1 if dx else 0, dtag, limit - n, jt, off)
                         jt[JT_CALLS] += 1
                         if r > 0:
-                            # Instructions run from this entry: once there are enough, it is hot enough
-                            # to be compiled better (a loop inside a block runs thousands per call).
-                            ran = jt[_u(JT_HOT + jslot)]
-                            jt[_u(JT_HOT + jslot)] = ran + r
-                            up = jt[JT_UPGRADE]
-                            if up > 0 and ran < up <= ran + r and jt[JT_QLEN] < QUEUE_SIZE:
-                                jt[_u(JT_QUEUE + jt[JT_QLEN])] = jkey
-                                jt[JT_QLEN] += 1
+                            # Instructions run from this entry: the VM has blocks that ran
+                            # JT_UPGRADE of them compiled better (`Tier1._ask_for_upgrades`).
+                            jt[_u(JT_HOT + jslot)] += r
                             jt[JT_NATIVE] += r
                             n += r
                             pc = st[PC]

@@ -503,14 +503,11 @@ class Tier1:
         if count:
             new = list(dict.fromkeys(int(k) for k in table[L.JT_QUEUE : L.JT_QUEUE + count]))
             table[L.JT_QLEN] = 0
-            # A block that is installed was queued for running much: asked once to be compiled better.
-            installed = {k for k in new if L.find(table, k) >= 0}
-            # (A block waiting for the service is looked up again: it may have
-            # been waiting to be compiled better when another block took its slot.)
-            new = [k for k in new if k not in installed or k not in self._upgrade_asked]
-            self._upgrade_asked |= installed
+            # (Installed since it was queued: what it runs counts towards
+            # being compiled better, see `_ask_for_upgrades`.)
+            new = [k for k in new if L.find(table, k) < 0]
             if self._index is not None and new:
-                new = self._look_up_locally(new, installed, ram16)
+                new = self._look_up_locally(new, ram16)
             self._waiting.update(dict.fromkeys(new))
         if not self._waiting or (self.background and self._in_flight >= MAX_IN_FLIGHT):
             self._bound_waiting()
@@ -535,11 +532,14 @@ class Tier1:
             self._fail(f"cannot reach the translation service: {e}")
 
     def _ask_for_upgrades(self) -> None:
-        """Installed blocks that ran UPGRADE_INSTRUCTIONS (counted by the code
-        compiled quickly itself, or by the interpreter's calls) go to the
-        service once: it compiles them well unless the cache has them so."""
+        """Installed blocks that ran JT_UPGRADE instructions (counted by the
+        code compiled quickly itself, and by the interpreter's calls) go to
+        the service once: it compiles them well unless the cache has them so."""
+        threshold = int(self.table[L.JT_UPGRADE])
+        if threshold <= 0:
+            return
         hot = self.table[L.JT_HOT : L.JT_HOT + L.SLOTS]
-        slots = np.flatnonzero(hot >= UPGRADE_INSTRUCTIONS)
+        slots = np.flatnonzero(hot >= threshold)
         if not len(slots):
             return
         slots = slots[self.table[L.JT_FN + slots] != 0]
@@ -603,7 +603,7 @@ class Tier1:
                 table[L.JT_COUNT + L.set_index(k >> 1)] = 0
             self._upgrade_asked.discard(k)
 
-    def _look_up_locally(self, keys: list[int], installed: set[int], ram16: np.ndarray) -> list[int]:
+    def _look_up_locally(self, keys: list[int], ram16: np.ndarray) -> list[int]:
         """Install the blocks the cache index has; the keys left for the service."""
         index = self._index
         assert index is not None
@@ -612,7 +612,7 @@ class Tier1:
         found: list[tuple[int, str, str]] = []
         pages: dict[int, bytes] = {}
         for k in keys:
-            if k in installed or k in self._local_missed:
+            if k in self._local_missed:
                 rest.append(k)
                 continue
             off = k >> 1
