@@ -3,6 +3,7 @@ code is loaded, and safe against whatever is found on disk."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -404,3 +405,53 @@ def engine_upgrade_instructions() -> int:
     from pocketvm.cpu.tier1 import engine
 
     return engine.UPGRADE_INSTRUCTIONS
+
+
+_VM_SIDE = """
+import sys
+from pocketvm.cpu import native
+if not native.prefer():
+    sys.exit("no prebuilt CPU core: numba's loads LLVM anyway")
+from pocketvm.cpu.tier1 import layout as L
+from pocketvm.cpu.tier1.engine import Tier1
+from pocketvm.cpu.tier1.translator import VERSION
+tier1 = Tier1(L.MODE_ON)
+tier1.close()
+print(VERSION, "llvmlite.binding" in sys.modules)
+"""
+
+
+def test_a_vm_process_names_its_cache_without_loading_llvm(tmp_path: Path) -> None:
+    """The cache's version names LLVM and the host CPU it compiles for.
+    Asking LLVM costs a VM ~0.1 s of its start and ~40 MiB: the answer is
+    kept per host, so a VM that finds its code in the cache never loads
+    LLVM (the service does, and mends a wrong answer for the next ones)."""
+    import subprocess
+    import sys
+
+    from pocketvm.cpu.tier1 import translator
+
+    from pocketvm.cpu import native
+
+    if not native.library_path().exists():
+        pytest.skip("no prebuilt CPU core (setup.sh builds it): numba's core loads LLVM anyway")
+    env = {**os.environ, "POCKETVM_JIT_CACHE": str(tmp_path / "jit")}
+
+    def vm_side() -> tuple[str, bool]:
+        out = subprocess.run([sys.executable, "-c", _VM_SIDE], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        version, loaded = out.stdout.split()
+        return version, loaded == "True"
+
+    first = vm_side()  # asks LLVM, once for this host
+    assert first[1]
+    assert vm_side() == (first[0], False)
+    assert first[0] == translator.VERSION  # what this process found (it runs with a memo of its own)
+    (memo,) = (tmp_path / "jit").glob("llvm-host-*.txt")
+    memo.write_text("a wrong answer")
+    wrong = vm_side()
+    assert wrong[0] != first[0] and not wrong[1]
+    # The service loads LLVM: it mends the memo, and the next VM is right again.
+    mend = "from pocketvm.cpu.tier1.translator import ObjectCompiler; ObjectCompiler()"
+    subprocess.run([sys.executable, "-c", mend], env=env, check=True, timeout=120)
+    assert vm_side() == (first[0], False)

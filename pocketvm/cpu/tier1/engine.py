@@ -32,8 +32,8 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from pocketvm.cpu import native
@@ -56,6 +56,9 @@ from pocketvm.cpu.tier1.translator import (
     entry_key_in_ram,
     init_llvm,
 )
+
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +371,6 @@ class Tier1:
     def __init__(
         self, mode: int, threshold: int | None = None, ctab: np.ndarray | None = None, compile_threshold: int | None = None
     ):
-        init_llvm()
         if threshold is None:  # count of a block at which it is looked up (tuning knob)
             threshold = int(os.environ.get("POCKETVM_JIT_THRESHOLD", str(DEFAULT_THRESHOLD)))
         if compile_threshold is None:  # ... and before it is compiled
@@ -766,8 +768,11 @@ class Tier1:
             try:
                 self._addresses.update(self._heap.load(obj))
             except UnsupportedObject as e:
+                import llvmlite.binding as llvm  # (LLVM is loaded only for this)
+
                 if self._mcjit is None:
                     log.debug("tier 1: MCJIT links an object the code heap cannot take: %s", e)
+                    init_llvm()
                     target = llvm.Target.from_default_triple().create_target_machine(jit=True)
                     self._mcjit = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target)
                 self._mcjit.add_object_file(llvm.ObjectFileRef.from_data(obj))

@@ -59,13 +59,18 @@ CREATE INDEX IF NOT EXISTS region_batch ON region (batch);
 """
 
 
-def cache_path(version: str) -> Path | None:
-    """The cache file for this translator version, or None when disabled."""
+def cache_root() -> Path | None:
+    """The directory of the cache files, or None when the cache is off."""
     where = os.environ.get(ENV_VAR, "")
     if where.strip().lower() == "off":
         return None
-    base = Path(where) if where else cache_dir() / "jit"
-    return base / f"tier1-{version}-{SCHEMA_VERSION}.sqlite"
+    return Path(where) if where else cache_dir() / "jit"
+
+
+def cache_path(version: str) -> Path | None:
+    """The cache file for this translator version, or None when disabled."""
+    base = cache_root()
+    return None if base is None else base / f"tier1-{version}-{SCHEMA_VERSION}.sqlite"
 
 
 def new_batch_id() -> str:

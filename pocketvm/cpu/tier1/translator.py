@@ -13,20 +13,28 @@ another version are never loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import platform
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import llvmlite
-import llvmlite.binding as llvm
+import llvmlite  # its version only: LLVM itself (llvmlite.binding) is loaded where code is compiled
 import numpy as np
 
 from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
+from pocketvm.cpu.tier1.objcache import cache_root
+from pocketvm.paths import cache_dir
+
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 # Two ways to compile (`Tier`): quickly for code that is only warm (fast
 # instruction selection at -O0 and SROA alone: ~2.3 ms for a region of 40
@@ -61,22 +69,94 @@ _SETTINGS = {
     ),
 }
 
-# Code for this host's CPU (translations never leave it): FMA instructions
-# for the F/D fast paths (`fpgen`) instead of calls to libm's fma.
-_HOST_CPU = llvm.get_host_cpu_name()
-_HOST_FEATURES = llvm.get_host_cpu_features().flatten()
-
 _llvm_lock = threading.Lock()
 _llvm_ready = False
 
 
 def init_llvm() -> None:
+    import llvmlite.binding as llvm
+
     global _llvm_ready
     with _llvm_lock:
         if not _llvm_ready:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
             _llvm_ready = True
+
+
+@functools.cache
+def host_target() -> tuple[str, str]:
+    """This host's CPU as LLVM names it, and its features: translations are
+    made for it (they never leave it), so the F/D fast paths (`fpgen`) get
+    FMA instructions instead of calls to libm's fma."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def _llvm_identity_from_llvm() -> str:
+    import llvmlite.binding as llvm
+
+    cpu, features = host_target()
+    return f"{llvm.llvm_version_info} {llvm.get_process_triple()} {cpu} {features}"
+
+
+def _host_key() -> str | None:
+    """This host's CPU and llvmlite, named without loading LLVM (None: unknown here)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    fields = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "isa", "uarch")
+    lines = [line for line in first.splitlines() if line.split(":", 1)[0].strip() in fields]
+    if not lines:
+        return None
+    ident = f"{llvmlite.__version__} {platform.machine()} {sys.platform}\n" + "\n".join(lines)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _memo_path() -> Path | None:
+    """Beside the cache files (in pocketvm's cache if the translation cache is off)."""
+    key = _host_key()
+    return (cache_root() or cache_dir() / "jit") / f"llvm-host-{key}.txt" if key else None
+
+
+def llvm_identity() -> str:
+    """LLVM's version and target, and the host CPU it compiles for: what
+    translated code depends on besides our sources. Asking LLVM means
+    loading it (~0.1 s of a VM's start and ~40 MiB of its memory), which a
+    VM that finds its code in the cache never needs: the answer is kept per
+    host (`_host_key`), and the service, which loads LLVM anyway, mends a
+    wrong one (`check_llvm_identity`)."""
+    memo = _memo_path()
+    if memo is not None:
+        try:
+            return memo.read_text()
+        except OSError:
+            pass
+    ident = _llvm_identity_from_llvm()
+    _write_memo(memo, ident)
+    return ident
+
+
+def check_llvm_identity() -> None:
+    """Where LLVM is loaded: keep the memo right for the processes to come."""
+    ident = _llvm_identity_from_llvm()
+    memo = _memo_path()
+    if ident != LLVM_IDENTITY:
+        _write_memo(memo, ident)
+
+
+def _write_memo(memo: Path | None, ident: str) -> None:
+    if memo is None:
+        return
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
+        tmp.write_text(ident)
+        tmp.replace(memo)
+    except OSError:
+        pass  # a read-only cache: asked of LLVM each time
 
 
 def _version() -> str:
@@ -86,10 +166,12 @@ def _version() -> str:
         h.update(name.encode())
         h.update((here / name).read_bytes())
     h.update((here.parent / "state.py").read_bytes())
-    h.update(f"{llvmlite.__version__} {llvm.llvm_version_info} {llvm.get_process_triple()}".encode())
+    h.update(f"{llvmlite.__version__} {LLVM_IDENTITY}".encode())
     h.update(repr(sorted(_SETTINGS.items())).encode())
-    h.update(f"{_HOST_CPU} {_HOST_FEATURES}".encode())
     return h.hexdigest()[:16]
+
+
+LLVM_IDENTITY = llvm_identity()
 
 
 VERSION = _version()
@@ -156,11 +238,16 @@ class ObjectCompiler:
     def __init__(self, verify: bool = True) -> None:
         """`verify`: check each module's IR before compiling it (a few percent
         of the time; the tests, which run the translator in-process, do)."""
+        import llvmlite.binding as llvm
+
+        self._llvm = llvm
         self._verify = verify
         init_llvm()
+        check_llvm_identity()
         target = llvm.Target.from_default_triple()
+        cpu, features = host_target()
         self._tm = {
-            tier: target.create_target_machine(cpu=_HOST_CPU, features=_HOST_FEATURES, opt=cg, jit=True)
+            tier: target.create_target_machine(cpu=cpu, features=features, opt=cg, jit=True)
             for tier, (cg, _, _) in _SETTINGS.items()
         }
         self._pto = llvm.create_pipeline_tuning_options(speed_level=2)
@@ -173,6 +260,7 @@ class ObjectCompiler:
             BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2], count=tier == QUICK).emit()
             for name, off, paged, region in regions
         ]
+        llvm = self._llvm
         text = module_text(llvm.get_process_triple(), functions)
         t1 = time.thread_time()
         mod = llvm.parse_assembly(text)
@@ -195,7 +283,7 @@ class ObjectCompiler:
             return
         if pipeline == "none":
             return
-        fpm = llvm.create_new_function_pass_manager()
+        fpm = self._llvm.create_new_function_pass_manager()
         fpm.add_sroa_pass()
         if pipeline in ("light", "gvn"):
             fpm.add_instruction_combine_pass()
