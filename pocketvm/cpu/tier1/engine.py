@@ -253,7 +253,7 @@ class _ServiceProcess:
         # sending a large reply while the VM sends a large request, and if
         # the VM's thread blocked in that send it would never read the reply
         # that unblocks the service.
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[bytes | Request | None] = queue.SimpleQueue()
         self.send_error: OSError | None = None
         # The first message is larger than the socket's buffer: its send
         # ends once the service has started (~0.25 s), which the VM does not
@@ -266,8 +266,10 @@ class _ServiceProcess:
 
     def _send_loop(self) -> None:
         try:
-            while (data := self._outbox.get()) is not None:
+            while (item := self._outbox.get()) is not None:
+                # Pickled here, not by the hart's thread, which runs the guest meanwhile (without the GIL).
                 try:
+                    data = item if isinstance(item, bytes) else pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
                     self.conn.send_bytes(data)
                 except OSError as e:
                     self.send_error = e
@@ -279,7 +281,7 @@ class _ServiceProcess:
     def send(self, req: Request) -> None:
         if self.send_error is not None:
             raise self.send_error
-        self._outbox.put(pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL))
+        self._outbox.put(req)  # (the VM keeps no reference to it: nothing changes it while it waits)
 
     def poll(self) -> bool:
         """A reply (or the end of the service) is there to receive."""
