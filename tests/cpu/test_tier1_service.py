@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tier1_diff import addi, branch, jal
 
 from pocketvm.cpu.rvc import expansion_table
 from pocketvm.cpu.tier1 import service as svc
@@ -19,23 +20,11 @@ LOOPS = 12  # more blocks than a burst (svc.BURST) in one request
 LOOP_BYTES = 16
 
 
-def addi(rd: int, rs1: int, imm: int) -> int:
-    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
-
-
-def bne_back(rs1: int, rs2: int, bytes_back: int) -> int:
-    imm = -bytes_back & 0x1FFF
-    return (
-        (((imm >> 12) & 1) << 31) | (((imm >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (1 << 12)
-        | (((imm >> 1) & 0xF) << 8) | (((imm >> 11) & 1) << 7) | 0x63
-    )  # fmt: skip
-
-
 def loops_page() -> bytes:
     """A page of LOOPS small loops (a0 += k; a1 -= 1; bne back; jump on to the next)."""
     words = []
     for k in range(LOOPS):
-        words += [addi(A0, A0, k + 1), addi(A1, A1, -1), bne_back(A1, 0, 8), 0x0040006F]  # jal x0, +4
+        words += [addi(A0, A0, k + 1), addi(A1, A1, -1), branch(1, A1, 0, -4), jal(0, 4)]  # bne back; on to the next
     code = np.zeros(4096, dtype=np.uint8)
     code[: 4 * len(words)] = np.array(words, dtype=np.uint32).view(np.uint8)
     return code.tobytes()
