@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,12 +31,14 @@ def loops_page() -> bytes:
     return code.tobytes()
 
 
-def request(keys: list[int], page_off: int = 0x4000) -> Request:
+def request(keys: list[int], page_off: int = 0x4000, upgrade: bool = False) -> Request:
+    """`upgrade`: the VM asks again for installed blocks that ran much (`Tier1._ask_for_upgrades`)."""
     taken = np.zeros(2048, dtype=bool)
     for k in range(LOOPS):
         taken[(k * LOOP_BYTES) >> 1] = True  # each loop's entry
         taken[(k * LOOP_BYTES + 4) >> 1] = True  # ... and its head, where bne comes back
-    page = PageWork(page_off, loops_page(), np.packbits(taken).tobytes(), keys, [True] * len(keys))
+    flags = [True] * len(keys)
+    page = PageWork(page_off, loops_page(), np.packbits(taken).tobytes(), keys, flags, [upgrade] * len(keys))
     return Request([page], 1 << 20, 1, GOOD)
 
 
@@ -61,32 +64,40 @@ def test_a_burst_is_compiled_quickly_and_not_all_of_it_again_well(service: Trans
     assert service.spare_wait() is None and service.spare_time() is None
 
 
-def test_compiling_well_waits_while_a_burst_is_on(service: TranslationService, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiling_well_is_spaced_out_while_a_burst_is_on(
+    service: TranslationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(svc, "BURST_WINDOW", 600.0)  # still on however slowly the test runs
     service.handle(request([key(i) for i in range(LOOPS)]))
-    # The VM asks again for one of them: it ran much, compiled quickly.
-    again = service.handle(request([key(3)]))
-    assert again.cached == 1 and key(3) in service.upgrades
+    # Asked again without having run much (its slot was taken meanwhile): installed as it is.
+    assert service.handle(request([key(2)])).cached == 1 and not service.upgrades
+    # The VM asks for two of them because they ran much.
+    assert service.handle(request([key(3), key(4)], upgrade=True)).cached == 2
+    assert list(service.upgrades) == [key(3), key(4)]
+    first = service.spare_time()  # the first at once, burst or not
+    assert first is not None and first.upgrade and [k for k, _ in first.installs] == [key(3)]
+    monkeypatch.setattr(svc, "UPGRADE_SPACING", 600.0)
     wait = service.spare_wait()
     assert wait is not None and 0 < wait <= 600.0
-    assert service.spare_time() is None and key(3) in service.upgrades
-    # The burst is over: now it is compiled well.
-    monkeypatch.setattr(svc, "BURST_WINDOW", 0.0)
-    assert service.spare_wait() == 0.0
-    reply = service.spare_time()
-    assert reply is not None and reply.upgrade and not reply.solicited
-    assert [k for k, _ in reply.installs] == [key(3)] and not service.upgrades
+    assert service.spare_time() is None and list(service.upgrades) == [key(4)]
+    monkeypatch.setattr(svc, "UPGRADE_SPACING", 0.0)  # (or the burst is over)
+    second = service.spare_time()
+    assert second is not None and second.upgrade and not second.solicited
+    assert [k for k, _ in second.installs] == [key(4)] and not service.upgrades
     # ... and the cache holds that code for the next runs.
     code = loops_page()
-    hit = service.cache.lookup(entry_key(key(3) >> 1, False, code), lambda sig: code_matches(sig, code), 1)
+    hit = service.cache.lookup(entry_key(key(4) >> 1, False, code), lambda sig: code_matches(sig, code), 1)
     assert hit is not None and hit[3] == GOOD
 
 
-def test_warm_blocks_are_compiled_during_a_burst(service: TranslationService, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spare time that must not compile well still compiles warm blocks quickly."""
+def test_warm_blocks_are_compiled_while_compiling_well_waits(
+    service: TranslationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(svc, "BURST_WINDOW", 600.0)
+    monkeypatch.setattr(svc, "UPGRADE_SPACING", 600.0)
     service.handle(request([key(i) for i in range(LOOPS - 2)]))
-    service.handle(request([key(3)]))  # an upgrade, waiting for the burst to end
+    service._last_upgrade = time.monotonic()  # one was compiled well just now
+    service.handle(request([key(3)], upgrade=True))  # waits
     cold = request([key(LOOPS - 2), key(LOOPS - 1)])
     cold.pages[0].compile = [False, False]  # warm only: kept for spare time
     assert service.handle(cold).cold == [key(LOOPS - 2), key(LOOPS - 1)]

@@ -710,10 +710,10 @@ class Tier1:
             for way in range(L.WAYS):
                 seen |= (table[L.JT_KEY + L.WAYS * sets + way] >> 1) == offs
             code = ram8[page_off : page_off + PAGE].tobytes()
-            compile = [
-                not self._compile_threshold or k in self._probed or L.find(table, k) >= 0 for k in page_keys
-            ]
-            pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile))
+            # (Installed blocks are asked for only by `_ask_for_upgrades`: they ran much.)
+            upgrade = [L.find(table, k) >= 0 for k in page_keys]
+            compile = [not self._compile_threshold or k in self._probed or up for k, up in zip(page_keys, upgrade)]
+            pages.append(PageWork(page_off, code, np.packbits(seen).tobytes(), page_keys, compile, upgrade))
         if self.background:  # what is compiled on request is hot: compile it well
             return Request(pages, int(ram16.shape[0]) * 2, MIN_REGION, GOOD)
         return Request(pages, int(ram16.shape[0]) * 2, 1, QUICK)  # mode "all": every block, at once

@@ -47,6 +47,7 @@ MAX_BACKLOG = 4096  # warm blocks kept for spare-time compiling
 FEW = 4  # blocks asked for at once that are compiled well straight away
 BURST = 8  # ... unless more than this many were asked for within BURST_WINDOW seconds
 BURST_WINDOW = 2.0
+UPGRADE_SPACING = 0.25  # seconds between two blocks compiled well in spare time during a burst
 # ... or when the request waited longer than this for the service (busy with
 # other work or starved of CPU).
 LATE = 0.05
@@ -61,6 +62,8 @@ class PageWork:
     taken: bytes  # np.packbits of 2048 flags: control seen arriving at each halfword
     keys: list[int]  # table keys (RAM offset * 2 + paged) of the hot blocks in it
     compile: list[bool]  # per key: compile it on a cache miss (else only look in the cache)
+    # Per key: installed, and asked for because it ran much (`engine.UPGRADE_INSTRUCTIONS`): compile it well.
+    upgrade: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -120,7 +123,8 @@ class TranslationService:
         # and decoding each at once took a sixth of that service's CPU.
         self.backlog: dict[int, _Warm] = {}
         self.upgrades: dict[int, tuple[int, Region]] = {}  # hot blocks compiled quickly only
-        self._recent: deque[tuple[float, int]] = deque()  # (when, blocks) compiled on request lately
+        self._recent: deque[tuple[float, int]] = deque()
+        self._last_upgrade = 0.0  # time.monotonic() of the last spare-time compile of a hot block  # (when, blocks) compiled on request lately
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -131,7 +135,8 @@ class TranslationService:
         misses: list[tuple[int, int, Region]] = []  # (entry key, table key, region)
         for page in req.pages:
             code = _PageCode(page, req.ram_size)
-            for tkey, may_compile in zip(page.keys, page.compile):
+            upgrade = page.upgrade or [False] * len(page.keys)
+            for tkey, may_compile, hot in zip(page.keys, page.compile, upgrade):
                 entry = entry_key(tkey >> 1, bool(tkey & 1), page.code)
                 hit = self.cache.lookup(entry, lambda sig, code=page.code: code_matches(sig, code), req.min_region)
                 off = tkey >> 1
@@ -139,7 +144,7 @@ class TranslationService:
                     reply.installs.append((tkey, hit[1]))
                     reply.cached += 1
                     reply.fpu = reply.fpu or calls_fpu(hit[2], self._ctab)
-                    if hit[3] < req.tier and may_compile:  # hot now, compiled quickly before
+                    if hit[3] < req.tier and hot:  # compiled quickly, and it ran much since
                         region = code.region(off, self._ctab)
                         if region.blocks:
                             self.upgrades[tkey] = (entry, region)
@@ -166,8 +171,8 @@ class TranslationService:
         # the first 16 of a boot well at once took most of a cold boot's
         # compile time). Those that turn out to run much, counted by the
         # code itself, the VM asks for again (`engine.UPGRADE_INSTRUCTIONS`):
-        # they are compiled well in spare time once the burst is over.
-        # (Every block of a burst used to be compiled well again in spare
+        # they are compiled well in spare time, spaced out while a burst is on
+        # (`_may_upgrade`). (Every block of a burst used to be compiled well again in spare
         # time: after a cold boot that kept the service busy for another
         # ~55 s of CPU, against ~22 s now, and the next boots were no faster.)
         now = time.monotonic()
@@ -190,32 +195,38 @@ class TranslationService:
 
     def spare_wait(self) -> float | None:
         """Seconds until there is spare-time work (0: now), None if there is none."""
-        if self.upgrades and not self._in_burst():
+        if self.upgrades and self._may_upgrade():
             return 0.0
         if self.backlog:
             return 0.0
         if not self.upgrades:
             return None
-        return max(0.01, self._recent[0][0] + BURST_WINDOW - time.monotonic())
+        return max(0.005, self._last_upgrade + UPGRADE_SPACING - time.monotonic())
 
-    def _in_burst(self) -> bool:
-        """Whether a burst of requests (a boot) is on: then compiling well
-        waits. Each region takes ~23 ms that the burst's next blocks would wait
-        for: cold boots compiled 20-30% more regions quickly in their first
-        4 s without it (the ~25 compiled well took 0.7-0.9 s of them)."""
-        return self._recent_blocks(time.monotonic()) > BURST
+    def _may_upgrade(self) -> bool:
+        """Whether a hot block may be compiled well now. In a burst of
+        requests (a boot) one every UPGRADE_SPACING seconds at most: each
+        takes ~23 ms that the burst's next blocks would wait for (a cold
+        boot compiled ~25 of them in its first 4 s, 0.7-0.9 s of the
+        service's CPU; without any, 20-30% more regions quickly). Not none:
+        a guest `dd` asks for new code all along, and its read loop, never
+        compiled well in the VM that first ran it, took 1.6-2.5 s a read
+        against ~1.1 once the cache had it compiled well."""
+        now = time.monotonic()
+        return self._recent_blocks(now) <= BURST or now - self._last_upgrade >= UPGRADE_SPACING
 
     def spare_time(self) -> Reply | None:
         """With no request waiting: compile a hot block well (replacing its
-        quick code in the VM and in the cache) unless a burst of requests is
-        on, else a few blocks that were only warm (for the cache, so the
-        next boot finds them, and for the VM now). None: nothing to do now."""
+        quick code in the VM and in the cache) if `_may_upgrade`, else a few
+        blocks that were only warm (for the cache, so the next boot finds
+        them, and for the VM now). None: nothing to do now."""
         if self.spare_wait() != 0.0:
             return None
         t0 = time.thread_time()
         work = []
-        if self.upgrades and not self._in_burst():
+        if self.upgrades and self._may_upgrade():
             # One region compiled well at a time: a request that arrives meanwhile waits for it.
+            self._last_upgrade = time.monotonic()
             tier = GOOD
             tkey = next(iter(self.upgrades))
             entry, region = self.upgrades.pop(tkey)
