@@ -123,8 +123,8 @@ class TranslationService:
         # and decoding each at once took a sixth of that service's CPU.
         self.backlog: dict[int, _Warm] = {}
         self.upgrades: dict[int, tuple[int, Region]] = {}  # hot blocks compiled quickly only
-        self._recent: deque[tuple[float, int]] = deque()
-        self._last_upgrade = 0.0  # time.monotonic() of the last spare-time compile of a hot block  # (when, blocks) compiled on request lately
+        self._recent: deque[tuple[float, int]] = deque()  # (when, blocks) compiled on request lately
+        self._last_upgrade = 0.0  # time.monotonic() of the last spare-time compile of a hot block
 
     def handle(self, req: Request) -> Reply:
         t0 = time.thread_time()
@@ -172,9 +172,9 @@ class TranslationService:
         # compile time). Those that turn out to run much, counted by the
         # code itself, the VM asks for again (`engine.UPGRADE_INSTRUCTIONS`):
         # they are compiled well in spare time, spaced out while a burst is on
-        # (`_may_upgrade`). (Every block of a burst used to be compiled well again in spare
-        # time: after a cold boot that kept the service busy for another
-        # ~55 s of CPU, against ~22 s now, and the next boots were no faster.)
+        # (`_may_upgrade`). (Every block of a burst used to be compiled well
+        # again in spare time: after a cold boot the service then took ~58 s
+        # of CPU in all, against ~26 s now, and the next boots were no faster.)
         now = time.monotonic()
         recent = self._recent_blocks(now) + len(misses)
         late = req.sent > 0 and now - req.sent > LATE  # this service is behind (a busy host)
@@ -220,11 +220,12 @@ class TranslationService:
         quick code in the VM and in the cache) if `_may_upgrade`, else a few
         blocks that were only warm (for the cache, so the next boot finds
         them, and for the VM now). None: nothing to do now."""
-        if self.spare_wait() != 0.0:
+        upgrade = bool(self.upgrades) and self._may_upgrade()
+        if not upgrade and not self.backlog:
             return None
         t0 = time.thread_time()
         work = []
-        if self.upgrades and self._may_upgrade():
+        if upgrade:
             # One region compiled well at a time: a request that arrives meanwhile waits for it.
             self._last_upgrade = time.monotonic()
             tier = GOOD
