@@ -391,39 +391,10 @@ class BlockCodegen:
         return "\n".join(self.lines) + "\n"
 
     def budget_checks(self) -> dict[int, int]:
-        """The sub-blocks that check the budget, each with the most
-        instructions that can run from it before the next check.
-
-        The entry and every target of a jump back (to a sub-block at or
-        before the jump's own) check; a jump forward does not. Every loop
-        has a jump back, so between two checks control only goes forward
-        and meets each sub-block once at most: it runs at most the longest
-        forward path from the check, which the check asks the budget for.
-        (A check at every sub-block, as before, was a quarter of a region's
-        exits and ~5% of its IR.)"""
-        blocks = self.region.blocks
-        targets: dict[int, list[int]] = {}
-        for start, sub in blocks.items():
-            last = sub.insns[-1]
-            nexts = successors(last) if ends_block(last.bits) else [sub.next_rel] if sub.next_rel is not None else []
-            targets[start] = [t for t in nexts if t in blocks]
-        longest: dict[int, int] = {}
-        for start in sorted(blocks, reverse=True):
-            ahead = [longest[t] for t in targets[start] if t > start]
-            longest[start] = len(blocks[start].insns) + max(ahead, default=0)
-        heads = {0} | {t for start, ts in targets.items() for t in ts if t <= start}
-        return {h: longest[h] for h in heads if h in blocks}
+        return budget_checks(self.region)
 
     def code_runs(self) -> list[tuple[int, bytes]]:
-        """The region's instructions as runs of contiguous bytes: (block-relative start, bytes)."""
-        runs: list[tuple[int, bytearray]] = []
-        for insn in sorted(self.insns, key=lambda i: i.rel):
-            raw = insn.raw.to_bytes(insn.length, "little")
-            if runs and runs[-1][0] + len(runs[-1][1]) == insn.rel:
-                runs[-1][1].extend(raw)
-            else:
-                runs.append((insn.rel, bytearray(raw)))
-        return [(rel, bytes(code)) for rel, code in runs]
+        return code_runs(self.insns)
 
     def goto(self, target_rel: int, retired: int) -> None:
         """End of a sub-block that goes on at block-relative `target_rel`."""
@@ -664,3 +635,40 @@ class BlockCodegen:
         if f3 == 5:
             return v(f"select i1 {by_zero}, {t} -1, {t} {v(f'udiv {t} {a}, {safe}')}")
         return v(f"select i1 {by_zero}, {t} {a}, {t} {v(f'urem {t} {a}, {safe}')}")
+
+
+def budget_checks(region: Region) -> dict[int, int]:
+    """The sub-blocks that check the budget, each with the most
+    instructions that can run from it before the next check.
+
+    The entry and every target of a jump back (to a sub-block at or
+    before the jump's own) check; a jump forward does not. Every loop
+    has a jump back, so between two checks control only goes forward
+    and meets each sub-block once at most: it runs at most the longest
+    forward path from the check, which the check asks the budget for.
+    (A check at every sub-block, as before, was a quarter of a region's
+    exits and ~5% of its IR.)"""
+    blocks = region.blocks
+    targets: dict[int, list[int]] = {}
+    for start, sub in blocks.items():
+        last = sub.insns[-1]
+        nexts = successors(last) if ends_block(last.bits) else [sub.next_rel] if sub.next_rel is not None else []
+        targets[start] = [t for t in nexts if t in blocks]
+    longest: dict[int, int] = {}
+    for start in sorted(blocks, reverse=True):
+        ahead = [longest[t] for t in targets[start] if t > start]
+        longest[start] = len(blocks[start].insns) + max(ahead, default=0)
+    heads = {0} | {t for start, ts in targets.items() for t in ts if t <= start}
+    return {h: longest[h] for h in heads if h in blocks}
+
+
+def code_runs(insns: list[Insn]) -> list[tuple[int, bytes]]:
+    """The region's instructions as runs of contiguous bytes: (block-relative start, bytes)."""
+    runs: list[tuple[int, bytearray]] = []
+    for insn in sorted(insns, key=lambda i: i.rel):
+        raw = insn.raw.to_bytes(insn.length, "little")
+        if runs and runs[-1][0] + len(runs[-1][1]) == insn.rel:
+            runs[-1][1].extend(raw)
+        else:
+            runs.append((insn.rel, bytearray(raw)))
+    return [(rel, bytes(code)) for rel, code in runs]

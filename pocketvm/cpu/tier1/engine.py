@@ -158,6 +158,7 @@ POLL_INTERVAL = 0.0005
 class Stats:
     blocks: int = 0  # regions compiled
     instructions: int = 0  # guest instructions in them
+    assembled: int = 0  # of the regions: written as assembly (`asmgen`)
     cached: int = 0  # regions found in the persistent cache
     local: int = 0  # of which: found by the VM itself, without asking the service
     preloaded: int = 0  # of which: installed at start (their code was where it was made)
@@ -176,7 +177,8 @@ class Stats:
 
     def summary(self, stale: int) -> str:
         return (
-            f"tier 1: {self.blocks} blocks compiled ({self.instructions} instructions), {self.cached} from the "
+            f"tier 1: {self.blocks} blocks compiled ({self.instructions} instructions, {self.assembled} blocks "
+            f"assembled), {self.cached} from the "
             f"translation cache ({self.cache_bytes >> 10} KiB; {self.local} found by the VM, {self.preloaded} of them at start), "
             f"{self.prefetched} prefetched, {self.empty} not worth it; "
             f"{self.batches} objects loaded in {self.load_seconds:.3f} s; service CPU {self.compile_seconds:.2f} s "
@@ -759,6 +761,7 @@ class Tier1:
         s.ir_seconds += reply.times.ir
         s.opt_seconds += reply.times.opt
         s.codegen_seconds += reply.times.code
+        s.assembled += reply.times.assembled
         if reply.cache_bytes >= 0:
             s.cache_bytes = reply.cache_bytes
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import llvmlite  # its version only: LLVM itself (llvmlite.binding) is loaded where code is compiled
 import numpy as np
 
+from pocketvm.cpu.tier1.asmgen import AsmCodegen, can_assemble, module_asm
 from pocketvm.cpu.tier1.codegen import FP_OPS, BlockCodegen, module_text
 from pocketvm.cpu.tier1.decode import Region
 from pocketvm.cpu.tier1.objcache import cache_root
@@ -69,6 +70,10 @@ _SETTINGS = {
     ),
 }
 
+# Code compiled quickly is written as assembly (`asmgen`) where it can be:
+# LLVM then only assembles it.
+ASSEMBLE = os.environ.get("POCKETVM_JIT_ASM", "1") == "1"
+
 _llvm_lock = threading.Lock()
 _llvm_ready = False
 
@@ -81,6 +86,7 @@ def init_llvm() -> None:
         if not _llvm_ready:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
+            llvm.initialize_native_asmparser()  # for the assembly of `asmgen`
             _llvm_ready = True
 
 
@@ -162,12 +168,13 @@ def _write_memo(memo: Path | None, ident: str) -> None:
 def _version() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("codegen.py", "decode.py", "fpgen.py", "layout.py", "translator.py"):
+    for name in ("asmgen.py", "codegen.py", "decode.py", "fpgen.py", "layout.py", "translator.py"):
         h.update(name.encode())
         h.update((here / name).read_bytes())
     h.update((here.parent / "state.py").read_bytes())
     h.update(f"{llvmlite.__version__} {LLVM_IDENTITY}".encode())
     h.update(repr(sorted(_SETTINGS.items())).encode())
+    h.update(f"asm {ASSEMBLE}".encode())
     return h.hexdigest()[:16]
 
 
@@ -230,6 +237,7 @@ class CompileTimes:
     ir: float = 0.0
     opt: float = 0.0
     code: float = 0.0
+    assembled: int = 0  # regions written as assembly (`asmgen`), not as IR
 
 
 class ObjectCompiler:
@@ -246,6 +254,7 @@ class ObjectCompiler:
         check_llvm_identity()
         target = llvm.Target.from_default_triple()
         cpu, features = host_target()
+        self._bmi2 = "+bmi2" in features.split(",")
         self._tm = {
             tier: target.create_target_machine(cpu=cpu, features=features, opt=cg, jit=True)
             for tier, (cg, _, _) in _SETTINGS.items()
@@ -256,12 +265,17 @@ class ObjectCompiler:
     def compile(self, regions: list[tuple[str, int, bool, Region]], times: CompileTimes, tier: int = QUICK) -> bytes:
         """Regions as (function name, RAM offset, paged, region) -> ELF object."""
         t0 = time.thread_time()
-        functions = [
-            BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2], count=tier == QUICK).emit()
-            for name, off, paged, region in regions
-        ]
+        functions, assembly = [], []
+        for name, off, paged, region in regions:
+            if tier == QUICK and ASSEMBLE and can_assemble(region, self._bmi2):
+                assembly.append(AsmCodegen(name, off, paged, region).emit())
+                times.assembled += 1
+            else:
+                functions.append(
+                    BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2], count=tier == QUICK).emit()
+                )
         llvm = self._llvm
-        text = module_text(llvm.get_process_triple(), functions)
+        text = module_text(llvm.get_process_triple(), functions) + module_asm(assembly)
         t1 = time.thread_time()
         mod = llvm.parse_assembly(text)
         if self._verify:
