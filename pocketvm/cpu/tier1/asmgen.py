@@ -57,14 +57,6 @@ def x(r: int) -> str:
     return f"qword ptr [rdi + {8 * r}]"
 
 
-def module_asm(functions: list[str]) -> str:
-    """LLVM IR's module-level assembly holding `functions` (text from `AsmCodegen.emit`)."""
-    if not functions:
-        return ""
-    lines = [".text", ".intel_syntax noprefix", *"\n".join(functions).splitlines(), ".att_syntax prefix"]
-    return "".join(f'module asm "{line}"\n' for line in lines)
-
-
 class AsmCodegen:
     """The assembly of one function for the region at RAM offset `off` (see `codegen.BlockCodegen`)."""
 

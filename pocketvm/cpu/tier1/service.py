@@ -245,6 +245,12 @@ class TranslationService:
         return reply
 
     def _compile(self, misses: list[tuple[int, int, Region]], reply: Reply, tier: int) -> None:
+        """The regions assembled without LLVM in one batch, the others in another."""
+        assembled = [miss for miss in misses if self._compiler.assembles(miss[2], tier)]
+        self._compile_batch(assembled, reply, tier)
+        self._compile_batch([miss for miss in misses if not self._compiler.assembles(miss[2], tier)], reply, tier)
+
+    def _compile_batch(self, misses: list[tuple[int, int, Region]], reply: Reply, tier: int) -> None:
         if misses:
             batch = new_batch_id()
             named = [(f"t{batch}_{i}", entry, tkey, region) for i, (entry, tkey, region) in enumerate(misses)]

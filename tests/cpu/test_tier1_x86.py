@@ -1,0 +1,77 @@
+"""The assembler of tier 1's quick code (`x86`) against LLVM's.
+
+Every line `asmgen` writes for the regions of the random and edge-value
+programs of `test_tier1_asm` (with and without paging), jumps aside, is
+assembled by both; the bytes must be the same. Jumps (rel32 to labels) and
+the object file are checked by running the code: every tier-1 test does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_tier1_asm as programs
+from tier1_diff import Setup, make_hart
+
+from pocketvm.cpu import state as S
+from pocketvm.cpu.rvc import expansion_table
+from pocketvm.cpu.tier1 import codeheap, x86
+from pocketvm.cpu.tier1.asmgen import AsmCodegen
+from pocketvm.cpu.tier1.decode import decode_region
+
+
+def generated_lines() -> list[str]:
+    lines: set[str] = set()
+    sources = [programs.random_setup(seed, seed % 2 == 0).program for seed in range(1, 12)]
+    sources += [programs.edge_program(words[:24]) for words in programs.EDGE_CASES.values()]
+    for k, program in enumerate(sources):
+        hart = make_hart(Setup(program), "off")
+        ram16 = hart.ram.view(S.RAM_BASE, 1 << 17).view(np.uint16)
+        for entry in (0x1000, 0x1010):
+            region = decode_region(ram16, expansion_table(), entry)
+            for paged in (False, True):
+                for line in AsmCodegen(f"f{k}", entry, paged, region).emit().splitlines():
+                    if not (line.endswith(":") or line.startswith((".", "j"))):
+                        lines.add(line)
+    return sorted(lines)
+
+
+def llvm_bytes(lines: list[str]) -> bytes:
+    import llvmlite.binding as llvm
+
+    from pocketvm.cpu.tier1.translator import QUICK, ObjectCompiler
+
+    asm = [".text", ".intel_syntax noprefix", ".globl f", ".type f,@function", "f:", *lines, ".att_syntax prefix"]
+    text = f'target triple = "{llvm.get_process_triple()}"\n' + "".join(f'module asm "{a}"\n' for a in asm)
+    obj = ObjectCompiler()._tm[QUICK].emit_object(llvm.parse_assembly(text))
+    return codeheap.parse(bytes(obj)).data
+
+
+def ours(lines: list[str]) -> bytes:
+    asm = x86.Assembler()
+    for line in lines:
+        asm.line(line)
+    return asm.finish()
+
+
+def test_every_line_asmgen_writes_is_encoded_as_llvm_encodes_it() -> None:
+    lines = generated_lines()
+    assert len(lines) > 500
+    if ours(lines) != llvm_bytes(lines)[: len(ours(lines))]:
+        wrong = [line for line in lines if ours([line]) != llvm_bytes([line])[: len(ours([line]))]]
+        pytest.fail(f"{len(wrong)} lines encoded otherwise than by LLVM, e.g. {wrong[:5]}")
+
+
+@pytest.mark.parametrize(
+    "line", ["mov rax, qword ptr [rbp + rsp]", "vaddps ymm0, ymm1, ymm2", "push rbx", "add rax, 1 << 40", "jmp .Lnowhere", "jxx .Lf"]
+)
+def test_anything_else_is_refused(line: str) -> None:
+    with pytest.raises(x86.AsmError):
+        x86.assemble(f"f:\n{line}")
+
+
+def test_the_object_holds_its_functions_where_the_code_heap_finds_them() -> None:
+    code, functions = x86.assemble(".p2align 4\n.globl a\na:\nret\n.size a, .-a\n.p2align 4\n.globl b\nb:\ncqo\nret\n.size b, .-b")
+    image = codeheap.parse(x86.relocatable_object(code, functions))
+    assert image.functions == {"a": 0, "b": 16} and image.relocations == []
+    assert image.data[:1] == b"\xc3" and image.data[16:19] == b"\x48\x99\xc3"
