@@ -75,3 +75,14 @@ def test_the_object_holds_its_functions_where_the_code_heap_finds_them() -> None
     image = codeheap.parse(x86.relocatable_object(code, functions))
     assert image.functions == {"a": 0, "b": 16} and image.relocations == []
     assert image.data[:1] == b"\xc3" and image.data[16:19] == b"\x48\x99\xc3"
+
+
+def test_a_region_the_assembler_refuses_is_compiled_through_llvm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pocketvm.cpu.tier1 import translator
+
+    hart = make_hart(Setup(programs.edge_program(programs.EDGE_CASES["op-base"][:4])), "off")
+    region = decode_region(hart.ram.view(S.RAM_BASE, 1 << 17).view(np.uint16), expansion_table(), 0x1000)
+    monkeypatch.setattr(translator.AsmCodegen, "emit", lambda self: f"{self.name}:\npush rbx")
+    times = translator.CompileTimes()
+    obj = translator.ObjectCompiler().compile([("f0", 0x1000, False, region)], times)
+    assert times.assembled == 0 and "f0" in codeheap.parse(obj).functions

@@ -270,11 +270,15 @@ class ObjectCompiler:
         if regions and all(self.assembles(region, tier) for _, _, _, region in regions):
             text = "\n".join(AsmCodegen(name, off, paged, region).emit() for name, off, paged, region in regions)
             t1 = time.thread_time()
-            obj = x86.relocatable_object(*x86.assemble(text))
-            times.ir += t1 - t0
-            times.code += time.thread_time() - t1
-            times.assembled += len(regions)
-            return obj
+            try:
+                obj = x86.relocatable_object(*x86.assemble(text))
+            except x86.AsmError:  # (a form asmgen should not write: LLVM makes the code instead)
+                pass
+            else:
+                times.ir += t1 - t0
+                times.code += time.thread_time() - t1
+                times.assembled += len(regions)
+                return obj
         functions = [
             BlockCodegen(name, off, paged, region, in_state=_SETTINGS[tier][2], count=tier == QUICK).emit()
             for name, off, paged, region in regions
