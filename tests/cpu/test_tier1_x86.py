@@ -1,7 +1,8 @@
 """The assembler of tier 1's quick code (`x86`) against LLVM's.
 
 Every line `asmgen` writes for the regions of the random and edge-value
-programs of `test_tier1_asm` (with and without paging), jumps aside, is
+programs of `test_tier1_asm` and the atomics of `test_tier1_atomics` (with
+and without paging), jumps aside, is
 assembled by both; the bytes must be the same. Jumps (rel32 to labels) and
 the object file are checked by running the code: every tier-1 test does.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_tier1_asm as programs
+import test_tier1_atomics as atomics
 from tier1_diff import Setup, make_hart
 
 from pocketvm.cpu import state as S
@@ -24,6 +26,7 @@ def generated_lines() -> list[str]:
     lines: set[str] = set()
     sources = [programs.random_setup(seed, seed % 2 == 0).program for seed in range(1, 12)]
     sources += [programs.edge_program(words[:24]) for words in programs.EDGE_CASES.values()]
+    sources += [atomics.random_setup(seed, seed % 2 == 0).program for seed in range(1, 6)]
     for k, program in enumerate(sources):
         hart = make_hart(Setup(program), "off")
         ram16 = hart.ram.view(S.RAM_BASE, 1 << 17).view(np.uint16)

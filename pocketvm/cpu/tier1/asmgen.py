@@ -9,8 +9,8 @@ LLVM's assembler alone turns it into the object (no IR, no code
 generation). The function is the one `codegen` makes, to the same contract
 (`native_call`): same arguments, same exits, same instruction counts, the
 same check of its code at entry, chaining through the table and counting
-in JT_HOT as code compiled quickly does. Regions with F/D or atomic
-instructions are left to `codegen`.
+in JT_HOT as code compiled quickly does. Regions with F/D instructions
+are left to `codegen`.
 
 Registers: the arguments stay where the call put them (rdi st, rsi ram,
 rdx ram_size, rcx pc, r8 and r9 the data translation flag and tag; on the
@@ -24,14 +24,16 @@ jumps: the tail call that `codegen`'s musttail makes.
 
 from __future__ import annotations
 
-from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, PC, PRIV, RAM_BASE, TLB, TLB_ENTRIES
+from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, PC, PRIV, RAM_BASE, RESERVATION, TLB, TLB_ENTRIES
 from pocketvm.cpu.tier1.codegen import budget_checks, code_runs
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.layout import JT_FN, JT_HOT, JT_KEY, SET_BITS, SETS, WAYS
 
 _ACC_LOAD = 1
 _ACC_STORE = 2
-_ASSEMBLED = frozenset((0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x03, 0x23, 0x0F, 0x6F, 0x67, 0x63))
+_ASSEMBLED = frozenset((0x13, 0x1B, 0x33, 0x3B, 0x37, 0x17, 0x03, 0x23, 0x0F, 0x6F, 0x67, 0x63, 0x2F))
+_AMO_ARITH = {0x00: "add", 0x04: "xor", 0x0C: "and", 0x08: "or"}  # by funct5
+_AMO_KEEP_OLD = {0x10: "cmovl", 0x14: "cmovg", 0x18: "cmovb", 0x1C: "cmova"}  # min max minu maxu: old wins when
 _JCC = {0: "je", 1: "jne", 4: "jl", 5: "jge", 6: "jb", 7: "jae"}
 _MAXN, _DONE, _JT, _OFF = "qword ptr [rsp + 8]", "qword ptr [rsp + 16]", "qword ptr [rsp + 24]", "qword ptr [rsp + 32]"
 _HOT, _SAVE, _SAVE2 = "qword ptr [rsp - 8]", "qword ptr [rsp - 16]", "qword ptr [rsp - 24]"
@@ -342,6 +344,8 @@ class AsmCodegen:
             put(f"mov {width} ptr [rsi + r11], {reg}")
         elif op == 0x0F:
             pass  # fence: nothing to order in a single-threaded emulator
+        elif op == 0x2F:
+            self.amo(i, insn)
         elif op == 0x6F:
             if rd:
                 self.pc_plus(insn.rel + insn.length)
@@ -371,6 +375,39 @@ class AsmCodegen:
         else:  # `can_assemble` lets through only what is handled above
             raise AssertionError(f"instruction {insn.bits:#010x} is not assembled")
         return True
+
+    def amo(self, i: int, insn: Insn) -> None:
+        """LR/SC and the AMOs, as `codegen.BlockCodegen.amo` (the interpreter's
+        `_amo`): an LR needs the load TLB, an SC or AMO the store TLB; the
+        reservation is the physical address in st[RESERVATION]."""
+        put = self.put
+        word = insn.f3 == 2
+        funct5 = insn.bits >> 27
+        reservation = f"qword ptr [rdi + {8 * RESERVATION}]"
+        load = "movsxd rax, dword ptr [rsi + r11]" if word else "mov rax, qword ptr [rsi + r11]"
+        value, width = ("r10d", "dword") if word else ("r10", "qword")
+        self.get("rax", insn.rs1)
+        if funct5 == 2:  # lr
+            self.ram_offset(i, 4 if word else 8, _ACC_LOAD)
+            put(load, f"mov r10d, {RAM_BASE}", "add r10, r11", f"mov {reservation}, r10")
+            self.set_rax(insn.rd)
+            return
+        self.ram_offset(i, 4 if word else 8, _ACC_STORE)
+        self.get("r10", insn.rs2)
+        if funct5 == 3:  # sc: succeeds (rd = 0) only on the reserved address; the reservation goes
+            failed, done = self.label("scf"), self.label("scd")
+            put(f"mov eax, {RAM_BASE}", "add rax, r11", f"cmp {reservation}, rax", f"jne {failed}")
+            put(f"mov {width} ptr [rsi + r11], {value}", "xor eax, eax", f"jmp {done}")
+            put(f"{failed}:", "mov eax, 1", f"{done}:", f"mov {reservation}, -1")
+            self.set_rax(insn.rd)
+            return
+        put(load)
+        if funct5 in _AMO_ARITH:
+            put(f"{_AMO_ARITH[funct5]} r10, rax")
+        elif funct5 in _AMO_KEEP_OLD:  # min/max, signed or unsigned, on the access's size
+            put(f"cmp {'eax' if word else 'rax'}, {value}", f"{_AMO_KEEP_OLD[funct5]} {value}, {'eax' if word else 'rax'}")
+        put(f"mov {width} ptr [rsi + r11], {value}")  # (swap: the value as it is)
+        self.set_rax(insn.rd)
 
     def pc_plus(self, rel: int) -> None:
         if -(1 << 31) <= rel < (1 << 31):

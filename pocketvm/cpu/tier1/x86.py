@@ -248,9 +248,9 @@ class Assembler:
         elif m == "imul":
             dst, src = ops
             self._rex_modrm(dst.size == 8, dst.n, src, b"\x0f\xaf")
-        elif m == "cmovz" or m == "cmove":
+        elif m.startswith("cmov") and m[4:] in _CC:
             dst, src = ops
-            self._rex_modrm(dst.size == 8, dst.n, src, b"\x0f\x44")
+            self._rex_modrm(dst.size == 8, dst.n, src, bytes([0x0F, 0x40 | _CC[m[4:]]]))
         elif m.startswith("set") and m[3:] in _CC:
             self._rex_modrm(False, 0, ops[0], bytes([0x0F, 0x90 | _CC[m[3:]]]), byte_reg=True)
         elif m in ("movzx", "movsx"):
