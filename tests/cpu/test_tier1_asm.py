@@ -17,24 +17,24 @@ from __future__ import annotations
 import random
 
 import pytest
-from tier1_diff import CODE, DATA, READ_ONLY_ALIAS, Setup, i_type, jal, native_share, r_type, run_side_by_side
+from tier1_diff import (
+    CODE,
+    DATA,
+    READ_ONLY_ALIAS,
+    Setup,
+    branch,
+    i_type,
+    jal,
+    native_share,
+    r_type,
+    run_side_by_side,
+    s_type,
+)
 
 VALUES = (0, 1, -1, 2, 63, 64, 0x7FFFFFFF, 0x80000000, -0x80000000, 0xFFFFFFFF, 1 << 63, (1 << 63) - 1, 0x123456789ABCDEF0)
 OP = [(f7, f3) for f7 in (0, 1) for f3 in range(8)] + [(0x20, 0), (0x20, 5)]
 OP32 = [(0, 0), (0, 1), (0, 5), (0x20, 0), (0x20, 5), (1, 0), (1, 4), (1, 5), (1, 6), (1, 7)]
 LOADS = (0, 1, 2, 3, 4, 5, 6)
-
-
-def s_type(imm: int, rs2: int, rs1: int, f3: int) -> int:
-    return (((imm >> 5) & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
-
-
-def b_type(f3: int, rs1: int, rs2: int, offset: int) -> int:
-    o = offset & 0x1FFF
-    return (
-        ((o >> 12) << 31) | (((o >> 5) & 0x3F) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12)
-        | (((o >> 1) & 0xF) << 8) | (((o >> 11) & 1) << 7) | 0x63
-    )  # fmt: skip
 
 
 def random_program(rng: random.Random, paged: bool, length: int = 60) -> list[int]:
@@ -80,7 +80,7 @@ def random_program(rng: random.Random, paged: bool, length: int = 60) -> list[in
             base = rng.choices((1, 2, 3, 4), (80, 10, 3, 3))[0]
             body.append(s_type(rng.randrange(0, 64), src(), base, rng.randrange(4)))
         elif len(body) < length - 2:  # a branch over the next two instructions
-            body.append(b_type(rng.choice((0, 1, 4, 5, 6, 7)), src(), src(), 12))
+            body.append(branch(rng.choice((0, 1, 4, 5, 6, 7)), src(), src(), 12))
     # x28 <- the address after the jalr (a call there and back), then the loop goes round
     body.append((0 << 12) | (28 << 7) | 0x17)  # auipc x28, 0
     body.append(i_type(12, 28, 0, 28, 0x13))  # addi x28, x28, 12

@@ -65,8 +65,12 @@ def ld(rd: int, rs1: int, imm: int) -> int:
     return i_type(imm, rs1, 3, rd, 0x03)
 
 
+def s_type(imm: int, rs2: int, rs1: int, f3: int) -> int:
+    return ((imm >> 5 & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
+
+
 def sd(rs2: int, rs1: int, imm: int) -> int:
-    return ((imm >> 5 & 0x7F) << 25) | (rs2 << 20) | (rs1 << 15) | (3 << 12) | ((imm & 31) << 7) | 0x23
+    return s_type(imm, rs2, rs1, 3)
 
 
 def amo(funct5: int, size: int, rd: int, rs1: int, rs2: int, aq: int = 0, rl: int = 0) -> int:

@@ -24,7 +24,17 @@ jumps: the tail call that `codegen`'s musttail makes.
 
 from __future__ import annotations
 
-from pocketvm.cpu.state import CSR, CSR_MSTATUS, CSR_SATP, PC, PRIV, RAM_BASE, RESERVATION, TLB, TLB_ENTRIES
+from pocketvm.cpu.state import (
+    CSR,
+    CSR_MSTATUS,
+    CSR_SATP,
+    PC,
+    PRIV,
+    RAM_BASE,
+    RESERVATION,
+    TLB,
+    TLB_ENTRIES,
+)
 from pocketvm.cpu.tier1.codegen import budget_checks, code_runs
 from pocketvm.cpu.tier1.decode import Insn, Region
 from pocketvm.cpu.tier1.layout import JT_FN, JT_HOT, JT_KEY, SET_BITS, SETS, WAYS
@@ -308,18 +318,15 @@ class AsmCodegen:
                     put(f"{'shr' if insn.f7 == 0 else 'sar'} eax, {insn.rs2}")
                 put("movsxd rax, eax")
                 self.set_rax(rd)
-        elif op == 0x33:
+        elif op in (0x33, 0x3B):
             if rd:
                 self.get("rax", insn.rs1)
                 self.get("r10", insn.rs2)
-                self.op(insn)
-                self.set_rax(rd)
-        elif op == 0x3B:
-            if rd:
-                self.get("rax", insn.rs1)
-                self.get("r10", insn.rs2)
-                self.op32(insn)
-                put("movsxd rax, eax")
+                if op == 0x33:
+                    self.op(insn)
+                else:
+                    self.op32(insn)
+                    put("movsxd rax, eax")
                 self.set_rax(rd)
         elif op == 0x37:
             if rd:

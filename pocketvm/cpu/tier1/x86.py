@@ -53,7 +53,7 @@ class Reg:
 
 
 class Mem:
-    __slots__ = ("size", "base", "index", "scale", "disp")
+    __slots__ = ("base", "disp", "index", "scale", "size")
 
     def __init__(self, size: int, base: int, index: int | None, scale: int, disp: int) -> None:
         self.size, self.base, self.index, self.scale, self.disp = size, base, index, scale, disp
@@ -184,7 +184,7 @@ class Assembler:
         elif name not in (".type", ".text", ".intel_syntax", ".att_syntax"):
             raise AsmError(f"directive {name}")
 
-    def _instruction(self, m: str, ops: list) -> None:  # noqa: C901 (one table of forms)
+    def _instruction(self, m: str, ops: list) -> None:
         code = self.code
         if m in _ALU:
             dst, src = ops
