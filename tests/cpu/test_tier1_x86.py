@@ -33,7 +33,7 @@ def generated_lines() -> list[str]:
         for entry in (0x1000, 0x1010):
             region = decode_region(ram16, expansion_table(), entry)
             for paged in (False, True):
-                for line in AsmCodegen(f"f{k}", entry, paged, region).emit().splitlines():
+                for line in AsmCodegen(f"f{k}", entry, paged, region).emit().replace("; ", "\n").splitlines():
                     if not (line.endswith(":") or line.startswith((".", "j"))):
                         lines.add(line)
     return sorted(lines)

@@ -79,12 +79,23 @@ class AsmCodegen:
         self.region = region
         self.count = count
         self.lines: list[str] = []
+        self.run: list[str] = []  # instructions not yet in `lines`, up to the next label or jump
         self.cold: list[str] = []  # exits, after the body
         self.n = 0
         self.cur: list[Insn] = []
 
     def put(self, *lines: str) -> None:
-        self.lines.extend(lines)
+        """Instructions between labels and jumps go into `lines` as one
+        line, "; "-separated: `x86` encodes a line it has seen before by
+        looking it up, and these runs repeat (a load's TLB look-up, say)."""
+        for line in lines:
+            if line[-1] == ":" or line[0] in "j.":
+                if self.run:
+                    self.lines.append("; ".join(self.run))
+                    self.run = []
+                self.lines.append(line)
+            else:
+                self.run.append(line)
 
     def label(self, hint: str) -> str:
         self.n += 1

@@ -152,6 +152,13 @@ class Assembler:
         if known is not None:
             self.code += known
             return
+        if "; " in text:  # instructions run together (`asmgen.AsmCodegen.put`), no jump to a label among them
+            start, fixups = len(self.code), len(self.fixups)
+            for part in text.split("; "):
+                self.line(part)
+            if len(self.fixups) == fixups:
+                _ENCODED[text] = bytes(self.code[start:])
+            return
         mnemonic, _, rest = text.partition(" ")
         if mnemonic[0] == "j" and rest.startswith(".L"):  # a jump to a label
             if mnemonic != "jmp" and mnemonic[1:] not in _CC:
