@@ -37,7 +37,7 @@ _BMI2 = {"shlx": 1, "sarx": 2, "shrx": 3}  # VEX.pp: 66, F3, F2
 # regions (the same registers, state slots and patterns), and parsing one
 # costs ~10 µs, looking it up ~0.1.
 _ENCODED: dict[str, bytes] = {}
-_ENCODED_MAX = 1 << 16
+_ENCODED_MAX = 1 << 14  # (a few MiB at most)
 _MEMORY = re.compile(r"(?:(byte|word|dword|qword) ptr )?\[(.*)\]")
 
 
