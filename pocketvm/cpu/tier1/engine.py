@@ -75,8 +75,11 @@ MIN_REGION = int(os.environ.get("POCKETVM_JIT_MIN_REGION", "4"))
 # Two thresholds, chosen by measuring Debian boots on this 2-core machine,
 # on a block's count: the instructions interpreted from its entries (an
 # entry and what follows it up to the next block entry, `layout`). The
-# service takes ~3.5 ms of CPU for a region of 40 instructions (quickly
-# compiled; LLVM ~2.3 of it), which the interpreter runs in ~3 ns each
+# service took ~3.5 ms of CPU for a region of 40 instructions (quickly
+# compiled; LLVM ~2.3 of it; ~1.1 ms now that `asmgen` writes most regions,
+# and lower thresholds were still slower: 1000 and 4000, or 300 and 1000,
+# compiled more, and the VM's share of each block, its request and its
+# object linked in, went up with it), which the interpreter runs in ~3 ns each
 # and translated code several times faster: compiling pays only for code that runs tens of thousands
 # of instructions, and the compiler's CPU is the hart's loss. A cold boot
 # keeps the service busy whatever the threshold; a higher one compiles the
