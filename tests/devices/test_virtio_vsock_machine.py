@@ -3,22 +3,18 @@ virtio device, bad settings are one-line errors, and nothing is left behind."""
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 
 import pytest
+from snaptools import open_fds
 
 from pocketvm.console import CapturedConsole
 from pocketvm.machine import NicSpec, VirtualMachine, VMConfig, VMError, VsockSpec
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_vm_with_a_vsock_builds_slots_and_closes_it(tmp_path):
-    threads, fds = set(threading.enumerate()), _open_fds()
+    threads, fds = set(threading.enumerate()), open_fds()
     path = tmp_path / "vm.vsock"
     vm = VirtualMachine(VMConfig(vsock=VsockSpec(cid=42, path=path)), CapturedConsole())
     assert vm.vsock.guest_cid == 42
@@ -29,7 +25,7 @@ def test_vm_with_a_vsock_builds_slots_and_closes_it(tmp_path):
     vm.close()
     assert not path.exists()
     assert not set(threading.enumerate()) - threads  # none left behind (an earlier test's may end meanwhile)
-    assert _open_fds() == fds
+    assert not open_fds() - fds
 
 
 def test_default_socket_is_named_after_the_vm(tmp_path, monkeypatch):
@@ -55,18 +51,18 @@ def test_a_vm_that_cannot_be_built_leaves_no_vsock_behind(tmp_path):
     busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     busy.bind(str(path))
     busy.listen()
-    threads, fds = set(threading.enumerate()), _open_fds()
+    threads, fds = set(threading.enumerate()), open_fds()
     with pytest.raises(VMError, match="in use"):
         VirtualMachine(VMConfig(vsock=VsockSpec(path=path)), CapturedConsole())
-    assert _open_fds() == fds
+    assert not open_fds() - fds
     busy.close()
     path.unlink()
-    fds = _open_fds()
+    fds = open_fds()
     with pytest.raises(VMError, match="at most 8 virtio devices"):
         VirtualMachine(VMConfig(nics=[NicSpec("user")] * 7, vsock=VsockSpec(path=path)), CapturedConsole())
     assert not path.exists()
     assert not set(threading.enumerate()) - threads  # none left behind (an earlier test's may end meanwhile)
-    assert _open_fds() == fds
+    assert not open_fds() - fds
 
 
 def test_the_upload_window_is_a_read_only_disk_beside_the_vsock(tmp_path, monkeypatch):

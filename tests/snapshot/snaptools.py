@@ -4,6 +4,7 @@ driving `pocket` processes that keep running while a test talks to them."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import signal
@@ -162,3 +163,16 @@ def isolated_xdg_dirs(tmp_path_factory, monkeypatch_context):
         mp.setenv("XDG_RUNTIME_DIR", str(base / "run"))
         mp.setenv("XDG_STATE_HOME", str(base / "state"))
         yield base
+
+
+def open_fds() -> set[tuple[str, str]]:
+    """This process's open files, each as (fd, what it is): a test that
+    leaks one has more afterwards, whatever an earlier test's threads close
+    meanwhile (counting them failed when one did)."""
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:
+            pass  # closed while listed
+    return fds
