@@ -44,6 +44,7 @@ def llvm_bytes(lines: list[str]) -> bytes:
 
     from pocketvm.cpu.tier1.translator import QUICK, ObjectCompiler
 
+    llvm.initialize_native_asmparser()  # (pocketvm itself never has LLVM assemble text)
     asm = [".text", ".intel_syntax noprefix", ".globl f", ".type f,@function", "f:", *lines, ".att_syntax prefix"]
     text = f'target triple = "{llvm.get_process_triple()}"\n' + "".join(f'module asm "{a}"\n' for a in asm)
     obj = ObjectCompiler()._tm[QUICK].emit_object(llvm.parse_assembly(text))

@@ -246,9 +246,12 @@ class TranslationService:
 
     def _compile(self, misses: list[tuple[int, int, Region]], reply: Reply, tier: int) -> None:
         """The regions assembled without LLVM in one batch, the others in another."""
-        assembled = [miss for miss in misses if self._compiler.assembles(miss[2], tier)]
+        assembled: list[tuple[int, int, Region]] = []
+        through_llvm: list[tuple[int, int, Region]] = []
+        for miss in misses:
+            (assembled if self._compiler.assembles(miss[2], tier) else through_llvm).append(miss)
         self._compile_batch(assembled, reply, tier)
-        self._compile_batch([miss for miss in misses if not self._compiler.assembles(miss[2], tier)], reply, tier)
+        self._compile_batch(through_llvm, reply, tier)
 
     def _compile_batch(self, misses: list[tuple[int, int, Region]], reply: Reply, tier: int) -> None:
         if misses:

@@ -72,7 +72,7 @@ _SETTINGS = {
 }
 
 # Code compiled quickly is written as assembly (`asmgen`) and assembled
-# here (`x86`) where it can be, without LLVM: ~0.5 ms for a region of 45
+# here (`x86`) where it can be, without LLVM: ~1.1 ms for a region of 45
 # instructions instead of ~3.5 ms.
 ASSEMBLE = os.environ.get("POCKETVM_JIT_ASM", "1") == "1"
 
@@ -88,7 +88,6 @@ def init_llvm() -> None:
         if not _llvm_ready:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
-            llvm.initialize_native_asmparser()  # for the assembly of `asmgen`
             _llvm_ready = True
 
 
