@@ -65,6 +65,29 @@ def test_the_core_the_host_and_translated_code_agree_on_sets() -> None:
     assert all(0 <= s < L.SETS for s in core)
 
 
+def test_what_a_request_says_was_seen_in_a_page_is_each_halfword_looked_up() -> None:
+    """`seen_in_page` (slices of the run of sets a page falls in) against each
+    halfword's own set: a count there, or a block installed at that offset."""
+    rng = np.random.default_rng(11)
+    table = L.new_table(L.MODE_ON)
+    table[L.JT_COUNT + rng.integers(0, L.SETS, 4000)] = 9
+    for key in rng.integers(0, 1 << 27, 30000):
+        L.install(table, int(key), 1)  # (odd keys: paged blocks, same offset)
+    halfwords = np.arange(0, 4096, 2, dtype=np.int64)
+    pages = [0, 1 << 16, 15 << 12, 17 << 16] + [int(p) << 12 for p in rng.integers(0, 1 << 15, 200)]
+    seen_anywhere = 0
+    for page_off in pages:
+        offs = page_off + halfwords
+        want = [
+            table[L.JT_COUNT + L.set_index(o)] != 0 or L.find(table, 2 * o) >= 0 or L.find(table, 2 * o + 1) >= 0
+            for o in offs.tolist()
+        ]
+        got = L.seen_in_page(table, page_off)
+        assert got.dtype == np.bool_ and got.tolist() == want, hex(page_off)
+        seen_anywhere += sum(want)
+    assert seen_anywhere > 1000  # (the table is full enough to tell)
+
+
 def test_blocks_in_two_pages_chain_to_each_other() -> None:
     """A loop over two pages: each page's block jumps straight into the other's
     (through the table, as translated code finds its targets), so the
