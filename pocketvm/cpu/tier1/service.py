@@ -183,7 +183,7 @@ class TranslationService:
             self._recent.append((now, len(misses)))
         self._compile(misses, reply, tier)
         if reply.cached and reply.cache_bytes < 0:
-            reply.cache_bytes = self.cache.size()
+            reply.cache_bytes = self.cache.approximate_size()
         reply.cpu_seconds = time.thread_time() - t0
         return reply
 
@@ -275,7 +275,7 @@ class TranslationService:
                     for name, entry, tkey, region in named
                 ],
             )
-            reply.cache_bytes = self.cache.size()
+            reply.cache_bytes = self.cache.approximate_size()
 
     def _send(self, batch: str, reply: Reply) -> bool:
         """Put a cached batch into the reply unless the caller has it; False if it cannot be read."""
