@@ -120,6 +120,21 @@ def test_a_damaged_object_is_never_loaded(jit_cache: Path) -> None:
     assert hart.tier1.stats.cached == 0 and hart.tier1.stats.blocks >= 1
 
 
+def test_two_writers_keep_the_cache_near_its_size(tmp_path: Path) -> None:
+    """Each writer counts its own stores on (`approximate_size`) and reads the
+    sum again after an eighth of the bound: the other's stores show then."""
+    path = tmp_path / "c.sqlite"
+    bound = 256 << 10
+    writers = [ObjectCache(path, max_bytes=bound), ObjectCache(path, max_bytes=bound)]
+    sizes = []
+    for i in range(120):
+        writers[i % 2].store(f"b{i}", bytes([i]) * (4 << 10), [(i, 2 * i, f"f{i}", b"sig", 5, 0)])
+        sizes.append(writers[0].size())
+    assert max(sizes) <= bound + 2 * (bound // 8 + (4 << 10)), max(sizes)
+    assert min(sizes[60:]) >= bound // 2  # (trimmed to three quarters, not emptied)
+    assert writers[1].load("b119") is not None and writers[0].load("b0") is None
+
+
 def test_objects_of_another_translator_version_are_dropped(jit_cache: Path) -> None:
     jit_cache.mkdir(parents=True)
     old = jit_cache / "tier1-0000000000000000.sqlite"
