@@ -184,17 +184,18 @@ def seen_in_page(table: np.ndarray, page_off: int) -> np.ndarray:
     one aligned run of 2048: slices and one gather, not 2048 look-ups
     (half the time of those, in a cold boot's thousands of requests)."""
     first = set_index(page_off)
-    run = first & ~2047
-    row_of = _HALFWORDS ^ (first & 2047)  # the run's row of each halfword
-    seen = table[JT_COUNT + run : JT_COUNT + run + 2048] != 0
-    keys = table[JT_KEY + WAYS * run : JT_KEY + WAYS * (run + 2048)] >> 1
+    run = first & ~(PAGE_HALFWORDS - 1)
+    row_of = _HALFWORDS ^ (first & (PAGE_HALFWORDS - 1))  # the run's row of each halfword
+    seen = table[JT_COUNT + run : JT_COUNT + run + PAGE_HALFWORDS] != 0
+    keys = table[JT_KEY + WAYS * run : JT_KEY + WAYS * (run + PAGE_HALFWORDS)] >> 1
     at = page_off + 2 * row_of  # the offset each row stands for (row_of is its own inverse)
     for way in range(WAYS):
         seen |= keys[way::WAYS] == at
     return seen[row_of]
 
 
-_HALFWORDS = np.arange(2048, dtype=np.int64)
+PAGE_HALFWORDS = 2048  # of a 4 KiB page (SETS is a multiple of it)
+_HALFWORDS = np.arange(PAGE_HALFWORDS, dtype=np.int64)
 
 
 def find(table: np.ndarray, key: int) -> int:

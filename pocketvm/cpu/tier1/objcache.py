@@ -253,15 +253,18 @@ class ObjectCache:
         writer at most. (Summing the table walks over every batch's row:
         twice a batch stored, it took ~7% of a cold boot's service CPU.)"""
         if self._bytes is None or self._unread > self.max_bytes // 8:
-            self._bytes, self._unread = self.size(), 0
+            return self._read_size()
+        return self._bytes
+
+    def _read_size(self) -> int:
+        self._bytes, self._unread = self.size(), 0
         return self._bytes
 
     def _bound(self) -> None:
         assert self._db is not None
         if self.approximate_size() <= self.max_bytes:
             return
-        total = self._bytes = self.size()
-        self._unread = 0
+        total = self._read_size()
         if total <= self.max_bytes:
             return
         with self._db:
