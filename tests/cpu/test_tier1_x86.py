@@ -90,3 +90,18 @@ def test_a_region_the_assembler_refuses_is_compiled_through_llvm(monkeypatch: py
     times = translator.CompileTimes()
     obj = translator.ObjectCompiler().compile([("f0", 0x1000, False, region)], times)
     assert times.assembled == 0 and "f0" in codeheap.parse(obj).functions
+
+
+def test_a_line_in_use_is_parsed_once_while_one_off_lines_come_and_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(x86, "_ENCODED_MAX", 16)
+    monkeypatch.setattr(x86, "_ENCODED", {})
+    monkeypatch.setattr(x86, "_ENCODED_OLD", {})
+    parsed: list[str] = []
+    instruction = x86.Assembler._instruction
+    monkeypatch.setattr(x86.Assembler, "_instruction", lambda self, m, ops: (parsed.append(m), instruction(self, m, ops)))
+    common, want_common = "mov rax, qword ptr [rdi + 80]", b"\x48\x8b\x47\x50"
+    for n in range(200):  # a dozen turn-overs of the memo
+        code, _ = x86.assemble(f"f:\n{common}\nadd rax, {1000 + n}\n{common}")
+        assert code == want_common + b"\x48\x05" + (1000 + n).to_bytes(4, "little") + want_common
+    assert parsed.count("mov") == 1 and parsed.count("add") == 200
+    assert len(x86._ENCODED) + len(x86._ENCODED_OLD) <= 2 * 16

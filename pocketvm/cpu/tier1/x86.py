@@ -35,9 +35,15 @@ _UNARY = {"neg": 3, "mul": 4, "imul": 5, "div": 6, "idiv": 7}
 _BMI2 = {"shlx": 1, "sarx": 2, "shrx": 3}  # VEX.pp: 66, F3, F2
 # Lines encoded before: a region's lines are mostly ones seen in earlier
 # regions (the same registers, state slots and patterns), and parsing one
-# costs ~10 µs, looking it up ~0.1.
+# costs ~10 µs, looking it up ~0.1. Two generations: when the young one is
+# full it becomes the old one and the old one is dropped, so the lines in
+# use survive the turn-over (a line found in the old one is young again)
+# while one-off lines (a code check's constant, a jump's distance) leave.
+# Clearing it all instead, 3000 regions of the kernel emptied it 8 times.
 _ENCODED: dict[str, bytes] = {}
+_ENCODED_OLD: dict[str, bytes] = {}
 _ENCODED_MAX = 1 << 14  # (a few MiB at most)
+_JUMP_OPCODES = {"jmp": b"\xe9", **{f"j{cc}": bytes([0x0F, 0x80 | n]) for cc, n in _CC.items()}}
 _MEMORY = re.compile(r"(?:(byte|word|dword|qword) ptr )?\[(.*)\]")
 
 
@@ -140,15 +146,24 @@ class Assembler:
         text = text.strip()
         if not text:
             return
-        if text.endswith(":"):
-            name = text[:-1]
-            if name in self.labels:
-                raise AsmError(f"label {name} defined twice")
-            self.labels[name] = len(self.code)
-            if name in self.symbols:
-                self.symbols[name][0] = len(self.code)
+        if text[-1] == ":":
+            self.label(text[:-1])
             return
+        if text[0] == "j":
+            mnemonic, _, rest = text.partition(" ")
+            if rest[:2] == ".L":  # a jump to a label (these are never the same twice: labels are the function's)
+                opcode = _JUMP_OPCODES.get(mnemonic)
+                if opcode is None:
+                    raise AsmError(f"instruction {mnemonic}")
+                self.code += opcode
+                self.fixups.append((len(self.code), rest))
+                self.code += b"\0\0\0\0"
+                return
         known = _ENCODED.get(text)
+        if known is None:
+            known = _ENCODED_OLD.get(text)
+            if known is not None:
+                _remember(text, known)
         if known is not None:
             self.code += known
             return
@@ -157,15 +172,12 @@ class Assembler:
             for part in text.split("; "):
                 self.line(part)
             if len(self.fixups) == fixups:
-                _ENCODED[text] = bytes(self.code[start:])
+                _remember(text, bytes(self.code[start:]))
+            return
+        if text[:11] == "movabs rax,":  # a code check's 8 bytes (`asmgen`): one of a kind, and 2/5 of what is parsed
+            self.code += b"\x48\xb8" + struct.pack("<q", _signed64(int(text[11:], 0)))
             return
         mnemonic, _, rest = text.partition(" ")
-        if mnemonic[0] == "j" and rest.startswith(".L"):  # a jump to a label
-            if mnemonic != "jmp" and mnemonic[1:] not in _CC:
-                raise AsmError(f"instruction {mnemonic}")
-            self.code += b"\xe9" if mnemonic == "jmp" else bytes([0x0F, 0x80 | _CC[mnemonic[1:]]])
-            self._rel32(rest)
-            return
         if mnemonic.startswith("."):
             self._directive(mnemonic, rest)
             return
@@ -176,9 +188,14 @@ class Assembler:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error) as e:
             raise AsmError(f"{text!r}: {e}") from None
-        if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[text] = bytes(self.code[start:])
+        _remember(text, bytes(self.code[start:]))
+
+    def label(self, name: str) -> None:
+        if name in self.labels:
+            raise AsmError(f"label {name} defined twice")
+        self.labels[name] = len(self.code)
+        if name in self.symbols:
+            self.symbols[name][0] = len(self.code)
 
     def _directive(self, name: str, rest: str) -> None:
         if name == ".p2align":
@@ -305,8 +322,15 @@ class Assembler:
             target = self.labels.get(label)
             if target is None:
                 raise AsmError(f"undefined label {label}")
-            self.code[at : at + 4] = struct.pack("<i", target - (at + 4))
+            struct.pack_into("<i", self.code, at, target - (at + 4))
         return bytes(self.code)
+
+
+def _remember(text: str, code: bytes) -> None:
+    global _ENCODED, _ENCODED_OLD
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED_OLD, _ENCODED = _ENCODED, {}
+    _ENCODED[text] = code
 
 
 def _imm32(v: int, size: int) -> int:
@@ -326,8 +350,16 @@ def _signed64(v: int) -> int:
 def assemble(text: str) -> tuple[bytes, dict[str, tuple[int, int]]]:
     """Machine code and its functions as name -> (offset, size)."""
     asm = Assembler()
+    code, encoded = asm.code, _ENCODED
     for line in text.splitlines():
-        asm.line(line)
+        known = encoded.get(line)  # (`line` would find it too: this is most lines, without the call)
+        if known is not None:
+            code += known
+        elif line[-1:] == ":":
+            asm.label(line[:-1])
+        else:
+            asm.line(line)
+            encoded = _ENCODED  # (a new generation may have begun)
     code = asm.finish()
     return code, {name: (at, size) for name, (at, size) in asm.symbols.items()}
 
