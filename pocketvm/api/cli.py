@@ -26,13 +26,20 @@ def _vsock(name: str) -> Path:
     return Path(vsock)
 
 
+_WAIT = click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
+                     help="How long to wait for the guest agent to answer: a VM just started may still be booting "
+                          f"(default {C.AGENT_WAIT:g}, or ${C.AGENT_WAIT_ENV}).")  # fmt: skip
+
+
 @click.command("exec", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Kill the command after this long (exit status 124).")
 @click.option("--cwd", metavar="DIR", help="Working directory in the guest.")
 @click.option("-e", "--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable for the command (repeatable).")
-def exec_command(name: str, command: tuple[str, ...], timeout: float | None, cwd: str | None, env: tuple[str, ...]) -> None:
+@_WAIT
+def exec_command(name: str, command: tuple[str, ...], timeout: float | None, cwd: str | None, env: tuple[str, ...],
+                 wait: float | None) -> None:  # fmt: skip
     """Run COMMAND in the running VM NAME through its guest agent.
 
     Its stdout and stderr come here as it writes them; piped stdin goes to
@@ -47,7 +54,7 @@ def exec_command(name: str, command: tuple[str, ...], timeout: float | None, cwd
         variables[key] = value
     argv: C.Command = command[0] if len(command) == 1 and " " in command[0] else list(command)
     data = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    channel = C.open_channel(_vsock(name))
+    channel = C.open_channel(_vsock(name), wait)
     code = 1
     try:
         for item in channel.stream(C.ExecRequest(argv, variables or None, cwd, None, data, timeout)):
@@ -79,7 +86,8 @@ def _split(arg: str) -> tuple[str | None, str]:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--mode", default=None, metavar="OCTAL", help="Permissions of a file copied into a VM (default: the host file's).")
-def cp(src: str, dst: str, mode: str | None) -> None:
+@_WAIT
+def cp(src: str, dst: str, mode: str | None, wait: float | None) -> None:
     """Copy a file between the host and a running VM: NAME:/path on one side.
 
     `pocket cp data.csv web:/root/data.csv`, `pocket cp web:/var/log/syslog .`
@@ -94,7 +102,7 @@ def cp(src: str, dst: str, mode: str | None) -> None:
         perms = int(mode, 8) if mode else host.stat().st_mode & 0o7777
         if dpath.endswith("/"):
             dpath += host.name
-        channel = C.open_channel(_vsock(dvm))
+        channel = C.open_channel(_vsock(dvm), wait)
         try:
             with open(host, "rb") as f:
                 written = channel.write_file(dpath, iter(lambda: f.read(CHUNK), b""), perms)
@@ -107,7 +115,7 @@ def cp(src: str, dst: str, mode: str | None) -> None:
     if target.is_dir():
         target = target / os.path.basename(spath)
     tmp = target.with_name(f".{target.name}.part")
-    channel = C.open_channel(_vsock(svm))
+    channel = C.open_channel(_vsock(svm), wait)
     size = 0
     try:
         with open(tmp, "wb") as f:

@@ -115,7 +115,7 @@ class AgentChannel:
         if known is not None:
             self.client = known
             return
-        self.client = A.AgentClient.for_vm_socket(vsock, timeout=timeout)
+        self.client = A.AgentClient.for_vm_socket(vsock)  # (its own timeout is for an agent gone silent)
         with _mapped("the guest agent does not answer"):
             self._wait_up(timeout)
         with _clients_lock:

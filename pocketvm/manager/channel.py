@@ -14,6 +14,7 @@ sandbox that went away from a guest whose agent misbehaves.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Union
@@ -96,9 +97,30 @@ class GuestChannel(Protocol):
     def close(self) -> None: ...
 
 
-def open_channel(vsock: Path, timeout: float = 30.0) -> GuestChannel:
+# How long the first request to a VM waits for its guest agent (seconds): a
+# VM just started may still be booting. A guest without an agent (a kernel of
+# one's own) is only told after this wait, so it can be set shorter.
+AGENT_WAIT = 30.0
+AGENT_WAIT_ENV = "POCKETVM_AGENT_WAIT"
+
+
+def agent_wait() -> float:
+    """AGENT_WAIT, or the seconds that $POCKETVM_AGENT_WAIT says."""
+    text = os.environ.get(AGENT_WAIT_ENV)
+    if text is None:
+        return AGENT_WAIT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise GuestError(f"{AGENT_WAIT_ENV}={text!r}: give the seconds to wait for the guest agent (e.g. 30)")
+    return seconds
+
+
+def open_channel(vsock: Path, timeout: float | None = None) -> GuestChannel:
     """A channel to the agent of the VM whose vsock socket is `vsock`;
-    waits up to `timeout` seconds for the agent to answer."""
+    waits up to `timeout` seconds for the agent to answer (`agent_wait()`)."""
     from pocketvm.manager.agent_channel import AgentChannel
 
-    return AgentChannel(vsock, timeout=timeout)
+    return AgentChannel(vsock, timeout=agent_wait() if timeout is None else timeout)

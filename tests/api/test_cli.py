@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import time
+
 from snaptools import Pocket, one_line_error, pocket
 
 
-def test_exec_and_cp_errors(ticker_snapshot, tmp_path):
+def test_exec_and_cp_errors(ticker_snapshot, tmp_path, monkeypatch):
     one_line_error(pocket("exec", "ghost", "--", "true"), "no running VM named 'ghost'")
     one_line_error(pocket("cp", "a", "b"), "NAME:/absolute/path on exactly one side")
     one_line_error(pocket("cp", "vm1:/a", "vm2:/b"), "exactly one side")
     one_line_error(pocket("cp", str(tmp_path / "missing"), "vm1:/root/x"), "no such file")
     with Pocket("restore", str(ticker_snapshot), "--name", "tick") as p:
         p.wait_for("round ", 60)
-        one_line_error(pocket("exec", "tick", "--", "true"), "agent")
+        # (The ticker has no agent: a VM still booting is waited for, 30 s by default.)
+        started = time.monotonic()
+        one_line_error(pocket("exec", "tick", "--wait", "2", "--", "true"), "agent")
         (tmp_path / "f").write_text("x")
+        monkeypatch.setenv("POCKETVM_AGENT_WAIT", "1")
         one_line_error(pocket("cp", str(tmp_path / "f"), "tick:/root/f"), "agent")
+        assert time.monotonic() - started < 25  # both waited as told
+        monkeypatch.setenv("POCKETVM_AGENT_WAIT", "soon")
+        one_line_error(pocket("exec", "tick", "--", "true"), "POCKETVM_AGENT_WAIT='soon'")
+        one_line_error(pocket("exec", "tick", "--wait", "-1", "--", "true"), "--wait")
         p.send("q")
         p.wait(30)
 

@@ -33,7 +33,8 @@ def test_a_sandbox_lives_inside_its_with_block(ticker_snapshot):
     sb.close()  # idempotent
 
 
-def test_commands_and_files_need_the_guest_agent(ticker_snapshot):
+def test_commands_and_files_need_the_guest_agent(ticker_snapshot, monkeypatch):
+    monkeypatch.setenv("POCKETVM_AGENT_WAIT", "2")  # (for a VM still booting it waits 30 s)
     with pocketvm.Sandbox(snapshot=ticker_snapshot) as sb:
         with pytest.raises(pocketvm.GuestError) as err:
             sb.run(["true"])

@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from servetools import TOKEN, Server, alive, wait_until
 
 
@@ -180,7 +182,12 @@ def test_snapshot_through_the_api_restores(server, ticker_snapshot, tmp_path):
     assert server.call("GET", f"/vms/{vm['name']}")[1]["state"] == "running"
 
 
-def test_exec_without_a_guest_agent_is_a_clear_error(server, ticker_snapshot):
+@pytest.fixture
+def agent_wait_of_2_s(monkeypatch):  # (the server waits 30 s for a VM that may still be booting)
+    monkeypatch.setenv("POCKETVM_AGENT_WAIT", "2")
+
+
+def test_exec_without_a_guest_agent_is_a_clear_error(agent_wait_of_2_s, server, ticker_snapshot):
     status, vm = server.call("POST", "/vms", {"snapshot": str(ticker_snapshot)})
     status, body = server.call("POST", f"/vms/{vm['name']}/exec", {"command": ["true"]})
     assert status in (503, 502), body
