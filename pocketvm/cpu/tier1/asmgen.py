@@ -90,12 +90,15 @@ class AsmCodegen:
         looking it up, and these runs repeat (a load's TLB look-up, say)."""
         for line in lines:
             if line[-1] == ":" or line[0] in "j.":
-                if self.run:
-                    self.lines.append("; ".join(self.run))
-                    self.run = []
+                self.end_run()
                 self.lines.append(line)
             else:
                 self.run.append(line)
+
+    def end_run(self) -> None:
+        if self.run:
+            self.lines.append("; ".join(self.run))
+            self.run = []
 
     def label(self, hint: str) -> str:
         self.n += 1
@@ -225,18 +228,20 @@ class AsmCodegen:
         L = f".L{self.name}_"
         self.put(".p2align 4", f".globl {self.name}", f".type {self.name},@function", f"{self.name}:")
         self.put(f"mov r10, {_OFF}", "lea r11, [rsi + r10]")
-        # The code must still be what it was translated from: compared 8 bytes at a time.
+        # The code must still be what it was translated from: compared 8 bytes
+        # at a time. (Lines of their own, not a run: each is one of a kind.)
+        self.end_run()
+        lines = self.lines
+        stale = f"jne {L}stale"
         for rel, code in code_runs(self.region.insns):
             at = 0
             while at < len(code):
                 size = next(n for n in (8, 4, 2) if n <= len(code) - at)
                 want = int.from_bytes(code[at : at + size], "little", signed=True)
-                where = f"[r11 + {rel + at}]"
                 if size == 8:
-                    self.put(f"movabs rax, {want}", f"cmp qword ptr {where}, rax")
+                    lines += (f"movabs rax, {want}", f"cmp qword ptr [r11 + {rel + at}], rax", stale)
                 else:
-                    self.put(f"cmp {'dword' if size == 4 else 'word'} ptr {where}, {want}")
-                self.put(f"jne {L}stale")
+                    lines += (f"cmp {'dword' if size == 4 else 'word'} ptr [r11 + {rel + at}], {want}", stale)
                 at += size
         if self.count:  # JT_HOT of this block's slot: each budget check adds what it checked
             self.put(f"lea rax, [r10 + r10 + {int(self.paged)}]", "mov r11, rax")
@@ -261,7 +266,8 @@ class AsmCodegen:
             else:
                 assert sub.next_rel is not None
                 self.goto(sub.next_rel, len(sub.insns))
-        self.put(*self.cold)
+        self.end_run()
+        self.lines += self.cold  # (lines of their own: exits to one of a kind pcs do not repeat as runs)
         self.put(
             f"{L}stale:",  # -1 tells the interpreter to drop it; a chaining block gets its own count back
             f"mov qword ptr [rdi + {8 * PC}], rcx",

@@ -174,8 +174,12 @@ class Assembler:
             if len(self.fixups) == fixups:
                 _remember(text, bytes(self.code[start:]))
             return
-        if text[:11] == "movabs rax,":  # a code check's 8 bytes (`asmgen`): one of a kind, and 2/5 of what is parsed
+        # One of a kind, and most of what is parsed: a code check's 8 bytes and an exit's pc (`asmgen`).
+        if text[:11] == "movabs rax,":
             self.code += b"\x48\xb8" + struct.pack("<q", _signed64(int(text[11:], 0)))
+            return
+        if text[:9] == "mov r10, " and text[9:].lstrip("-").isdigit() and -(1 << 31) <= int(text[9:]) < (1 << 31):
+            self.code += b"\x49\xc7\xc2" + struct.pack("<i", int(text[9:]))
             return
         mnemonic, _, rest = text.partition(" ")
         if mnemonic.startswith("."):
