@@ -67,7 +67,8 @@ def test_every_line_asmgen_writes_is_encoded_as_llvm_encodes_it() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["mov rax, qword ptr [rbp + rsp]", "vaddps ymm0, ymm1, ymm2", "push rbx", "add rax, 1 << 40", "jmp .Lnowhere", "jxx .Lf"]
+    "line", ["mov rax, qword ptr [rbp + rsp]", "vaddps ymm0, ymm1, ymm2", "push rbx", "add rax, 1 << 40", "jmp .Lnowhere", "jxx .Lf",
+             "movabs rax, 1x", "mov r10, \u0661\u0662"]
 )
 def test_anything_else_is_refused(line: str) -> None:
     with pytest.raises(x86.AsmError):

@@ -44,6 +44,7 @@ _ENCODED: dict[str, bytes] = {}
 _ENCODED_OLD: dict[str, bytes] = {}
 _ENCODED_MAX = 1 << 14  # (a few MiB at most)
 _JUMP_OPCODES = {"jmp": b"\xe9", **{f"j{cc}": bytes([0x0F, 0x80 | n]) for cc, n in _CC.items()}}
+_INT = re.compile(r"-?[0-9]+")
 _MEMORY = re.compile(r"(?:(byte|word|dword|qword) ptr )?\[(.*)\]")
 
 
@@ -175,10 +176,10 @@ class Assembler:
                 _remember(text, bytes(self.code[start:]))
             return
         # One of a kind, and most of what is parsed: a code check's 8 bytes and an exit's pc (`asmgen`).
-        if text[:11] == "movabs rax,":
-            self.code += b"\x48\xb8" + struct.pack("<q", _signed64(int(text[11:], 0)))
+        if text[:11] == "movabs rax," and _INT.fullmatch(text, 12):
+            self.code += b"\x48\xb8" + struct.pack("<q", _signed64(int(text[12:])))
             return
-        if text[:9] == "mov r10, " and text[9:].lstrip("-").isdigit() and -(1 << 31) <= int(text[9:]) < (1 << 31):
+        if text[:9] == "mov r10, " and _INT.fullmatch(text, 9) and -(1 << 31) <= int(text[9:]) < (1 << 31):
             self.code += b"\x49\xc7\xc2" + struct.pack("<i", int(text[9:]))
             return
         mnemonic, _, rest = text.partition(" ")
